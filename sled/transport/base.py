@@ -1,0 +1,86 @@
+"""The transport interface every node talks through."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
+
+
+class TransportError(Exception):
+    """The broker could not be reached, or refused an operation (e.g. an ACL denial)."""
+
+
+class TransportTimeout(TransportError):
+    """An operation (connect, publish, subscribe) did not finish within its timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One received message."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """Last Will: published by the broker when the client vanishes without disconnecting."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+    qos: int = 1
+
+
+class Transport(Protocol):
+    """Publish / subscribe / a stream of received messages; lives within ``async with``.
+
+    Subscriptions survive reconnects. ``messages()`` has one consumer.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None: ...
+
+    async def subscribe(self, topic_filter: str, *, qos: int = 1) -> None: ...
+
+    async def unsubscribe(self, topic_filter: str) -> None: ...
+
+    def messages(self) -> AsyncIterator[Message]: ...
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching with ``+`` and ``#``; a ``$share/group/`` prefix is ignored.
+
+    >>> topic_matches("sled/v1/dev/+/draft", "sled/v1/dev/pi-1/draft")
+    True
+    """
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    fparts = topic_filter.split("/")
+    tparts = topic.split("/")
+    if topic.startswith("$") and fparts[0] in ("+", "#"):
+        return False
+    for i, f in enumerate(fparts):
+        if f == "#":
+            return True
+        if i >= len(tparts):
+            return False
+        if f != "+" and f != tparts[i]:
+            return False
+    return len(fparts) == len(tparts)
