@@ -60,24 +60,13 @@ async def test_stream_sends_request_and_yields_until_final() -> None:
             async for msg in device_bus.messages():
                 req = decode(msg.payload, expect=GenerateRequest)
                 out = topics.out("pi-1", req.request)
-                await device_bus.publish(
-                    out,
-                    encode(
-                        chunk(0, [1, 2]).__class__(
-                            request=req.request, index=0, text="ab", tokens=[1, 2]
-                        ),
-                        req.format,
-                    ),
+                first = ResultChunk(request=req.request, index=0, text="ab", tokens=[1, 2])
+                final = ResultFinal(
+                    request=req.request, finish_reason="length", text="ab", tokens=[1, 2]
                 )
-                await device_bus.publish(
-                    out,
-                    encode(
-                        ResultFinal(
-                            request=req.request, finish_reason="length", text="ab", tokens=[1, 2]
-                        ),
-                        req.format,
-                    ),
-                )
+                fmt = "json" if req.format == "json" else "msgpack"
+                await device_bus.publish(out, encode(first, fmt))
+                await device_bus.publish(out, encode(final, fmt))
                 return
 
         task = asyncio.create_task(fake_device())
