@@ -10,9 +10,9 @@ import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from schemas import Topics  # noqa: E402
-from sled.mosquitto import Mosquitto, MosquittoNotFound, mosquitto_binary  # noqa: E402
-from sled.transport import MqttConfig  # noqa: E402
+from schemas import Topics
+from sled.mosquitto import Mosquitto, MosquittoNotFound, mosquitto_binary
+from sled.transport import MqttConfig
 
 
 def _require_mosquitto() -> None:
