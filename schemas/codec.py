@@ -90,7 +90,9 @@ def _unpack(data: bytes, limits: Limits) -> Any:
     if bytes(data[:1]) == b"{":
         try:
             return json.loads(bytes(data).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and Python's limit on
+        # the digits of an integer literal (a 5000-digit number is not an int64 anyway).
+        except (ValueError, RecursionError) as exc:
             raise SchemaError(ErrorCode.MALFORMED, f"invalid JSON: {exc}") from exc
     try:
         return msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)

@@ -296,6 +296,8 @@ class GeneratedTokens(Record):
         check_nonneg("tokens.q", self.seq)
         check_nonneg("tokens.n", self.start)
         check_ids("tokens.x", self.tokens, limits, limits.max_new_tokens)
+        if self.code is not None and self.code not in {c.value for c in ErrorCode}:
+            raise _fail("tokens.e", f"unknown error code {self.code!r}")
 
 
 @dataclass(frozen=True, slots=True)
