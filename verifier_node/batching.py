@@ -1,0 +1,96 @@
+"""Batching policy (pure): when a batch fires and which requests it takes.
+
+* A batch **fires** when it can hold ``max_batch`` requests, when every active session
+  already has a request waiting (waiting longer cannot add anyone), or when the oldest
+  request has waited ``max_wait_ms``. ``max_wait_ms = None`` is the paper's *static
+  batching*: no time limit, the batch waits for all active sessions (or ``max_batch``).
+* **Fairness**: requests are taken FIFO by arrival, at most one per session per batch
+  (a session's later request stays queued, in its place, for the next batch), so no
+  device starves.
+
+Times are seconds from a monotonic clock passed in by the caller (tests use a fake one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Queued(Generic[T]):
+    """One waiting request: its session key, payload and arrival time (s, monotonic)."""
+
+    key: Hashable
+    item: T
+    arrived_s: float
+
+
+class Batcher(Generic[T]):
+    """FIFO queue of requests with the firing rule above."""
+
+    def __init__(self, max_batch: int, max_wait_ms: float | None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_wait_ms is not None and max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0 or None, got {max_wait_ms}")
+        self.max_batch = max_batch
+        self.max_wait_s = None if max_wait_ms is None else max_wait_ms / 1000.0
+        self._queue: list[Queued[T]] = []
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, key: Hashable, item: T, now_s: float) -> None:
+        self._queue.append(Queued(key, item, now_s))
+
+    def remove(self, key: Hashable) -> list[T]:
+        """Drop every queued request of ``key`` (e.g. its session was rebuilt)."""
+        gone = [q.item for q in self._queue if q.key == key]
+        self._queue = [q for q in self._queue if q.key != key]
+        return gone
+
+    def _eligible(self) -> list[Queued[T]]:
+        """The requests the next batch would take: FIFO, first of each session."""
+        seen: set[Hashable] = set()
+        picked: list[Queued[T]] = []
+        for q in self._queue:
+            if q.key in seen:
+                continue
+            seen.add(q.key)
+            picked.append(q)
+            if len(picked) == self.max_batch:
+                break
+        return picked
+
+    def deadline_s(self) -> float | None:
+        """When the oldest request's wait runs out (None: empty queue or static batching)."""
+        if not self._queue or self.max_wait_s is None:
+            return None
+        return self._queue[0].arrived_s + self.max_wait_s
+
+    def ready(self, now_s: float, num_active: int | None = None) -> bool:
+        """Whether a batch should fire now.
+
+        ``num_active``: sessions that may still send a request (None: unknown). When all
+        of them are already waiting, the batch fires without waiting for the time limit.
+        """
+        if not self._queue:
+            return False
+        n = len(self._eligible())
+        if n >= self.max_batch:
+            return True
+        if num_active is not None and n >= num_active:
+            return True
+        deadline = self.deadline_s()
+        return deadline is not None and now_s >= deadline
+
+    def take(self) -> list[Queued[T]]:
+        """Remove and return the next batch (FIFO, at most one request per session)."""
+        picked = self._eligible()
+        taken = {id(q) for q in picked}
+        self._queue = [q for q in self._queue if id(q) not in taken]
+        return picked
