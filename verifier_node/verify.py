@@ -118,39 +118,34 @@ def apply_warpers(
     temperature: torch.Tensor,  # [num_rows], > 0
     top_k: torch.Tensor,  # [num_rows], 0 = off
     top_p: torch.Tensor,  # [num_rows], 1.0 = off
-) -> torch.Tensor:  # [num_rows, vocab] probabilities, rows sum to 1
-    """Temperature → top-k → top-p → softmax, the same definitions as the device.
+) -> torch.Tensor:  # [num_rows, vocab] float32 probabilities, rows sum to 1
+    """Temperature → top-k → top-p, each renormalised: the device's definitions.
 
-    * temperature: ``logits / temperature``;
-    * top-k: keep the ``k`` largest logits (all tokens tied with the k-th are kept);
-    * top-p: keep the smallest set of most probable tokens whose cumulative probability
-      reaches ``top_p`` (always at least one), then renormalise.
+    Mirrors ``edge_node.sampling.warp`` (without its cap at 64 entries, which only
+    concerns q), computed in float64 like the device:
+
+    * temperature: ``softmax(logits / temperature)``;
+    * top-k: keep exactly the ``k`` most probable tokens, ties broken by lower id;
+    * top-p: walking by descending probability (ties by lower id), keep a token while
+      the mass *before* it is ``< top_p`` (the first token always stays).
     """
     assert logits.dim() == 2, f"logits must be [num_rows, vocab], got {tuple(logits.shape)}"
     num_rows, vocab = logits.shape
     for name, t in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
         assert t.shape == (num_rows,), f"{name} must be [{num_rows}], got {tuple(t.shape)}"
-    logits = logits.float() / temperature.float()[:, None]
-    sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)  # [num_rows, vocab]
-    use_k = (top_k > 0) & (top_k < vocab)
-    if bool(use_k.any()):
-        kth = sorted_logits.gather(1, (top_k.clamp(1, vocab) - 1)[:, None].long())  # [num_rows, 1]
-        logits = torch.where(use_k[:, None] & (logits < kth), float("-inf"), logits)
-        sorted_logits = torch.where(
-            use_k[:, None] & (sorted_logits < kth), float("-inf"), sorted_logits
-        )
-    probs = torch.softmax(logits, dim=-1)  # [num_rows, vocab]
-    use_p = top_p < 1.0
-    if bool(use_p.any()):
-        sorted_probs = torch.softmax(sorted_logits, dim=-1)  # [num_rows, vocab], descending
-        cum_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly better tokens
-        drop_sorted = cum_before >= top_p.float()[:, None]
-        drop_sorted[:, 0] = False  # always keep the most probable token
-        drop_sorted &= use_p[:, None]
-        drop = torch.zeros_like(drop_sorted).scatter_(1, sorted_idx, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
+    probs = torch.softmax(logits.double() / temperature.double()[:, None], dim=-1)
+    # Stable descending sort: equal probabilities keep ascending id order.
+    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True, stable=True)
+    rank = torch.arange(vocab, device=logits.device)[None, :]  # [1, vocab]
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab).to(logits.device)
+    kept = torch.where(rank < k[:, None], sorted_probs, 0.0)  # [num_rows, vocab]
+    kept = kept / kept.sum(dim=-1, keepdim=True)
+    before = kept.cumsum(dim=-1) - kept  # mass strictly before each token
+    off = (top_p >= 1.0).to(logits.device)[:, None]  # top-p off: no cut at all
+    keep = (before < top_p.double()[:, None]) | (rank == 0) | off
+    kept = torch.where(keep, kept, 0.0)
+    kept = kept / kept.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(kept).scatter_(1, sorted_idx, kept).float()
 
 
 def dense_draft_probs(

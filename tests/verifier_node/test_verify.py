@@ -119,6 +119,16 @@ def test_top_k_keeps_k_largest() -> None:
     assert torch.allclose(probs[[1, 2]], expected)
 
 
+def test_top_k_ties_keep_exactly_k_lower_ids_first() -> None:
+    probs = warp([1.0, 3.0, 3.0, 3.0, 0.0], top_k=2)  # three tied for the top
+    assert probs.tolist() == pytest.approx([0, 0.5, 0.5, 0, 0])
+
+
+def test_top_p_ties_walk_lower_ids_first() -> None:
+    probs = warp([2.0, 2.0, 2.0, 2.0], top_p=0.5)  # 0.25 each: keep ids 0 and 1
+    assert probs.tolist() == pytest.approx([0.5, 0.5, 0, 0])
+
+
 def test_top_p_keeps_smallest_set_reaching_p() -> None:
     # softmax of log([0.5, 0.3, 0.15, 0.05]) is that distribution.
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().tolist()
