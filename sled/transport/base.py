@@ -71,7 +71,10 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     True
     """
     if topic_filter.startswith("$share/"):
-        topic_filter = topic_filter.split("/", 2)[2]
+        parts = topic_filter.split("/", 2)
+        if len(parts) < 3 or not parts[1]:
+            return False  # "$share/group" without a filter matches nothing
+        topic_filter = parts[2]
     fparts = topic_filter.split("/")
     tparts = topic.split("/")
     if topic.startswith("$") and fparts[0] in ("+", "#"):

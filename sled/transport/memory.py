@@ -8,7 +8,6 @@ End-to-end tests use the real Mosquitto; this is only for fast tests.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Self
@@ -22,7 +21,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self._clients: list[MemoryTransport] = []
         self._retained: dict[str, bytes] = {}
-        self._rr = itertools.count()
+        self._rr: dict[str, int] = {}  # next member per shared filter (round robin)
         self.published: list[Message] = []  # every message, for assertions
 
     def _attach(self, client: MemoryTransport) -> None:
@@ -49,8 +48,10 @@ class MemoryBroker:
                 else:
                     client.deliver(Message(msg.topic, msg.payload, retain=False))
                 break
-        for members in shared.values():
-            members[next(self._rr) % len(members)].deliver(Message(msg.topic, msg.payload))
+        for flt, members in shared.items():
+            turn = self._rr.get(flt, 0)
+            self._rr[flt] = turn + 1
+            members[turn % len(members)].deliver(Message(msg.topic, msg.payload))
 
     def retained_for(self, topic_filter: str) -> list[Message]:
         return [
