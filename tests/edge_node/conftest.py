@@ -70,6 +70,6 @@ def llama_fp16(tiny_root: Path, llama_drafter: TinyDrafter) -> TinyDrafter:
 
 @pytest.fixture
 def tiny(request: pytest.FixtureRequest) -> TinyDrafter:
-    """Parametrize with the family name: ``@pytest.mark.parametrize("tiny", [...], indirect=True)``."""
+    """A drafter by family name: ``parametrize("tiny", ["llama"], indirect=True)``."""
     drafter: TinyDrafter = request.getfixturevalue(f"{request.param}_drafter")
     return drafter

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,7 @@ def _torch_logits(hf_dir, ids: list[int]) -> np.ndarray:  # type: ignore[no-unty
     return np.asarray(out.logits[0, -1].numpy())
 
 
-_MODELS: dict[object, object] = {}
+_MODELS: dict[Any, Any] = {}
 
 
 @pytest.mark.parametrize("tiny", ["llama", "qwen2", "gpt2"], indirect=True)
@@ -106,7 +108,9 @@ def test_sync_and_history_rollback(llama_drafter: TinyDrafter) -> None:
     assert b.tokens == ids
     np.testing.assert_allclose(got, full, atol=1e-5)
     drafter.rollback(b, 3)
-    np.testing.assert_allclose(b.next_logits, drafter.feed(drafter.new_state(), ids[:3]), atol=1e-5)
+    assert b.next_logits is not None
+    expected = drafter.feed(drafter.new_state(), ids[:3])
+    assert float(np.abs(b.next_logits - expected).max()) < 1e-5
 
 
 @pytest.mark.parametrize("variant", ["int8", "fp16"])

@@ -1,0 +1,385 @@
+"""The edge node's drafting policy: pure decisions, no asyncio, MQTT or model.
+
+Terms are those of :mod:`schemas.messages` (context, draft, accepted, target token,
+committed). Here *pending* means the draft tokens the device holds after the committed
+context — sent or not yet sent, all in the drafter's KV cache — and *unverified*
+tokens are pending tokens released to the app during fallback.
+
+* **Dynamic drafting** (paper eq. 1, :func:`draft_stop`): draft while the drafter's
+  confidence in the next token (max probability after the warpers) is at least
+  ``threshold``, up to ``max_draft`` tokens; then request verification.
+* **Asynchronous drafting**: while a request is in flight keep drafting past the sent
+  drafts as if all will be accepted (up to ``max_draft + 1`` extra: the first extra
+  guesses the target token, the rest are the next round's drafts). A verdict that
+  accepts all sent drafts and whose target token equals the first extra keeps the rest;
+  otherwise they are dropped (:meth:`SledSession.on_verdict` returns what stays).
+* **Adaptive timeout** (:class:`RttEstimator`): ``multiplier x`` the round-trip EWMA,
+  doubled per consecutive timeout, clamped to ``[floor, ceiling]``; RTT samples only
+  from requests sent once (Karn's rule).
+* **Resend**: on a timeout the same ``seq`` and ``start`` go out again with the
+  outstanding drafts followed by what was drafted since.
+* **Fallback** after ``fallback_after`` consecutive timeouts: pending tokens are
+  released to the app as unverified, local generation continues without the
+  threshold, and every resend is a probe carrying the full committed ``context``.
+  The first verdict resynchronises: a verified chunk with ``retract`` = all released
+  unverified tokens, then the accepted drafts and the target token.
+
+:class:`SledSession` is the state of one SLED generation; the service feeds it drafter
+confidences, timer expiries and verdicts, and does what it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from schemas import DraftRequest, ErrorCode, SamplingParams, Verdict
+
+WIRE_MAX_DRAFT = 64  # schemas Limits.max_draft: draft tokens per request
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Knobs of the drafting policy. Times are seconds."""
+
+    threshold: float = 0.5  # draft while next-token confidence >= this (0..1)
+    max_draft: int = 8  # draft tokens per verification round
+    async_drafting: bool = True  # keep drafting while a verification is in flight
+    timeout_floor_s: float = 0.2  # shortest verification timeout
+    timeout_ceiling_s: float = 5.0  # longest timeout; also the first one (RTT unknown)
+    timeout_multiplier: float = 3.0  # timeout = multiplier x RTT EWMA
+    rtt_alpha: float = 0.25  # weight of a new RTT sample in the EWMA
+    fallback_after: int = 3  # consecutive timeouts before falling back to local
+    max_resyncs: int = 3  # consecutive resync verdicts before giving up with an error
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if not 1 <= self.max_draft <= WIRE_MAX_DRAFT:
+            raise ValueError(f"max_draft must be in [1, {WIRE_MAX_DRAFT}], got {self.max_draft}")
+        if not 0 < self.timeout_floor_s <= self.timeout_ceiling_s:
+            raise ValueError("timeouts need 0 < floor <= ceiling")
+        if self.timeout_multiplier <= 0 or not 0 < self.rtt_alpha <= 1:
+            raise ValueError("timeout_multiplier must be > 0 and rtt_alpha in (0, 1]")
+        if self.fallback_after < 1:
+            raise ValueError(f"fallback_after must be >= 1, got {self.fallback_after}")
+
+
+class StopReason(StrEnum):
+    """Why a round of drafting ended."""
+
+    THRESHOLD = "threshold"  # confidence fell below the threshold (eq. 1)
+    MAX_DRAFT = "max_draft"  # max_draft tokens drafted
+    EOS = "eos"  # the last draft is an end-of-sequence token
+    BUDGET = "budget"  # drafts already fill the remaining max_new_tokens
+    IN_FLIGHT = "in_flight"  # asynchronous drafting is off and a request is in flight
+    DONE = "done"
+
+
+def draft_stop(
+    confidence: float, num_drafted: int, *, threshold: float, max_draft: int
+) -> StopReason | None:
+    """Paper eq. 1: stop when ``num_drafted == max_draft`` or ``confidence < threshold``."""
+    if num_drafted >= max_draft:
+        return StopReason.MAX_DRAFT
+    if confidence < threshold:
+        return StopReason.THRESHOLD
+    return None
+
+
+class RttEstimator:
+    """Verification round trip as an EWMA; the adaptive timeout derived from it.
+
+    One per device (the link is shared by its sessions). Times are seconds.
+    """
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self._config = config
+        self.ewma_s: float | None = None
+        self.samples = 0
+
+    def observe(self, rtt_s: float) -> None:
+        if rtt_s < 0:
+            return
+        alpha = self._config.rtt_alpha
+        self.ewma_s = rtt_s if self.ewma_s is None else (1 - alpha) * self.ewma_s + alpha * rtt_s
+        self.samples += 1
+
+    def timeout_s(self, failures: int = 0) -> float:
+        """``multiplier x EWMA x 2**failures`` in ``[floor, ceiling]``; ceiling if unknown."""
+        cfg = self._config
+        if self.ewma_s is None:
+            return cfg.timeout_ceiling_s
+        raw = cfg.timeout_multiplier * self.ewma_s * 2 ** min(failures, 16)
+        return min(cfg.timeout_ceiling_s, max(cfg.timeout_floor_s, raw))
+
+
+@dataclass(frozen=True, slots=True)
+class DraftToken:
+    """One pending draft token; ``q_ids``/``q_probs`` only when sampling."""
+
+    id: int
+    q_ids: list[int] | None = None
+    q_probs: list[float] | None = None
+
+
+@dataclass(slots=True)
+class Outstanding:
+    """The request in flight. Times are ``time.monotonic()`` seconds."""
+
+    seq: int
+    start: int
+    num_drafts: int  # drafts in the latest send
+    first_sent_s: float
+    last_sent_s: float
+    attempts: int = 1
+    with_context: bool = False
+
+
+class Event(StrEnum):
+    """What the service should do after a timer expiry or a verdict that commits nothing."""
+
+    IGNORED = "ignored"  # stale or duplicate verdict, or another session's: keep waiting
+    RESEND = "resend"  # send the request again now (same seq and start)
+    FALLBACK = "fallback"  # just fell back: release unverified tokens, then resend (probe)
+    BACKOFF = "backoff"  # transient error verdict: keep waiting for the timer, then resend
+    GIVE_UP = "give_up"  # fallback generation is complete and the verifier is silent
+    ERROR = "error"  # fatal: finish with ``session.error``
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """A verdict that advanced the session."""
+
+    tokens: list[int]  # appended to the committed context: accepted drafts + target token
+    retract: int  # unverified tokens withdrawn before them (resync after fallback)
+    accepted: int
+    drafted: int  # drafts in the request the verdict answered (latest send)
+    kept: int  # asynchronous drafts kept as pending
+    done: bool
+    rtt_s: float | None  # round trip, when the request was sent once
+
+
+TRANSIENT_CODES = frozenset({ErrorCode.OVERLOADED.value, ErrorCode.INTERNAL.value})
+
+
+@dataclass
+class SledSession:
+    """State of one SLED-mode generation (see the module docstring)."""
+
+    session: str
+    prompt: list[int]
+    max_new_tokens: int
+    params: SamplingParams
+    eos_ids: frozenset[int]
+    config: PolicyConfig
+    rtt: RttEstimator
+    fingerprint: str | None = None
+    committed: list[int] = field(default_factory=list)
+    pending: list[DraftToken] = field(default_factory=list)
+    seq: int = 0
+    outstanding: Outstanding | None = None
+    failures: int = 0  # consecutive timeouts
+    fallback: bool = False
+    released: int = 0  # pending tokens released as unverified
+    needs_context: bool = True  # the next send carries the full context
+    resyncs: int = 0  # consecutive resync verdicts
+    done: bool = False
+    error: str | None = None
+    # counters (running totals)
+    drafted: int = 0
+    accepted: int = 0
+    rounds: int = 0
+    timeouts: int = 0
+    resends: int = 0
+    fallbacks: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.prompt:
+            raise ValueError("prompt must not be empty")
+        if not self.committed:
+            self.committed = list(self.prompt)
+
+    # -- views -------------------------------------------------------------------
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt)
+
+    @property
+    def generated(self) -> int:
+        """Committed (verified) completion tokens."""
+        return len(self.committed) - self.prompt_len
+
+    @property
+    def budget_left(self) -> int:
+        return max(0, self.max_new_tokens - self.generated)
+
+    @property
+    def pending_ids(self) -> list[int]:
+        return [t.id for t in self.pending]
+
+    @property
+    def sequence(self) -> list[int]:
+        """Committed context + pending drafts: exactly what the drafter's cache holds."""
+        return self.committed + self.pending_ids
+
+    @property
+    def local_complete(self) -> bool:
+        """Pending tokens end with EOS or fill the budget: nothing more to draft."""
+        return bool(self.pending and self.pending[-1].id in self.eos_ids) or (
+            len(self.pending) >= self.budget_left
+        )
+
+    def stop_reason(self, confidence: float) -> StopReason | None:
+        """Why not to draft another token now (None: draft it)."""
+        cfg = self.config
+        if self.done:
+            return StopReason.DONE
+        if self.pending and self.pending[-1].id in self.eos_ids:
+            return StopReason.EOS
+        if len(self.pending) >= self.budget_left:
+            return StopReason.BUDGET
+        if self.fallback:
+            return None  # local generation: no threshold
+        if self.outstanding is None:
+            return draft_stop(
+                confidence, len(self.pending), threshold=cfg.threshold, max_draft=cfg.max_draft
+            )
+        if not cfg.async_drafting:
+            return StopReason.IN_FLIGHT
+        extras = len(self.pending) - self.outstanding.num_drafts
+        if len(self.pending) >= WIRE_MAX_DRAFT:
+            return StopReason.MAX_DRAFT
+        return draft_stop(confidence, extras, threshold=cfg.threshold, max_draft=cfg.max_draft + 1)
+
+    def should_draft(self, confidence: float) -> bool:
+        return self.stop_reason(confidence) is None
+
+    def add_draft(self, token: DraftToken) -> None:
+        if self.params.greedy != (token.q_ids is None):
+            raise ValueError("q rows go with sampling drafts, and only with them")
+        self.pending.append(token)
+
+    # -- requests ------------------------------------------------------------------
+    def build_request(self, now_s: float, now_ns: int = 0) -> DraftRequest:
+        """The request to send now: the first send of ``seq`` or a resend of it.
+
+        Drafts: pending tokens (outstanding ones first, then those drafted since),
+        at most 64 (the wire limit) and never past the budget.
+        """
+        n = min(len(self.pending), WIRE_MAX_DRAFT, self.budget_left)
+        drafts = self.pending[:n]
+        with_context = self.needs_context or self.fallback
+        prev = self.outstanding
+        if prev is not None and prev.seq == self.seq:  # a resend of the same seq
+            self.resends += 1
+            first_sent_s, attempts = prev.first_sent_s, prev.attempts + 1
+        else:
+            first_sent_s, attempts = now_s, 1
+        self.outstanding = Outstanding(
+            seq=self.seq,
+            start=len(self.committed),
+            num_drafts=n,
+            first_sent_s=first_sent_s,
+            last_sent_s=now_s,
+            attempts=attempts,
+            with_context=with_context,
+        )
+        sampling = not self.params.greedy
+        return DraftRequest(
+            session=self.session,
+            seq=self.seq,
+            start=len(self.committed),
+            draft=[t.id for t in drafts],
+            sent_at_ns=now_ns,
+            q_ids=[t.q_ids or [] for t in drafts] if sampling else None,
+            q_probs=[t.q_probs or [] for t in drafts] if sampling else None,
+            context=list(self.committed) if with_context else None,
+            prompt_len=self.prompt_len if with_context else None,
+            max_new_tokens=self.max_new_tokens if with_context else None,
+            params=self.params if with_context else None,
+            fingerprint=self.fingerprint if with_context else None,
+        )
+
+    def timeout_s(self) -> float:
+        """How long to wait for the verdict of the request just sent."""
+        return self.rtt.timeout_s(self.failures)
+
+    # -- events ----------------------------------------------------------------------
+    def on_timeout(self) -> Event:
+        """The verdict did not come in time: resend, fall back, or give up."""
+        if self.outstanding is None:
+            return Event.IGNORED
+        self.timeouts += 1
+        self.failures += 1
+        if self.fallback and self.local_complete:
+            return Event.GIVE_UP
+        if not self.fallback and self.failures >= self.config.fallback_after:
+            self.fallback = True
+            self.fallbacks += 1
+            return Event.FALLBACK
+        return Event.RESEND
+
+    def release_unverified(self) -> list[int]:
+        """In fallback: pending tokens not yet released, now released as unverified."""
+        if not self.fallback:
+            return []
+        fresh = self.pending_ids[self.released :]
+        self.released = len(self.pending)
+        return fresh
+
+    def on_verdict(self, verdict: Verdict, now_s: float) -> Commit | Event:
+        """Apply a verdict; a :class:`Commit` when it advanced the session."""
+        o = self.outstanding
+        if o is None or verdict.session != self.session or verdict.seq != o.seq:
+            return Event.IGNORED
+        if verdict.code == ErrorCode.RESYNC:
+            self.resyncs += 1
+            if self.resyncs > self.config.max_resyncs:
+                return self._fail(f"verifier asked to resync {self.resyncs} times in a row")
+            self.needs_context = True
+            return Event.RESEND
+        if verdict.code in TRANSIENT_CODES:
+            return Event.BACKOFF
+        if verdict.code is not None:
+            return self._fail(f"verifier refused the request: {verdict.code}: {verdict.message}")
+        a = verdict.accepted
+        if a > len(self.pending) or verdict.committed != o.start + a + 1:
+            return self._fail(
+                f"inconsistent verdict: accepted {a} of {len(self.pending)} pending drafts, "
+                f"committed {verdict.committed}, start {o.start}"
+            )
+        x = verdict.token
+        tokens = [*self.pending_ids[:a], x]
+        kept = self.pending[a + 1 :] if a < len(self.pending) and self.pending[a].id == x else []
+        retract = self.released if self.fallback else 0
+        rtt_s = now_s - o.last_sent_s if o.attempts == 1 else None
+        if rtt_s is not None:
+            self.rtt.observe(rtt_s)
+        self.drafted += o.num_drafts
+        self.accepted += a
+        self.rounds += 1
+        self.committed.extend(tokens)
+        self.pending = list(kept)
+        self.seq += 1
+        self.outstanding = None
+        self.failures = 0
+        self.fallback = False
+        self.released = 0
+        self.needs_context = False
+        self.resyncs = 0
+        self.done = verdict.done or x in self.eos_ids or self.generated >= self.max_new_tokens
+        return Commit(tokens, retract, a, o.num_drafts, len(kept), self.done, rtt_s)
+
+    def _fail(self, message: str) -> Event:
+        self.error = message
+        self.done = True
+        return Event.ERROR
+
+    @property
+    def finish_reason(self) -> str:
+        """``stop`` (EOS), ``length`` (budget), ``error``; for the tokens committed so far."""
+        if self.error is not None:
+            return "error"
+        last = self.sequence[-1] if len(self.sequence) > self.prompt_len else None
+        return "stop" if last is not None and last in self.eos_ids else "length"
