@@ -103,7 +103,8 @@ class ReplayDevice:
         extra = max(0, self.ahead - len(drafts))
         if self.async_draft:
             extra += math.floor(in_flight * self.tokens_per_s + 1e-9)
-        extra = min(extra, max(0, self.trace.chain_len - len(drafts)))
+        # the edge node drafts at most max_draft + 1 tokens past the sent drafts
+        extra = min(extra, self.policy.max_draft + 1, max(0, self.trace.chain_len - len(drafts)))
         chain = self.trace.chains[start]
         keep = 0
         if accepted == len(drafts) and extra >= 1 and chain[len(drafts)] == token:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ from typing import Any
 class DraftPolicy:
     """Dynamic drafting (paper eq. 1).
 
-    Draft while the drafter's confidence in the token just drafted is
-    ``>= threshold`` and fewer than ``max_draft`` tokens are drafted; the token whose
-    confidence fell below the threshold is still sent (it was already drafted).
-    ``threshold = 0`` gives fixed-length drafting of ``max_draft`` tokens.
+    Draft while the drafter's confidence in the next token is ``>= threshold``, up to
+    ``max_draft`` tokens (the edge node's ``edge_node.policy.draft_stop``): a token
+    whose confidence is below the threshold is not sent, so a round may carry no
+    drafts at all. ``threshold = 0`` gives fixed-length drafting of ``max_draft``.
     """
 
     max_draft: int = 4
@@ -45,9 +45,9 @@ class DraftPolicy:
         """How many chain tokens to send, given the chain's confidences."""
         k = 0
         for conf in confidences[: self.max_draft]:
-            k += 1
             if conf < self.threshold:
                 break
+            k += 1
         return k
 
 
@@ -66,6 +66,7 @@ class PromptTrace:
     chains: list[list[int]]
     confidences: list[list[float]]
     max_new_tokens: int
+    eos: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -85,22 +86,30 @@ class PromptTrace:
     def drafts(self, committed: int, policy: DraftPolicy) -> list[int]:
         """Drafts sent with ``committed`` reference tokens already verified.
 
-        Never more than the tokens still allowed (``M - committed - 1``): the target adds
-        one token per round anyway.
+        As the edge node drafts: the policy's length, never more than the generation
+        budget left (``max_new_tokens - committed``), and ending at the first EOS.
         """
         if committed >= len(self.reference):
             return []
         k = policy.draft_length(self.confidences[committed])
-        room = len(self.reference) - committed - 1
-        return self.chains[committed][: min(k, room)]
+        room = self.max_new_tokens - committed
+        drafts = self.chains[committed][: min(k, room)]
+        for j, tok in enumerate(drafts):
+            if tok in self.eos:
+                return drafts[: j + 1]
+        return drafts
 
     def accepted_length(self, committed: int, drafts: list[int]) -> int:
-        """How many leading ``drafts`` a lossless greedy verifier accepts."""
+        """``accepted`` of a lossless greedy verdict for ``drafts`` (protocol rules).
+
+        The longest prefix equal to the reference, cut so that one reference token is
+        left for the target token (EOS inside the drafts, or the budget, ends there).
+        """
         ref = self.reference[committed:]
         a = 0
         while a < len(drafts) and a < len(ref) and drafts[a] == ref[a]:
             a += 1
-        return a
+        return min(a, max(0, len(ref) - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +188,9 @@ def oracle_trace(
                 chain.append(tok)
         chains.append(chain)
     confidences = [[1.0] * chain_len for _ in reference]
-    return PromptTrace(list(prompt), list(reference), chains, confidences, max_new_tokens)
+    return PromptTrace(
+        list(prompt), list(reference), chains, confidences, max_new_tokens, sorted(avoid)
+    )
 
 
 def expected_accepted(alpha: float, k: int) -> float:

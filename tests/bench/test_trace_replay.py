@@ -38,8 +38,8 @@ def _trace() -> PromptTrace:
     ("policy", "confs", "expected"),
     [
         (DraftPolicy(4, 0.0), [0.1, 0.1, 0.1, 0.1, 0.1], 4),
-        (DraftPolicy(4, 0.5), [0.9, 0.8, 0.3, 0.9], 3),  # the low token is still sent
-        (DraftPolicy(4, 0.5), [0.2, 0.9], 1),
+        (DraftPolicy(4, 0.5), [0.9, 0.8, 0.3, 0.9], 2),  # stop before the unsure token
+        (DraftPolicy(4, 0.5), [0.2, 0.9], 0),
         (DraftPolicy(8, 0.5), [0.9, 0.9], 2),  # chain shorter than max_draft
         (DraftPolicy(0, 0.5), [0.9], 0),
     ],
@@ -50,17 +50,25 @@ def test_draft_length(policy: DraftPolicy, confs: list[float], expected: int) ->
 
 def test_drafts_respect_budget_and_acceptance() -> None:
     t = _trace()
-    assert t.drafts(0, DraftPolicy(4, 0.5)) == [10, 11, 99]
+    assert t.drafts(0, DraftPolicy(4, 0.5)) == [10, 11]
     assert t.accepted_length(0, [10, 11, 99]) == 2
-    assert t.drafts(4, DraftPolicy(4)) == [14]  # only one token of room before the end
+    assert t.drafts(4, DraftPolicy(4)) == [14, 15]  # budget: 2 tokens left
+    assert t.accepted_length(4, [14, 15]) == 1  # the last one becomes the target token
     assert t.drafts(6, DraftPolicy(4)) == []
+
+
+def test_drafts_end_at_eos() -> None:
+    t = PromptTrace([1], [5, 0], [[5, 0, 7], [0, 7, 7]], [[0.9] * 3] * 2, 8, eos=[0])
+    assert t.drafts(0, DraftPolicy(4)) == [5, 0]
+    assert t.accepted_length(0, [5, 0]) == 1  # EOS accepted -> it is the target token
 
 
 def test_simulate_acceptance_counts_rounds() -> None:
     stats = simulate_acceptance([_trace()], DraftPolicy(4, 0.0))
-    # pos 0: [10,11,99,13] a=2 -> pos 3; [13,98] (room 2) a=1 -> pos 5; [] -> pos 6
-    assert (stats.rounds, stats.drafted, stats.accepted, stats.generated) == (3, 6, 3, 6)
-    assert stats.acceptance_rate == pytest.approx(0.5)
+    # pos 0: [10,11,99,13] a=2 -> pos 3; [13,98,15] (budget 3) a=1 -> pos 5;
+    # [15] a=0 (last token is the target token) -> pos 6
+    assert (stats.rounds, stats.drafted, stats.accepted, stats.generated) == (3, 8, 3, 6)
+    assert stats.acceptance_rate == pytest.approx(3 / 8)
     assert stats.tokens_per_round == pytest.approx(2.0)
 
 
@@ -74,6 +82,14 @@ def test_replay_timing_without_async_drafting() -> None:
     assert req.start == 3 and req.drafts == [13, 98] and req.send_at == pytest.approx(0.7)
 
 
+def test_replay_without_confident_drafts_sends_an_empty_draft() -> None:
+    t = _trace()
+    dev = ReplayDevice(t, DraftPolicy(4, 0.95), tokens_per_s=10.0, async_draft=False)
+    req = dev.next_request(1.0)
+    assert req.drafts == [] and req.send_at == 1.0
+    assert dev.on_verdict(req, 0, 10, sent_at=1.0, now=1.1).committed_tokens == 1
+
+
 def test_replay_keeps_extra_drafts_when_all_accepted() -> None:
     dev = ReplayDevice(_trace(), DraftPolicy(2), tokens_per_s=10.0, async_draft=True)
     dev.committed = 1  # chain [11, 12, 13, 14, 15]
@@ -83,7 +99,7 @@ def test_replay_keeps_extra_drafts_when_all_accepted() -> None:
     out = dev.on_verdict(req, 2, 13, sent_at=0.2, now=0.55)
     assert out.lossless and out.kept_ahead == 2 and dev.committed == 4
     req = dev.next_request(0.55)
-    assert req.drafts == [14] and req.send_at == pytest.approx(0.55)  # already drafted
+    assert req.drafts == [14, 15] and req.send_at == pytest.approx(0.55)  # already drafted
 
 
 def test_replay_drops_extra_drafts_after_a_rejection() -> None:
