@@ -1,0 +1,317 @@
+"""Target model runner: one forward pass scores a whole batch of sessions.
+
+Any transformers causal LM from a local directory (Llama, Qwen2, GPT-2, …), loaded with
+SDPA attention. Each session has its own prefix length and draft length; the batch is
+padded to the longest row, with per-row position ids and a 4D attention mask, over the
+persistent :class:`~verifier_node.kvcache.SlotKVCache`.
+
+Cache invariant: a session's cached tokens are a prefix of its committed ids without
+the last one. A round feeds ``[committed[-1], *draft]`` at positions
+``len(committed)-1 …``, so logits position ``j`` predicts the token after
+``draft[:j]``. Whatever the cache holds beyond the committed prefix (rejected drafts)
+is rolled back for free by comparing cached and committed ids; an evicted (or new)
+session is re-prefilled from its committed ids first, transparently.
+
+The runner is not thread-safe: the service calls it from one worker thread only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from verifier_node.kvcache import LayerShape, SlotKVCache, SlotTable, common_prefix_len
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RowInput:
+    """One session's part of a forward: score ``extra`` after ``context``."""
+
+    key: Hashable
+    context: Sequence[int]  # committed ids (>= 1)
+    extra: Sequence[int] = ()  # draft ids (may be empty)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardStats:
+    """Timings (ms) and counts of one :meth:`TargetRunner.score` call."""
+
+    prepare_ms: float  # cache bookkeeping, resizing, input tensors
+    prefill_ms: float  # forwards that re-prefill new / evicted sessions
+    forward_ms: float  # the batch's scoring forward (model call)
+    num_rows: int
+    num_new: int  # tokens per row in the scoring forward (padded)
+    num_prefill_tokens: int  # ids re-prefilled (not counting padding)
+    num_rolled_back: int  # cached tokens dropped (rejected drafts, divergence)
+    evicted: int  # sessions evicted to fit this batch
+    resized: bool  # cache tensors were reallocated
+    kv_bytes: int  # bytes allocated by the KV cache
+    kv_view: bool  # attention read the cache as a view (no gather copy)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreOutput:
+    """Logits in *slot order*: ``logits[j]`` belongs to ``rows[order[j]]`` (no reorder copy)."""
+
+    logits: torch.Tensor  # [batch, max_extra + 1, vocab] float32
+    order: list[int]  # [batch] input row of each logits row
+    stats: ForwardStats
+
+    def row(self, b: int) -> torch.Tensor:  # [max_extra + 1, vocab]
+        """The logits of input row ``b``."""
+        return self.logits[self.order.index(b)]
+
+
+def configure_torch(threads: int) -> None:
+    """Torch intra-op threads (and one inter-op thread); 0 leaves torch's default."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work has started
+        pass
+
+
+class TargetRunner:
+    """Scores batches of sessions with a causal LM and a slot KV cache."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        kv_budget_bytes: int = 1 << 30,
+        prefill_chunk: int = 512,
+        eos_ids: Sequence[int] | None = None,
+        pad_id: int = 0,
+    ) -> None:
+        self.model = model.eval()
+        config = model.config
+        self.vocab_size: int = int(model.get_output_embeddings().weight.shape[0])
+        positions = getattr(config, "max_position_embeddings", None)
+        self.max_positions: int = int(positions or getattr(config, "n_positions", 2048))
+        self.dtype: torch.dtype = next(model.parameters()).dtype
+        self.device: torch.device = next(model.parameters()).device
+        self.eos_ids: frozenset[int] = frozenset(
+            eos_ids if eos_ids is not None else _eos_ids(model)
+        )
+        self.pad_id = pad_id
+        self.prefill_chunk = prefill_chunk
+        shapes = self._probe_shapes()
+        self.cache = SlotKVCache(shapes, dtype=self.dtype, device=self.device)
+        self.table = SlotTable(
+            budget_bytes=kv_budget_bytes, bytes_per_token=self.cache.bytes_per_token
+        )
+        self.evictions = 0  # total, for metrics
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        *,
+        dtype: str = "float32",
+        threads: int = 0,
+        kv_budget_bytes: int = 1 << 30,
+        prefill_chunk: int = 512,
+    ) -> TargetRunner:
+        """Load a causal LM from a local directory (never from the network)."""
+        from transformers import AutoModelForCausalLM
+
+        configure_torch(threads)
+        path = Path(model_dir)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"model directory {str(model_dir)!r} not found (only local directories work; "
+                "no model hub access)"
+            )
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], attn_implementation="sdpa", local_files_only=True
+        )
+        return cls(model, kv_budget_bytes=kv_budget_bytes, prefill_chunk=prefill_chunk)
+
+    # -- geometry ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def _probe_shapes(self) -> list[LayerShape]:
+        """KV shapes per layer, from one 1-token forward with the model's own cache."""
+        out = self.model(input_ids=torch.zeros(1, 1, dtype=torch.int64), use_cache=True)
+        shapes = []
+        for layer in out.past_key_values.layers:
+            k, v = layer.keys, layer.values  # [1, kv_heads, 1, dim]
+            shapes.append(LayerShape(kv_heads=k.shape[1], k_dim=k.shape[3], v_dim=v.shape[3]))
+        return shapes
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.cache.nbytes
+
+    @property
+    def num_resident(self) -> int:
+        return len(self.table.residents)
+
+    def release(self, key: Hashable) -> None:
+        """Forget a session's KV (it finished or expired)."""
+        self.table.release(key)
+
+    def cached_tokens(self, key: Hashable) -> list[int]:
+        r = self.table.get(key)
+        return list(r.tokens) if r is not None else []
+
+    # -- scoring ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, rows: Sequence[RowInput]) -> ScoreOutput:
+        """Logits ``[batch, max_extra + 1, vocab]``: for input row ``b`` (logits row
+        ``order.index(b)``), position ``j`` predicts the token after
+        ``context_b + extra_b[:j]``; positions past ``len(extra_b)`` are padding.
+        """
+        t0 = time.perf_counter()
+        assert rows, "empty batch"
+        keys = [r.key for r in rows]
+        assert len(set(keys)) == len(keys), "a session appears twice in one batch"
+        num_new = 1 + max(len(r.extra) for r in rows)
+        for r in rows:
+            assert len(r.context) >= 1, f"{r.key}: empty context"
+            assert len(r.context) + len(r.extra) <= self.max_positions, (
+                f"{r.key}: {len(r.context) + len(r.extra)} tokens exceed the model's "
+                f"{self.max_positions} positions"
+            )
+
+        # 1. Roll back: keep the longest cached prefix of committed[:-1].
+        rolled_back = 0
+        for r in rows:
+            res = self.table.get(r.key)
+            if res is not None:
+                keep = common_prefix_len(res.tokens, r.context[:-1])
+                rolled_back += len(res.tokens) - keep
+                del res.tokens[keep:]
+        # 2. Slots for everyone, within the budget.
+        chunk = self.prefill_chunk
+        uncached = max(
+            len(r.context) - 1 - len(res.tokens)
+            if (res := self.table.get(r.key))
+            else len(r.context) - 1
+            for r in rows
+        )
+        needed_len = max(len(r.context) for r in rows) - 1 + max(num_new, min(uncached, chunk))
+        placement = self.table.place(keys, needed_len)
+        self.evictions += len(placement.evicted)
+        if placement.resize_to is not None:
+            self.cache.resize(*placement.resize_to, keep=placement.keep)
+        self.table.touch(keys)
+        residents = [self.table.residents[k] for k in keys]
+        t1 = time.perf_counter()
+
+        # 3. Re-prefill what is not cached of committed[:-1] (new or evicted sessions).
+        prefill_tokens = 0
+        while True:
+            todo = [
+                (res, r.context[len(res.tokens) : len(r.context) - 1][:chunk])
+                for res, r in zip(residents, rows, strict=True)
+                if len(res.tokens) < len(r.context) - 1
+            ]
+            if not todo:
+                break
+            n = max(len(ids) for _, ids in todo)
+            self._forward(
+                [res.slot for res, _ in todo],
+                [len(res.tokens) for res, _ in todo],
+                [ids for _, ids in todo],
+                n,
+                logits_to_keep=1,
+            )
+            for res, ids in todo:
+                res.tokens.extend(ids)
+                prefill_tokens += len(ids)
+        t2 = time.perf_counter()
+
+        # 4. The scoring forward, rows in slot order (a contiguous run reads a view).
+        order = sorted(range(len(rows)), key=lambda b: residents[b].slot)
+        inputs = [[rows[b].context[-1], *rows[b].extra] for b in order]
+        t3 = time.perf_counter()
+        logits = self._forward(
+            [residents[b].slot for b in order],
+            [len(rows[b].context) - 1 for b in order],
+            inputs,
+            num_new,
+            logits_to_keep=0,
+        )  # [batch, num_new, vocab] in slot order
+        t4 = time.perf_counter()
+        view = self.cache._contiguous is not None
+        for b in order:
+            residents[b].tokens.extend([rows[b].context[-1], *rows[b].extra])
+        logits = logits.float()
+        t5 = time.perf_counter()
+        stats = ForwardStats(
+            prepare_ms=((t1 - t0) + (t3 - t2) + (t5 - t4)) * 1e3,
+            prefill_ms=(t2 - t1) * 1e3,
+            forward_ms=(t4 - t3) * 1e3,
+            num_rows=len(rows),
+            num_new=num_new,
+            num_prefill_tokens=prefill_tokens,
+            num_rolled_back=rolled_back,
+            evicted=len(placement.evicted),
+            resized=placement.resize_to is not None,
+            kv_bytes=self.cache.nbytes,
+            kv_view=view,
+        )
+        return ScoreOutput(logits, order, stats)
+
+    def _forward(
+        self,
+        slots: Sequence[int],
+        starts: Sequence[int],
+        token_ids: Sequence[Sequence[int]],
+        num_new: int,
+        *,
+        logits_to_keep: int,
+    ) -> torch.Tensor:  # [batch, num_new or logits_to_keep, vocab]
+        """One model call: row ``b`` feeds ``token_ids[b]`` (padded to ``num_new``) at
+        positions ``starts[b] …`` into slot ``slots[b]``."""
+        batch = len(slots)
+        input_ids = torch.full((batch, num_new), self.pad_id, dtype=torch.int64)
+        for b, ids in enumerate(token_ids):
+            input_ids[b, : len(ids)] = torch.tensor(list(ids), dtype=torch.int64)
+        start = torch.tensor(list(starts), dtype=torch.int64)  # [batch]
+        positions = start[:, None] + torch.arange(num_new)[None, :]  # [batch, num_new]
+        self.cache.plan(slots, starts, num_new)
+        kv_len = self.cache.kv_len
+        # Row b, query q (position starts[b] + q) sees cache index j <= its position.
+        visible = torch.arange(kv_len)[None, None, :] <= positions[:, :, None]
+        mask = torch.zeros(batch, 1, num_new, kv_len, dtype=self.dtype)  # [batch, 1, n, kv_len]
+        mask.masked_fill_(~visible[:, None], torch.finfo(self.dtype).min)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            # padding queries may run past the model's positions; their output is unused
+            position_ids=positions.clamp(max=self.max_positions - 1).to(self.device),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        logits: torch.Tensor = out.logits
+        return logits
+
+
+def _eos_ids(model: Any) -> list[int]:
+    """EOS ids from the generation config, else the model config."""
+    for cfg in (getattr(model, "generation_config", None), model.config):
+        eos = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+        if eos is not None:
+            return [eos] if isinstance(eos, int) else list(eos)
+    return []

@@ -1,0 +1,404 @@
+"""Sessions and idempotency (pure): what the verifier does with each request.
+
+Sessions are keyed by ``(device, session)``, the device id coming from the topic. A
+session always keeps its committed token ids (prompt + every verified token); the
+target KV cache lives in the runner and may be evicted, the ids never are.
+
+Per request (docs/protocol.md, "Verifier rules per request"), in this order:
+
+=================================================  ===================================
+request                                            decision
+=================================================  ===================================
+``seq`` is being verified right now                drop (one verification per seq)
+``seq == last_seq`` (duplicate / resend)           reply with the **stored** verdict
+``seq < last_seq``                                 drop (stale)
+carries ``context``                                fingerprint check, rebuild, verify
+unknown session                                    ``resync`` verdict
+session finished (``done``)                        ``bad_field`` error verdict
+``seq != last_seq + 1`` or ``start != committed``  ``resync`` verdict
+otherwise                                          verify
+=================================================  ===================================
+
+Error and ``resync`` verdicts are never stored, so a resend of the same seq with the
+full context is verified, not answered with the old error. A finished session keeps
+its last verdict for duplicates until it has been idle ``idle_s`` seconds.
+
+Centralized sessions (the paper's baseline) live in :class:`CentralTable`.
+
+Times are seconds of a monotonic clock passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from schemas import (
+    CentralizedRequest,
+    DraftRequest,
+    ErrorCode,
+    GeneratedTokens,
+    SamplingParams,
+    Verdict,
+)
+
+SessionKey = tuple[str, str]  # (device id from the topic, session id)
+
+
+# -- stop rules -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A verification outcome after the EOS and budget rules."""
+
+    accepted: int  # draft tokens committed
+    token: int  # the target token committed after them
+    done: bool  # the session ended (EOS or max_new_tokens)
+    finish: str | None  # "stop" (EOS), "length" (budget) or None
+
+
+def apply_stop_rules(
+    draft: Sequence[int],
+    accepted: int,
+    token: int,
+    *,
+    eos_ids: Collection[int],
+    generated: int,
+    max_new_tokens: int,
+) -> Stop:
+    """Cut ``draft[:accepted] + [token]`` at the first EOS and at the token budget.
+
+    * EOS inside the accepted drafts: ``draft[j]`` is EOS with ``j < accepted`` →
+      ``accepted = j``, ``token = draft[j]`` (the EOS), done.
+    * Budget: with ``generated`` tokens before this round, at most
+      ``max_new_tokens - generated`` are committed; if cut, the last committed draft
+      token becomes the target token (the target accepted it), done.
+    * Done also when the target token is EOS or the budget is exactly used up.
+    """
+    room = max_new_tokens - generated
+    assert room >= 1, f"no budget left ({generated} of {max_new_tokens} generated)"
+    assert 0 <= accepted <= len(draft)
+    committed = [*draft[:accepted], token]
+    cut = len(committed)
+    for i, tok in enumerate(committed):
+        if tok in eos_ids:
+            cut = i + 1
+            break
+    cut = min(cut, room)
+    last = committed[cut - 1]
+    if last in eos_ids:
+        return Stop(cut - 1, last, True, "stop")
+    if cut == room:
+        return Stop(cut - 1, last, True, "length")
+    return Stop(cut - 1, last, False, None)
+
+
+# -- SLED sessions ------------------------------------------------------------------------
+@dataclass(slots=True)
+class Session:
+    """State of one SLED session."""
+
+    key: SessionKey
+    committed: list[int]  # prompt + verified tokens
+    prompt_len: int
+    max_new_tokens: int
+    params: SamplingParams
+    last_active_s: float
+    last_seq: int = -1  # seq of the stored verdict (-1: none yet)
+    last_verdict: Verdict | None = None
+    pending_seq: int | None = None  # seq queued or being verified
+    done: bool = False
+    rounds: int = 0
+    drafted: int = 0  # draft tokens verified so far
+    accepted: int = 0  # of which accepted
+
+    @property
+    def device(self) -> str:
+        return self.key[0]
+
+    @property
+    def session(self) -> str:
+        return self.key[1]
+
+    @property
+    def generated(self) -> int:
+        return len(self.committed) - self.prompt_len
+
+
+class Action(StrEnum):
+    VERIFY = "verify"  # queue the request for verification
+    REPLY = "reply"  # publish ``verdict`` (stored, resync or error)
+    DROP = "drop"  # do nothing (log ``reason``)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What to do with one request, and why (``reason`` is for the log)."""
+
+    action: Action
+    reason: str
+    session: Session | None = None  # VERIFY
+    verdict: Verdict | None = None  # REPLY
+
+
+def error_verdict(session: str, seq: int, code: ErrorCode, message: str) -> Verdict:
+    return Verdict(session=session, seq=max(seq, 0), code=code.value, message=message)
+
+
+@dataclass
+class SessionTable:
+    """All SLED sessions of one verifier."""
+
+    idle_s: float  # a session idle this long is forgotten (seconds)
+    fingerprint: str | None = None  # the target tokenizer's; None: not checked
+    _sessions: dict[SessionKey, Session] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(self._sessions.values())
+
+    def get(self, key: SessionKey) -> Session | None:
+        return self._sessions.get(key)
+
+    @property
+    def num_active(self) -> int:
+        """Sessions that may still send a request (not finished)."""
+        return sum(1 for s in self._sessions.values() if not s.done)
+
+    def admit(self, device: str, req: DraftRequest, now_s: float) -> Admission:
+        """Decide what to do with ``req`` (already decoded and checked)."""
+        key = (device, req.session)
+        s = self._sessions.get(key)
+        if s is not None:
+            if req.seq == s.pending_seq:
+                return Admission(Action.DROP, "in_flight")
+            if req.seq == s.last_seq and s.last_verdict is not None:
+                s.last_active_s = now_s
+                return Admission(Action.REPLY, "duplicate", verdict=s.last_verdict)
+            if req.seq < max(s.last_seq, -1 if s.pending_seq is None else s.pending_seq):
+                return Admission(Action.DROP, "stale")
+            if s.pending_seq is not None:  # a later seq before this one's verdict: a bug
+                return Admission(Action.DROP, f"busy with seq {s.pending_seq}")
+        if req.context is not None:
+            return self._rebuild(key, req, now_s)
+        if s is None:
+            return self._resync(req, "unknown session")
+        if s.done:
+            return Admission(
+                Action.REPLY,
+                "finished",
+                verdict=error_verdict(
+                    req.session, req.seq, ErrorCode.BAD_FIELD, "session already finished"
+                ),
+            )
+        if req.seq != s.last_seq + 1:
+            return self._resync(req, f"seq {req.seq} after {s.last_seq}")
+        if req.start != len(s.committed):
+            return self._resync(req, f"start {req.start} but {len(s.committed)} committed")
+        s.pending_seq = req.seq
+        s.last_active_s = now_s
+        return Admission(Action.VERIFY, "next", session=s)
+
+    def _resync(self, req: DraftRequest, why: str) -> Admission:
+        verdict = error_verdict(req.session, req.seq, ErrorCode.RESYNC, f"resync: {why}")
+        return Admission(Action.REPLY, f"resync: {why}", verdict=verdict)
+
+    def _rebuild(self, key: SessionKey, req: DraftRequest, now_s: float) -> Admission:
+        assert req.context is not None and req.prompt_len is not None
+        assert req.max_new_tokens is not None
+        if (
+            self.fingerprint is not None
+            and req.fingerprint is not None
+            and req.fingerprint != self.fingerprint
+        ):
+            verdict = error_verdict(
+                req.session,
+                req.seq,
+                ErrorCode.TOKENIZER_MISMATCH,
+                f"drafter tokenizer {req.fingerprint} differs from the target's {self.fingerprint}",
+            )
+            return Admission(Action.REPLY, "tokenizer_mismatch", verdict=verdict)
+        if len(req.context) - req.prompt_len >= req.max_new_tokens:
+            verdict = error_verdict(
+                req.session,
+                req.seq,
+                ErrorCode.BAD_FIELD,
+                f"draft.c: context already holds {len(req.context) - req.prompt_len} "
+                f"generated tokens of max_new_tokens {req.max_new_tokens}",
+            )
+            return Admission(Action.REPLY, "budget_used", verdict=verdict)
+        old = self._sessions.get(key)
+        s = Session(
+            key=key,
+            committed=list(req.context),
+            prompt_len=req.prompt_len,
+            max_new_tokens=req.max_new_tokens,
+            params=req.params or SamplingParams(),
+            last_active_s=now_s,
+            pending_seq=req.seq,
+        )
+        if old is not None:  # keep the counters across a resync
+            s.rounds, s.drafted, s.accepted = old.rounds, old.drafted, old.accepted
+        self._sessions[key] = s
+        return Admission(Action.VERIFY, "rebuilt" if old is not None else "new", session=s)
+
+    def complete(
+        self,
+        key: SessionKey,
+        seq: int,
+        draft: Sequence[int],
+        accepted: int,
+        token: int,
+        *,
+        eos_ids: Collection[int],
+        now_s: float,
+        queue_us: int = 0,
+        verify_us: int = 0,
+    ) -> tuple[Verdict, Stop]:
+        """Commit a verification result; the verdict is stored for duplicates."""
+        s = self._sessions[key]
+        assert s.pending_seq == seq, f"{key}: completing seq {seq}, pending {s.pending_seq}"
+        stop = apply_stop_rules(
+            draft,
+            accepted,
+            token,
+            eos_ids=eos_ids,
+            generated=s.generated,
+            max_new_tokens=s.max_new_tokens,
+        )
+        start = len(s.committed)
+        s.committed.extend(draft[: stop.accepted])
+        s.committed.append(stop.token)
+        verdict = Verdict(
+            session=s.session,
+            seq=seq,
+            accepted=stop.accepted,
+            token=stop.token,
+            committed=start + stop.accepted + 1,
+            done=stop.done,
+            queue_us=queue_us,
+            verify_us=verify_us,
+        )
+        s.last_seq, s.last_verdict, s.pending_seq = seq, verdict, None
+        s.done = stop.done
+        s.last_active_s = now_s
+        s.rounds += 1
+        s.drafted += len(draft)
+        s.accepted += stop.accepted
+        return verdict, stop
+
+    def abort(self, key: SessionKey, seq: int) -> None:
+        """The verification of ``seq`` failed: the device may resend it."""
+        s = self._sessions.get(key)
+        if s is not None and s.pending_seq == seq:
+            s.pending_seq = None
+
+    def expire(self, now_s: float) -> list[SessionKey]:
+        """Forget sessions idle for ``idle_s`` (never one being verified)."""
+        gone = [
+            k
+            for k, s in self._sessions.items()
+            if s.pending_seq is None and now_s - s.last_active_s >= self.idle_s
+        ]
+        for k in gone:
+            del self._sessions[k]
+        return gone
+
+
+# -- centralized sessions -----------------------------------------------------------------
+@dataclass(slots=True)
+class CentralSession:
+    """A session of the centralized baseline: the verifier generates every token."""
+
+    key: SessionKey
+    tokens: list[int]  # prompt + generated
+    prompt_len: int
+    max_new_tokens: int
+    params: SamplingParams
+    last_active_s: float
+    chunk_seq: int = 0  # seq of the next GeneratedTokens chunk
+    done: bool = False
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - self.prompt_len
+
+
+@dataclass
+class CentralTable:
+    """All centralized sessions; a duplicate request for a known session is ignored."""
+
+    idle_s: float
+    fingerprint: str | None = None
+    _sessions: dict[SessionKey, CentralSession] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, key: SessionKey) -> CentralSession | None:
+        return self._sessions.get(key)
+
+    @property
+    def num_active(self) -> int:
+        return sum(1 for s in self._sessions.values() if not s.done)
+
+    def admit(
+        self, device: str, req: CentralizedRequest, now_s: float
+    ) -> CentralSession | GeneratedTokens | None:
+        """A new session, an error chunk (tokenizer mismatch), or None (duplicate)."""
+        key = (device, req.session)
+        if key in self._sessions:
+            self._sessions[key].last_active_s = now_s
+            return None
+        if (
+            self.fingerprint is not None
+            and req.fingerprint is not None
+            and req.fingerprint != self.fingerprint
+        ):
+            return GeneratedTokens(
+                session=req.session,
+                seq=0,
+                tokens=[],
+                done=True,
+                code=ErrorCode.TOKENIZER_MISMATCH.value,
+                message=f"drafter tokenizer {req.fingerprint} differs from the target's "
+                f"{self.fingerprint}",
+            )
+        s = CentralSession(
+            key=key,
+            tokens=list(req.prompt),
+            prompt_len=len(req.prompt),
+            max_new_tokens=req.max_new_tokens,
+            params=req.params,
+            last_active_s=now_s,
+        )
+        self._sessions[key] = s
+        return s
+
+    def complete(
+        self, key: SessionKey, token: int, *, eos_ids: Collection[int], now_s: float
+    ) -> GeneratedTokens:
+        """Append one generated token; the chunk to stream."""
+        s = self._sessions[key]
+        start = s.generated
+        s.tokens.append(token)
+        s.done = token in eos_ids or s.generated >= s.max_new_tokens
+        s.last_active_s = now_s
+        chunk = GeneratedTokens(
+            session=key[1], seq=s.chunk_seq, tokens=[token], start=start, done=s.done
+        )
+        s.chunk_seq += 1
+        return chunk
+
+    def expire(self, now_s: float) -> list[SessionKey]:
+        """Forget finished sessions idle for ``idle_s`` (running ones keep generating)."""
+        gone = [
+            k
+            for k, s in self._sessions.items()
+            if s.done and now_s - s.last_active_s >= self.idle_s
+        ]
+        for k in gone:
+            del self._sessions[k]
+        return gone
