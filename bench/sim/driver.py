@@ -1,0 +1,480 @@
+"""The ``sled bench paper`` run: prepare models and traces, start processes, measure.
+
+Order: build/record everything that needs torch in this process first (references,
+ONNX exports, drafter traces, the oracle target), then start Mosquitto and one
+verifier subprocess per target and run the fleet points. Torch stays idle in this
+process during timing (except experiment (f)'s in-process HF run, done with no
+verifier busy).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.cost import CostInputs
+from bench.profiles import PROFILES, DeviceProfile, ServerProfile
+from bench.sim import experiments as ex
+from bench.sim.fleet import FleetConfig
+from bench.sim.oracle import OracleModel, build_oracle_target, oracle_params
+from bench.sim.record import (
+    PROMPTS,
+    encode_prompts,
+    ensure_onnx_drafter,
+    eos_ids,
+    greedy_reference,
+    record_drafter_traces,
+)
+from bench.sim.trace import DraftPolicy, PromptTrace, oracle_trace
+from bench.sim.verifier_proc import VerifierProcess
+from schemas import Topics, tokenizer_fingerprint
+from sled.mosquitto import Mosquitto
+from sled.transport import MqttConfig
+
+DRAFTERS = ("drafter-1l", "drafter-2l")
+DEMO_POLICY = DraftPolicy(max_draft=8, threshold=0.5)  # the edge node's defaults
+
+
+class Progress:
+    """A tqdm bar when tqdm is installed, plain lines otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.started = time.monotonic()
+        try:
+            from tqdm import tqdm
+
+            self.bar: Any = tqdm(total=total, unit="step", dynamic_ncols=True)
+        except ImportError:
+            self.bar = None
+        self.total = total
+        self.done = 0
+
+    def tick(self, what: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_description(what[:48])
+            self.bar.update(1)
+        else:
+            elapsed = time.monotonic() - self.started
+            print(f"[{self.done}/{self.total} {elapsed:5.0f}s] {what}", flush=True)
+
+    def note(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fingerprint(model_dir: Path) -> str:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    return tokenizer_fingerprint(tok.get_vocab(with_added_tokens=True))
+
+
+@dataclass
+class PaperRun:
+    """Everything one ``sled bench paper`` run needs; :meth:`run` returns the results."""
+
+    out: Path
+    cache_dir: Path
+    models: Path
+    plan: dict[str, Any]
+    profile: DeviceProfile
+    server: ServerProfile
+    rate_target: float
+    alpha: float
+    max_draft: int
+    threads: int
+    max_batch: int
+    skip: frozenset[str]
+    quick: bool
+    rec: ex.Recorder = field(default_factory=ex.Recorder)
+
+    def _steps(self) -> int:
+        p = self.plan
+        n = 6  # preparation steps
+        if "oracle" not in self.skip:
+            n += 2 * (len(p["devices"]) + p["capacity_probes"])
+            n += len(p["spec_lengths"]) * len(p["spec_devices"])
+        if "demo" not in self.skip:
+            n += len(p["thresholds"]) * len(p["threshold_devices"]) + len(PROFILES) + 1
+        if "hf" not in self.skip:
+            n += 1
+        return n
+
+    def run(self) -> dict[str, Any]:
+        p = self.plan
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        prog = Progress(self._steps())
+        results: dict[str, Any] = {
+            "quick": self.quick,
+            "plan": p,
+            "profile": {
+                "name": self.profile.name,
+                "label": self.profile.label,
+                "draft_tokens_per_s": self.profile.draft_tokens_per_s,
+                "source": self.profile.source,
+            },
+            "profiles": {
+                k: {
+                    "draft_tokens_per_s": v.draft_tokens_per_s,
+                    "label": v.label,
+                    "source": v.source,
+                    "drafter": v.drafter,
+                }
+                for k, v in PROFILES.items()
+            },
+            "rate_target": self.rate_target,
+            "alpha": self.alpha,
+            "max_draft": self.max_draft,
+            "threads": self.threads,
+            "max_batch": self.max_batch,
+            "server": {"price_usd": self.server.price_usd, "power_w": self.server.power_w},
+            "cpu_count": os.cpu_count(),
+        }
+        try:
+            data = self._prepare(prog, results)
+            with Mosquitto.start() as broker:
+                mqtt = MqttConfig(host=broker.host, port=broker.port, connect_timeout_s=10)
+                if "oracle" not in self.skip:
+                    self._oracle_experiments(mqtt, data, prog, results)
+                if "demo" not in self.skip and data.get("demo_traces"):
+                    self._demo_experiments(mqtt, data, prog, results)
+            if "hf" not in self.skip and data.get("demo_traces"):
+                prog.tick("(f) HF assisted generation in-process")
+                results["hf"] = ex.hf_assisted(
+                    self.models / "target",
+                    self.models / "drafter-2l",
+                    data["demo_prompts"],
+                    data["demo_refs"],
+                    max_new_tokens=p["max_new_tokens"],
+                    policy=DEMO_POLICY,
+                    threads=self.threads,
+                )
+        finally:
+            prog.close()
+        self._summarise(results)
+        return results
+
+    # -- preparation ------------------------------------------------------------------
+    def _prepare(self, prog: Progress, results: dict[str, Any]) -> dict[str, Any]:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        p = self.plan
+        data: dict[str, Any] = {}
+        tokenizer_json = self.models / "tokenizer.json"
+        if not tokenizer_json.is_file():
+            tokenizer_json = self.models / "target" / "tokenizer.json"
+        prompts = encode_prompts(tokenizer_json, PROMPTS[: p["prompts"]])
+        chain_len = 2 * max(max(p["spec_lengths"]), DEMO_POLICY.max_draft) + 2
+        have_demo = all((self.models / n / "config.json").is_file() for n in ("target", *DRAFTERS))
+        results["demo_models"] = str(self.models) if have_demo else None
+        if have_demo:
+            prog.tick("reference: demo target greedy output")
+            refs = greedy_reference(
+                self.models / "target",
+                prompts,
+                p["max_new_tokens"],
+                self.cache_dir,
+                threads=self.threads,
+                progress=prog.note,
+            )
+            data.update(demo_prompts=prompts, demo_refs=refs, demo_traces={})
+            speeds = {}
+            for name in DRAFTERS:
+                prog.tick(f"trace: {name} (ONNX drafter)")
+                onnx = ensure_onnx_drafter(self.models / name, self.cache_dir, prog.note)
+                traces, speed = record_drafter_traces(
+                    onnx, prompts, refs, max_new_tokens=p["max_new_tokens"], chain_len=chain_len
+                )
+                eos = eos_ids(self.models / "target")
+                data["demo_traces"][name] = [
+                    PromptTrace(
+                        t.prompt, t.reference, t.chains, t.confidences, t.max_new_tokens, eos
+                    )
+                    for t in traces
+                ]
+                speeds[name] = speed
+            results["drafter_speed_here"] = speeds
+            results["demo_params"] = _params(self.models / "target")
+        else:
+            prog.note(f"demo models not found in {self.models}: skipping (c)-(f) demo parts")
+            prog.tick("demo models missing")
+            prog.tick("demo models missing")
+            prog.tick("demo models missing")
+        prog.tick("oracle target: build (random weights, seeded)")
+        spec = OracleModel()
+        oracle_dir = build_oracle_target(spec, tokenizer_json, self.cache_dir)
+        results["oracle_params"] = oracle_params(oracle_dir)
+        results["oracle_model"] = {
+            "hidden": spec.hidden,
+            "layers": spec.layers,
+            "heads": spec.heads,
+            "intermediate": spec.intermediate,
+        }
+        prog.tick("reference: oracle target greedy output")
+        orefs = greedy_reference(
+            oracle_dir,
+            prompts,
+            p["max_new_tokens"],
+            self.cache_dir,
+            threads=self.threads,
+            progress=prog.note,
+        )
+        vocab = _vocab_size(oracle_dir)
+        oracle_eos = frozenset(eos_ids(oracle_dir))
+        data["oracle_dir"] = oracle_dir
+        data["oracle_traces"] = [
+            oracle_trace(
+                pr,
+                ref,
+                max_new_tokens=p["max_new_tokens"],
+                alpha=self.alpha,
+                chain_len=chain_len,
+                vocab_size=vocab,
+                seed=i,
+                avoid=oracle_eos,
+            )
+            for i, (pr, ref) in enumerate(zip(prompts, orefs, strict=True))
+        ]
+        gc.collect()
+        return data
+
+    # -- experiments ------------------------------------------------------------------
+    def _spec(self) -> ex.SweepSpec:
+        p = self.plan
+        return ex.SweepSpec(
+            devices=tuple(p["devices"]),
+            warmup_s=p["warmup_s"],
+            measure_s=p["measure_s"],
+            capacity_probes=p["capacity_probes"],
+            max_devices=p["max_devices"],
+        )
+
+    def _verifier(
+        self, model_dir: Path, mqtt: MqttConfig, topics: Topics, tag: str
+    ) -> VerifierProcess:
+        return VerifierProcess(
+            model_dir,
+            mqtt,
+            topics,
+            threads=self.threads,
+            max_batch=self.max_batch,
+            log_path=self.out / f"verifier-{tag}.log",
+        )
+
+    def _oracle_experiments(
+        self, mqtt: MqttConfig, data: dict[str, Any], prog: Progress, results: dict[str, Any]
+    ) -> None:
+        p = self.plan
+        topics = Topics(prefix="bench/oracle/sled/v1")
+        oracle_dir: Path = data["oracle_dir"]
+        traces = data["oracle_traces"]
+        base = FleetConfig(
+            mode="sled",
+            devices=1,
+            draft_tokens_per_s=self.profile.draft_tokens_per_s,
+            policy=DraftPolicy(self.max_draft, 0.0),
+            fingerprint=_fingerprint(oracle_dir),
+            topics=topics,
+        )
+        spec = self._spec()
+        with self._verifier(oracle_dir, mqtt, topics, "oracle") as vp:
+            wc = ex.wstgr_and_capacity(
+                vp,
+                mqtt,
+                traces,
+                base,
+                spec,
+                self.rate_target,
+                self.rec,
+                prog.tick,
+                target="oracle",
+                profile=self.profile.name,
+                max_draft=self.max_draft,
+                alpha=self.alpha,
+            )
+            results["wstgr"] = wc
+            reuse = {(self.max_draft, 0.0, q["devices"]): q for q in wc["points"]["sled"]}
+            results["speculative"] = ex.speculative_sweep(
+                vp,
+                mqtt,
+                traces,
+                base,
+                [DraftPolicy(k, 0.0) for k in p["spec_lengths"]],
+                p["spec_devices"],
+                spec,
+                self.rate_target,
+                self.rec,
+                prog.tick,
+                reuse=reuse,
+                target="oracle",
+                profile=self.profile.name,
+                alpha=self.alpha,
+            )
+        results["cost"] = ex.cost_table(wc, self.profile, self.server, CostInputs())
+
+    def _demo_experiments(
+        self, mqtt: MqttConfig, data: dict[str, Any], prog: Progress, results: dict[str, Any]
+    ) -> None:
+        p = self.plan
+        topics = Topics(prefix="bench/demo/sled/v1")
+        target = self.models / "target"
+        traces_by = data["demo_traces"]
+        results["acceptance_offline"] = ex.offline_acceptance(
+            traces_by, p["thresholds"], sorted({4, DEMO_POLICY.max_draft})
+        )
+        base = FleetConfig(
+            mode="sled",
+            devices=1,
+            draft_tokens_per_s=self.profile.draft_tokens_per_s,
+            policy=DEMO_POLICY,
+            fingerprint=_fingerprint(target),
+            topics=topics,
+        )
+        spec = self._spec()
+        with self._verifier(target, mqtt, topics, "demo") as vp:
+            results["threshold"] = ex.speculative_sweep(
+                vp,
+                mqtt,
+                traces_by[self.profile.drafter],
+                base,
+                [DraftPolicy(DEMO_POLICY.max_draft, t) for t in p["thresholds"]],
+                p["threshold_devices"],
+                spec,
+                self.rate_target,
+                self.rec,
+                prog.tick,
+                target="demo",
+                profile=self.profile.name,
+                drafter=self.profile.drafter,
+            )
+            rows = []
+            for prof in PROFILES.values():
+                prog.tick(f"(e) {prof.label}, {p['profile_devices']} devices")
+                cfg = FleetConfig(
+                    mode="sled",
+                    devices=p["profile_devices"],
+                    draft_tokens_per_s=prof.draft_tokens_per_s,
+                    policy=DEMO_POLICY,
+                    fingerprint=base.fingerprint,
+                    topics=topics,
+                    warmup_s=p["warmup_s"],
+                    measure_s=p["measure_s"],
+                )
+                rows.append(
+                    ex.measure(
+                        vp,
+                        mqtt,
+                        traces_by[prof.drafter],
+                        cfg,
+                        self.rec,
+                        experiment="profile",
+                        profile=prof.name,
+                        drafter=prof.drafter,
+                        target="demo",
+                    )
+                )
+            results["profiles_live"] = rows
+            # (f) SLED side: one device drafting at this machine's measured drafter speed
+            speed = results["drafter_speed_here"]["drafter-2l"]
+            prog.tick("(f) SLED single device over MQTT")
+            cfg = FleetConfig(
+                mode="sled",
+                devices=1,
+                draft_tokens_per_s=speed,
+                policy=DEMO_POLICY,
+                fingerprint=base.fingerprint,
+                topics=topics,
+                warmup_s=p["warmup_s"],
+                measure_s=p["single_measure_s"],
+            )
+            results["sled_single"] = ex.measure(
+                vp,
+                mqtt,
+                traces_by["drafter-2l"],
+                cfg,
+                self.rec,
+                experiment="single",
+                drafter="drafter-2l",
+                target="demo",
+                draft_tokens_per_s=speed,
+            )
+
+    # -- summary ----------------------------------------------------------------------
+    def _summarise(self, results: dict[str, Any]) -> None:
+        results["violations"] = self.rec.violations[:50]
+        results["errors"] = self.rec.errors[:50]
+        hf = results.get("hf")
+        lossless = self.rec.lossless and (hf is None or hf["assisted"]["lossless"])
+        results["lossless"] = lossless
+        results["points"] = self.rec.points
+        wc = results.get("wstgr")
+        headline: dict[str, Any] = {
+            "wstgr_ratio_16": None,
+            "capacity_sled": None,
+            "capacity_centralized": None,
+            "capacity_ratio": None,
+            "hf_assisted_latency_ratio": None,
+        }
+        if wc:
+            at16 = {
+                m: next((q["wstgr"] for q in wc["points"][m] if q["devices"] == 16), None)
+                for m in ("sled", "centralized")
+            }
+            if at16["sled"] is not None and at16["centralized"]:
+                headline["wstgr_ratio_16"] = at16["sled"] / at16["centralized"]
+            cs = wc["capacity"]["sled"]["interpolated"]
+            cc = wc["capacity"]["centralized"]["interpolated"]
+            headline["capacity_sled"] = cs
+            headline["capacity_centralized"] = cc
+            headline["capacity_ratio"] = cs / cc if cc else None
+        single = results.get("sled_single")
+        if single and hf and single["mean_rate"] > 0:
+            sled_ms = 1e3 / single["mean_rate"]
+            single["ms_per_token"] = sled_ms
+            headline["hf_assisted_latency_ratio"] = sled_ms / hf["assisted"]["ms_per_token"]
+        if not lossless:
+            headline = dict.fromkeys(headline)  # throughput withheld
+            for key in (
+                "wstgr",
+                "speculative",
+                "cost",
+                "threshold",
+                "profiles_live",
+                "sled_single",
+                "points",
+            ):
+                results.pop(key, None)
+        results.update(headline)
+
+
+def _vocab_size(model_dir: Path) -> int:
+    import json
+
+    return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+
+
+def _params(model_dir: Path) -> int | None:
+    import json
+
+    metrics = model_dir.parent / "metrics.json"
+    if metrics.is_file():
+        value = json.loads(metrics.read_text()).get("target", {}).get("params")
+        return int(value) if value else None
+    return None
+
+
+Tick = Callable[[str], None]
