@@ -103,7 +103,7 @@ class TargetRunner:
         self.model = model.eval()
         config = model.config
         self.vocab_size: int = int(model.get_output_embeddings().weight.shape[0])
-        positions = getattr(config, "max_position_embeddings", None)
+        positions: Any = getattr(config, "max_position_embeddings", None)
         self.max_positions: int = int(positions or getattr(config, "n_positions", 2048))
         self.dtype: torch.dtype = next(model.parameters()).dtype
         self.device: torch.device = next(model.parameters()).device
