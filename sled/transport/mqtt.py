@@ -116,7 +116,6 @@ class MqttTransport:
 
     # -- lifecycle ---------------------------------------------------------------
     async def __aenter__(self) -> Self:
-        self._client = self._make_client()
         self._task = asyncio.create_task(self._run(), name=f"mqtt-{self._client_id}")
         if self._wait_connected:
             waiter = asyncio.ensure_future(self._connected.wait())
@@ -279,12 +278,16 @@ class MqttTransport:
         )
 
     async def _run(self) -> None:
-        """Connect, subscribe, pump messages; on loss reconnect with jittered backoff."""
-        assert self._client is not None
-        client = self._client
+        """Connect, subscribe, pump messages; on loss reconnect with jittered backoff.
+
+        Each attempt uses a fresh ``aiomqtt.Client``: a reused one keeps the finished
+        "connected" future of its previous connection, so its ``__aenter__`` returns before
+        the new CONNACK and a refused reconnect (e.g. revoked credentials) went unnoticed.
+        """
         attempt = 0
         ever_connected = False
         while True:
+            client = self._client = self._make_client()
             try:
                 async with client:
                     for topic_filter, qos in list(self._subs.items()):
