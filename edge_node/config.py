@@ -1,0 +1,270 @@
+"""The edge node's one config record, from CLI flags, ``SLED_*`` env vars and a TOML file.
+
+Precedence, highest first: command-line flag, environment variable, TOML file, default.
+
+* flag ``--device-id pi-1``        (every field; ``--no-async-drafting`` for booleans)
+* env  ``SLED_DEVICE_ID=pi-1``      (``SLED_`` + the field name in upper case)
+* TOML ``device_id = "pi-1"``       (top level or under ``[edge]``; file from ``--config``
+  or ``SLED_CONFIG``)
+
+Each field documents its unit; see ``sled edge --help`` for the list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from edge_node.policy import PolicyConfig
+from schemas import MODES, SchemaError, Topics, check_id
+
+ENV_PREFIX: Final = "SLED_"
+PROTOCOLS: Final = ("5", "3.1.1")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the field and its source."""
+
+
+def _default_device_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:58] or "device"
+    return f"edge-{host}"
+
+
+def doc(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    """Everything an edge node needs. Times carry their unit in the name."""
+
+    device_id: str = field(
+        default_factory=_default_device_id,
+        metadata=doc("device id in topics (1-64 of A-Z a-z 0-9 _ . -); default edge-HOSTNAME"),
+    )
+    broker_url: str = field(
+        default="mqtt://127.0.0.1:1883",
+        metadata=doc("MQTT broker, mqtt://host:port or mqtts://host:port (TLS)"),
+    )
+    username: str | None = field(default=None, metadata=doc("broker user name"))
+    password: str | None = field(default=None, metadata=doc("broker password"))
+    mqtt_protocol: str = field(
+        default="5", metadata=doc("MQTT protocol version: 5 or 3.1.1", choices=PROTOCOLS)
+    )
+    topic_prefix: str = field(default="sled/v1", metadata=doc("topic prefix"))
+    client_id: str | None = field(
+        default=None,
+        metadata=doc("MQTT client id, stable for a persistent session; default sled-edge-DEVICE"),
+    )
+    keepalive_s: int = field(
+        default=30, metadata=doc("MQTT keepalive, seconds (Last Will after ~1.5x of silence)")
+    )
+    drafter_dir: str | None = field(
+        default=None, metadata=doc("exported drafter folder (sled export-drafter)")
+    )
+    threads: int = field(default=1, metadata=doc("onnxruntime intra-op threads"))
+    mode: str = field(
+        default="sled",
+        metadata=doc("default serving mode: sled, local or centralized", choices=MODES),
+    )
+    max_new_tokens: int = field(
+        default=64, metadata=doc("default generation budget per request, tokens")
+    )
+    threshold: float = field(
+        default=0.5,
+        metadata=doc("dynamic drafting: draft while next-token confidence >= this (0..1)"),
+    )
+    max_draft: int = field(default=8, metadata=doc("draft tokens per verification round (1..64)"))
+    async_drafting: bool = field(
+        default=True, metadata=doc("keep drafting while a verification is in flight")
+    )
+    timeout_floor_ms: float = field(
+        default=200.0, metadata=doc("shortest verification timeout, milliseconds")
+    )
+    timeout_ceiling_ms: float = field(
+        default=5000.0,
+        metadata=doc("longest verification timeout (and the first), milliseconds"),
+    )
+    timeout_multiplier: float = field(
+        default=3.0, metadata=doc("verification timeout = this x round-trip EWMA")
+    )
+    fallback_after: int = field(
+        default=3, metadata=doc("consecutive timeouts before generating locally (fallback)")
+    )
+    centralized_timeout_ms: float = field(
+        default=30000.0,
+        metadata=doc("centralized mode: longest wait for the next tokens, milliseconds"),
+    )
+    status_wait_ms: float = field(
+        default=300.0,
+        metadata=doc("wait at start for retained verifier status (fingerprint), milliseconds"),
+    )
+    log_level: str = field(default="info", metadata=doc("log level: debug, info, warning"))
+    log_json: bool = field(default=False, metadata=doc("log JSON lines instead of text"))
+
+    def __post_init__(self) -> None:
+        try:
+            check_id("device", self.device_id)
+            Topics(self.topic_prefix)
+        except SchemaError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.mqtt_protocol not in PROTOCOLS:
+            raise ConfigError(f"mqtt_protocol must be 5 or 3.1.1, got {self.mqtt_protocol!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.threads < 1 or self.max_new_tokens < 1 or self.keepalive_s < 1:
+            raise ConfigError("threads, max_new_tokens and keepalive_s must be >= 1")
+        try:
+            self.policy()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    # -- derived records -------------------------------------------------------------
+    def policy(self) -> PolicyConfig:
+        return PolicyConfig(
+            threshold=self.threshold,
+            max_draft=self.max_draft,
+            async_drafting=self.async_drafting,
+            timeout_floor_s=self.timeout_floor_ms / 1000,
+            timeout_ceiling_s=self.timeout_ceiling_ms / 1000,
+            timeout_multiplier=self.timeout_multiplier,
+            fallback_after=self.fallback_after,
+        )
+
+    def mqtt(self) -> Any:
+        """The transport's ``MqttConfig`` (imported here: aiomqtt is a runtime dependency)."""
+        from sled.transport import MqttConfig
+
+        return MqttConfig.from_url(
+            self.broker_url,
+            username=self.username,
+            password=self.password,
+            client_id=self.client_id or f"sled-edge-{self.device_id}",
+            protocol=self.mqtt_protocol,
+            keepalive_s=self.keepalive_s,
+        )
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def with_(self, **changes: Any) -> EdgeConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- loading -----------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        toml_path: Path | str | None = None,
+    ) -> EdgeConfig:
+        """Merge defaults < TOML < env < flags (``None`` flags count as not given)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = toml_path or env.get(f"{ENV_PREFIX}CONFIG")
+        if path:
+            values.update(_read_toml(Path(path)))
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f.name, raw, f"env {ENV_PREFIX}{f.name.upper()}")
+        for name, value in (flags or {}).items():
+            if value is not None and name in _FIELD_NAMES:
+                values[name] = value
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+_FIELD_NAMES: Final = frozenset(f.name for f in dataclasses.fields(EdgeConfig))
+
+
+def _field_type(name: str) -> Any:
+    hint = typing.get_type_hints(EdgeConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a string (env) or TOML value to the field's type."""
+    kind = _field_type(name)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(f"not an integer: {value!r}")
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(f"not a number: {value!r}")
+            return float(value)
+        return str(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    table = data.get("edge", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [edge] must be a table")
+    unknown = sorted(k for k in table if k not in _FIELD_NAMES and k != "edge")
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
+    return {k: _coerce(k, v, f"config file {path}") for k, v in table.items() if k != "edge"}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per field (default None: not given); plus ``--config FILE``."""
+    group = parser.add_argument_group("edge node configuration (flags > SLED_* env > TOML)")
+    group.add_argument("--config", type=Path, default=None, help="TOML config file")
+    for f in dataclasses.fields(EdgeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(f.name)
+        help_text = f"{f.metadata.get('help', '')} [env {ENV_PREFIX}{f.name.upper()}]"
+        if kind is bool:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+            continue
+        group.add_argument(
+            flag,
+            dest=f.name,
+            type=kind if kind in (int, float) else str,
+            default=None,
+            choices=f.metadata.get("choices"),
+            help=help_text,
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> EdgeConfig:
+    flags = {name: getattr(args, name, None) for name in _FIELD_NAMES}
+    return EdgeConfig.load(flags, toml_path=getattr(args, "config", None))
