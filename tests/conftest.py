@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from schemas import Topics
+from sled.credentials import Credential, default_group, write_credentials
 from sled.mosquitto import Mosquitto, MosquittoNotFound, mosquitto_binary
 from sled.transport import MqttConfig
 
@@ -49,3 +54,51 @@ def topics() -> Topics:
 @pytest.fixture
 def mqtt_config(broker: Mosquitto) -> MqttConfig:
     return MqttConfig(host=broker.host, port=broker.port, connect_timeout_s=5, op_timeout_s=5)
+
+
+@dataclass(frozen=True)
+class SecureBroker:
+    """A Mosquitto with ``allow_anonymous false``, a password file and the SLED ACL.
+
+    The ACL is written for ``topics.prefix`` (the test's own prefix). ``users`` holds the
+    clear-text credentials: devices ``pi-1`` and ``pi-2``, verifier ``v1``, app ``web``.
+    """
+
+    broker: Mosquitto
+    topics: Topics
+    users: dict[str, Credential]
+    password_file: Path
+    acl_file: Path
+
+    def config(self, username: str | None, **changes: Any) -> MqttConfig:
+        """Client config for ``username`` (its real password unless ``password=`` is given)."""
+        password = self.users[username].password if username in self.users else None
+        cfg = MqttConfig(
+            host=self.broker.host,
+            port=self.broker.port,
+            username=username,
+            password=password,
+            connect_timeout_s=5,
+            op_timeout_s=5,
+        )
+        return cfg.with_(**changes)
+
+
+@pytest.fixture
+def secure_broker(topics: Topics) -> Iterator[SecureBroker]:
+    """A Mosquitto of the test's own with credentials and ACL from ``sled.credentials``."""
+    _require_mosquitto()
+    with tempfile.TemporaryDirectory(prefix="sled-secure-") as tmp:
+        os.chmod(tmp, 0o755)  # mosquitto may drop root privileges; it must read these
+        password_file, acl_file = Path(tmp) / "passwd", Path(tmp) / "acl"
+        made = write_credentials(
+            password_file,
+            acl_file,
+            prefix=topics.prefix,
+            devices=["pi-1", "pi-2"],
+            verifiers=["v1"],
+            apps=["web"],
+            group=default_group(),
+        )
+        with Mosquitto.start(password_file=password_file, acl_file=acl_file) as b:
+            yield SecureBroker(b, topics, {c.username: c for c in made}, password_file, acl_file)
