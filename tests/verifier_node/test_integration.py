@@ -1,0 +1,203 @@
+"""End to end on a real Mosquitto: scripted devices against the verifier service."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from schemas import DraftRequest, ErrorCode, Topics, Verdict, VerifierStatus, decode, encode
+from sled.mosquitto import Mosquitto
+from sled.transport import MqttConfig, MqttTransport
+from tests.verifier_node.helpers import greedy_truth, random_prompts, running_verifier
+from tests.verifier_node.scripted import ScriptedDevice
+from verifier_node.config import VerifierConfig
+from verifier_node.service import make_mqtt_transport
+
+pytestmark = pytest.mark.integration
+
+VOCAB = 400
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def cases(llama_dir: Path) -> tuple[list[list[int]], list[list[int]]]:
+    prompts = random_prompts(24, VOCAB, seed=11)
+    return prompts, greedy_truth(llama_dir, prompts, MAX_NEW)
+
+
+def verifier_config(broker: Mosquitto, topics: Topics, **kw) -> VerifierConfig:
+    base = {
+        "verifier_id": f"v-{uuid.uuid4().hex[:8]}",
+        "broker_url": broker.url,
+        "topic_prefix": topics.prefix,
+        "max_batch": 8,
+        "max_wait_ms": 3.0,
+    }
+    return VerifierConfig(**{**base, **kw})
+
+
+def mqtt_factory(config: VerifierConfig, online: VerifierStatus, offline: VerifierStatus):
+    transport = make_mqtt_transport(config, online, offline)
+    transport._config = transport._config.with_(connect_timeout_s=5, op_timeout_s=5)
+    return transport
+
+
+async def start_devices(
+    mqtt_config: MqttConfig, topics: Topics, n: int, fingerprint: str | None, **kw
+) -> list[ScriptedDevice]:
+    devices = []
+    for i in range(n):
+        t = MqttTransport(mqtt_config.with_(client_id=f"dev-{uuid.uuid4().hex[:8]}"))
+        await t.__aenter__()
+        d = ScriptedDevice(t, topics, f"pi-{i}", vocab=VOCAB, fingerprint=fingerprint, seed=i, **kw)
+        await d.start()
+        devices.append(d)
+    return devices
+
+
+async def stop_devices(devices: list[ScriptedDevice]) -> None:
+    for d in devices:
+        await d.stop()
+        await d.transport.__aexit__(None, None, None)
+
+
+async def run_prompts(
+    devices: list[ScriptedDevice], prompts: list[list[int]], truth: list[list[int]]
+) -> list[list[int]]:
+    """Each device runs its share of the prompts one after another; all concurrently."""
+    out: list[list[int]] = [[] for _ in prompts]
+
+    async def one_device(d: int) -> None:
+        for i in range(d, len(prompts), len(devices)):
+            out[i] = await devices[d].generate(prompts[i], truth[i], MAX_NEW)
+
+    await asyncio.gather(*(one_device(d) for d in range(len(devices))))
+    return out
+
+
+async def test_greedy_is_token_exact_with_many_devices(
+    broker: Mosquitto, topics: Topics, mqtt_config: MqttConfig, llama_dir: Path, cases
+) -> None:
+    prompts, truth = cases
+    cfg = verifier_config(broker, topics)
+    async with running_verifier(cfg, llama_dir, mqtt_factory) as service:
+        devices = await start_devices(mqtt_config, topics, 4, service.fingerprint)
+        try:
+            out = await asyncio.wait_for(run_prompts(devices, prompts, truth), 120)
+        finally:
+            await stop_devices(devices)
+        batch_count = service.metrics.value("sled_verifier_batch_size_count")
+        batch_sum = service.metrics.value("sled_verifier_batch_size_sum")
+    assert out == truth  # 24 prompts, token for token
+    assert sum(d.stats.accepted for d in devices) > 0
+    assert batch_sum / batch_count > 1.0  # devices really shared forwards
+
+
+async def test_duplicate_delivery_is_verified_once(
+    broker: Mosquitto, topics: Topics, mqtt_config: MqttConfig, llama_dir: Path, cases
+) -> None:
+    prompts, truth = cases
+    cfg = verifier_config(broker, topics)
+    async with running_verifier(cfg, llama_dir, mqtt_factory) as service:
+        devices = await start_devices(
+            mqtt_config, topics, 2, service.fingerprint, duplicate=True, redeliver=True
+        )
+        try:
+            out = await asyncio.wait_for(run_prompts(devices, prompts[:4], truth[:4]), 60)
+            await asyncio.sleep(0.2)  # the last redeliveries
+        finally:
+            await stop_devices(devices)
+        rows = service.engine.rows_verified
+        replies = service.metrics.value("sled_verifier_requests_total", outcome="duplicate")
+        in_flight = service.metrics.value("sled_verifier_requests_total", outcome="in_flight")
+    assert out == truth[:4]
+    requests = sum(d.stats.requests for d in devices)
+    assert sum(d.stats.timeouts for d in devices) == 0
+    assert rows == requests  # every (session, seq) verified exactly once
+    assert replies >= requests - 2  # the redeliveries got the stored verdict
+    assert in_flight + replies >= 2 * requests - 2  # and the back-to-back copies too
+    assert sum(d.stats.duplicate_verdicts for d in devices) > 0
+
+
+async def test_verifier_restart_mid_generation_resyncs(
+    broker: Mosquitto, topics: Topics, mqtt_config: MqttConfig, llama_dir: Path, cases
+) -> None:
+    prompts, truth = cases
+    cfg = verifier_config(broker, topics)
+    devices = await start_devices(mqtt_config, topics, 3, None, timeout_s=1.0)
+    try:
+        async with running_verifier(cfg, llama_dir, mqtt_factory) as first:
+            for d in devices:
+                d.fingerprint = first.fingerprint
+            work = asyncio.create_task(run_prompts(devices, prompts[:6], truth[:6]))
+            while first.batches < 8:  # mid-generation  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        # The first verifier is gone (its state with it); requests queue at the broker.
+        await asyncio.sleep(0.3)
+        async with running_verifier(cfg, llama_dir, mqtt_factory):
+            out = await asyncio.wait_for(work, 90)
+    finally:
+        await stop_devices(devices)
+    assert out == truth[:6]
+    assert sum(d.stats.resyncs for d in devices) >= 1
+
+
+async def test_bad_input_gets_an_error_verdict_while_others_continue(
+    broker: Mosquitto, topics: Topics, mqtt_config: MqttConfig, llama_dir: Path, cases
+) -> None:
+    prompts, truth = cases
+    cfg = verifier_config(broker, topics)
+    async with running_verifier(cfg, llama_dir, mqtt_factory) as service:
+        devices = await start_devices(mqtt_config, topics, 2, service.fingerprint)
+        bad = MqttTransport(mqtt_config.with_(client_id=f"bad-{uuid.uuid4().hex[:8]}"))
+        async with bad:
+            await bad.subscribe(topics.verdict("evil"))
+            work = asyncio.create_task(run_prompts(devices, prompts[:4], truth[:4]))
+            oov = DraftRequest(
+                session="e2",
+                seq=1,
+                start=1,
+                draft=[10**6],
+                context=[5],
+                prompt_len=1,
+                max_new_tokens=3,
+            )
+            for payload in (b"\x00\x01junk", encode(oov), b"{not json"):
+                await bad.publish(topics.draft("evil"), payload)
+            got = []
+            async for msg in bad.messages():
+                got.append(decode(msg.payload, expect=Verdict))
+                if len(got) == 3:
+                    break
+            out = await asyncio.wait_for(work, 60)
+        await stop_devices(devices)
+    assert out == truth[:4]
+    assert sorted(v.code for v in got) == sorted(
+        [ErrorCode.MALFORMED, ErrorCode.OUT_OF_VOCAB, ErrorCode.MALFORMED]
+    )
+    assert any(v.session == "e2" and v.seq == 1 and "outside vocabulary" in v.message for v in got)
+
+
+async def test_centralized_mode_streams_the_target_output(
+    broker: Mosquitto, topics: Topics, mqtt_config: MqttConfig, llama_dir: Path, cases
+) -> None:
+    prompts, truth = cases
+    cfg = verifier_config(broker, topics, max_batch=4)
+    async with running_verifier(cfg, llama_dir, mqtt_factory) as service:
+        devices = await start_devices(mqtt_config, topics, 3, service.fingerprint)
+        try:
+            out = await asyncio.wait_for(
+                asyncio.gather(
+                    *(d.centralized(prompts[i], MAX_NEW) for i, d in enumerate(devices))
+                ),
+                60,
+            )
+        finally:
+            await stop_devices(devices)
+        batch_sum = service.metrics.value("sled_verifier_batch_size_sum")
+        batch_count = service.metrics.value("sled_verifier_batch_size_count")
+    assert list(out) == truth[:3]
+    assert batch_sum / batch_count > 1.0  # continuous batching shared the forwards
