@@ -88,12 +88,18 @@ async def _main(
             except asyncio.CancelledError:
                 return 0
             return 0
-        retracted = False
+        retracted = warned = False
         final: ResultFinal | None = None
         async for rec in node.generate(prompt, params=params):
             if isinstance(rec, ResultChunk):
                 if rec.retract:
                     retracted = True
+                if not rec.verified and not warned and config.mode != "local":
+                    warned = True
+                    print(
+                        "\n[verifier not answering: text below is the drafter's, unverified]",
+                        file=sys.stderr,
+                    )
                 if not retracted:
                     sys.stdout.write(rec.text)
                     sys.stdout.flush()

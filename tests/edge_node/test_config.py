@@ -1,0 +1,82 @@
+"""EdgeConfig: defaults < TOML < env < flags, validation, CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from edge_node.cli import add_arguments
+from edge_node.config import ConfigError, EdgeConfig, config_from_args
+
+
+def test_defaults_are_valid_and_documented() -> None:
+    import dataclasses
+
+    cfg = EdgeConfig(device_id="pi-1")
+    assert cfg.mode == "sled" and cfg.mqtt_protocol == "5" and cfg.topic_prefix == "sled/v1"
+    assert cfg.policy().timeout_floor_s == pytest.approx(0.2)
+    for f in dataclasses.fields(EdgeConfig):
+        assert f.metadata.get("help"), f"{f.name} is undocumented"
+    assert EdgeConfig().device_id.startswith("edge-")
+
+
+def test_precedence_toml_env_flags(tmp_path: Path) -> None:
+    toml = tmp_path / "edge.toml"
+    toml.write_text(
+        '[edge]\ndevice_id = "from-toml"\nthreshold = 0.3\nmax_draft = 5\nasync_drafting = false\n'
+    )
+    env = {"SLED_THRESHOLD": "0.7", "SLED_MQTT_PROTOCOL": "3.1.1", "SLED_LOG_JSON": "yes"}
+    cfg = EdgeConfig.load({"max_draft": 6, "threads": None}, env=env, toml_path=toml)
+    assert cfg.device_id == "from-toml"  # TOML only
+    assert cfg.threshold == 0.7  # env beats TOML
+    assert cfg.max_draft == 6  # flag beats TOML
+    assert cfg.async_drafting is False and cfg.log_json is True
+    assert cfg.mqtt_protocol == "3.1.1" and cfg.threads == 1  # None flag = not given
+    mqtt = cfg.mqtt()
+    assert mqtt.protocol == "3.1.1" and mqtt.client_id == "sled-edge-from-toml"
+
+
+def test_config_file_from_env(tmp_path: Path) -> None:
+    toml = tmp_path / "edge.toml"
+    toml.write_text('device_id = "top-level"\nbroker_url = "mqtts://broker:8883"\n')
+    cfg = EdgeConfig.load(env={"SLED_CONFIG": str(toml)})
+    assert cfg.device_id == "top-level" and cfg.mqtt().tls and cfg.mqtt().port == 8883
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SLED_THRESHOLD": "high"}, "SLED_THRESHOLD"),
+        ({"SLED_THRESHOLD": "1.5"}, "threshold"),
+        ({"SLED_DEVICE_ID": "bad/id"}, "device"),
+        ({"SLED_MODE": "turbo"}, "mode"),
+        ({"SLED_MQTT_PROTOCOL": "4"}, "mqtt_protocol"),
+        ({"SLED_TIMEOUT_FLOOR_MS": "9000"}, "floor"),
+        ({"SLED_ASYNC_DRAFTING": "maybe"}, "boolean"),
+    ],
+)
+def test_bad_values_name_the_field(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EdgeConfig.load(env={"SLED_DEVICE_ID": "pi-1", **env})
+
+
+def test_unknown_toml_key(tmp_path: Path) -> None:
+    toml = tmp_path / "edge.toml"
+    toml.write_text("treshold = 0.3\n")
+    with pytest.raises(ConfigError, match="treshold"):
+        EdgeConfig.load(env={}, toml_path=toml)
+
+
+def test_cli_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--device-id", "pi-9", "--no-async-drafting", "--max-draft", "3", "--prompt", "hi"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.device_id, cfg.async_drafting, cfg.max_draft) == ("pi-9", False, 3)
+    assert args.prompt == "hi"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "turbo"])
