@@ -134,6 +134,7 @@ class EdgeNode:
         self._compute_lock = asyncio.Lock()
         self._router: asyncio.Task[None] | None = None
         self._started_s = 0.0
+        self._status_seen = asyncio.Event()
         self._serving = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -261,6 +262,7 @@ class EdgeNode:
                 self._log.warning("edge.bad_verifier_status", error=exc.message)
                 return
             self._verifiers[parsed.verifier] = status
+            self._status_seen.set()
             self._log.debug("edge.verifier_status", verifier=status.verifier, online=status.online)
         elif parsed.channel is Channel.REQ and parsed.device == self.device and self._serving:
             self._on_request(msg.payload)
@@ -414,7 +416,9 @@ class EdgeNode:
         """Raise TokenizerMismatch if an online verifier announces another tokenizer."""
         wait_s = self.config.status_wait_ms / 1000 - (time.monotonic() - self._started_s)
         if not self._verifiers and wait_s > 0:
-            await asyncio.sleep(wait_s)  # retained statuses arrive right after subscribing
+            # retained statuses arrive right after subscribing; none at all is fine too
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_seen.wait(), wait_s)
         mine = self.drafter.fingerprint
         for status in self._verifiers.values():
             if status.online and status.fingerprint and status.fingerprint != mine:

@@ -102,7 +102,9 @@ def test_first_request_carries_context_later_ones_do_not() -> None:
     assert req.fingerprint == "f" * 16 and req.params == SamplingParams()
     assert req.q_ids is None  # greedy: one-hot q implied
     out = s.on_verdict(verdict(s, 1, 30), 1.05)
-    assert out == Commit([21, 30], 0, 1, 2, 0, False, pytest.approx(0.05))
+    assert isinstance(out, Commit)
+    assert (out.tokens, out.retract, out.accepted, out.drafted, out.kept) == ([21, 30], 0, 1, 2, 0)
+    assert not out.done and out.rtt_s == pytest.approx(0.05)
     assert s.committed == [*PROMPT, 21, 30] and s.pending == [] and s.seq == 1
     draft(s, 31)
     req = s.build_request(2.0)
