@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench.profiles import DEFAULT_SERVER, PROFILES, ServerProfile
@@ -143,6 +143,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"verifier server power, W (default {DEFAULT_SERVER.power_w:g})",
     )
     parser.add_argument(
+        "--devices",
+        default=None,
+        help="comma-separated device counts for (a), e.g. 1,4,16,32 (default: by --quick)",
+    )
+    parser.add_argument(
+        "--measure-s",
+        type=float,
+        default=None,
+        help="measurement window per point, seconds (default: 8 quick, 20 full)",
+    )
+    parser.add_argument(
         "--skip",
         default="",
         help="comma-separated experiments to skip: oracle (a-c with the oracle target), "
@@ -155,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     from bench.sim.driver import PaperRun
 
     plan = Plan.quick() if args.quick else Plan.full()
+    if args.devices:
+        plan = replace(plan, devices=tuple(int(n) for n in args.devices.split(",")))
+    if args.measure_s:
+        plan = replace(plan, measure_s=args.measure_s)
     server = ServerProfile("verifier server", args.server_price_usd, args.server_power_w)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,7 @@ class FleetConfig:
     drain_s: float = 15.0  # max wait for centralized sessions still running after the window
     verdict_timeout_s: float = 30.0  # resend after this long without an answer
     fingerprint: str | None = None
+    max_sessions: int | None = None  # each device stops after this many sessions
     topics: Topics = field(default_factory=Topics)
     seed: int = 0
 
@@ -77,6 +78,7 @@ class DeviceStats:
     errors: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     sessions_done: int = 0
+    verdicts: list[tuple[int, int]] = field(default_factory=list)  # (accepted, token), SLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class PointResult:
     errors: list[str]
     violations: list[str]
     sessions_done: int
+    verdicts: list[tuple[int, int]] = field(default_factory=list)  # device 0's, in order
 
     @property
     def wstgr(self) -> float:
@@ -166,7 +169,7 @@ async def _sled_device(
     rng = random.Random(cfg.seed * 1000 + index)
     await asyncio.sleep(rng.uniform(0.0, 0.5))  # devices do not start in lockstep
     session_no = 0
-    while not stop.is_set():
+    while not stop.is_set() and session_no != cfg.max_sessions:
         trace = traces[(index + session_no) % len(traces)]
         session_no += 1
         session = uuid.uuid4().hex[:12]
@@ -225,6 +228,7 @@ async def _sled_device(
                 )
                 return
             stats.events.append((now, out.committed_tokens))
+            stats.verdicts.append((verdict.accepted, verdict.token))
             stats.rounds += 1
             stats.drafted += out.drafted
             stats.accepted += out.accepted
@@ -269,7 +273,7 @@ async def _central_device(
     rng = random.Random(cfg.seed * 1000 + index)
     await asyncio.sleep(rng.uniform(0.0, 0.5))
     session_no = 0
-    while not stop.is_set():
+    while not stop.is_set() and session_no != cfg.max_sessions:
         trace = traces[(index + session_no) % len(traces)]
         session_no += 1
         session = uuid.uuid4().hex[:12]
@@ -383,6 +387,7 @@ async def run_point(
         errors=(crashes + [e for s in stats for e in s.errors])[:20],
         violations=[v for s in stats for v in s.violations][:20],
         sessions_done=sum(s.sessions_done for s in stats),
+        verdicts=stats[0].verdicts if stats else [],
     )
 
 

@@ -106,7 +106,6 @@ class VerifierProcess:
         cfg = self.mqtt.with_(persistent=False, client_id=None)
         async with MqttTransport(cfg) as bus:
             await bus.subscribe(self.topics.verifier_status(self.verifier_id))
-            messages = bus.messages()
             while True:
                 if self.proc is None or self.proc.poll() is not None:
                     raise VerifierStartError(
@@ -119,7 +118,8 @@ class VerifierProcess:
                         f"see {self.log_path}:\n{self._log_tail()}"
                     )
                 try:
-                    msg = await asyncio.wait_for(anext(messages), min(1.0, remaining))
+                    # a fresh iterator each time: a timed-out anext() closes its generator
+                    msg = await asyncio.wait_for(anext(bus.messages()), min(1.0, remaining))
                 except TimeoutError:
                     continue
                 try:
