@@ -212,9 +212,7 @@ class EdgeNode:
         tasks = [t for t in (self._router, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)  # our own tasks, just cancelled
         self._router = None
         self._tasks.clear()
         await self._stack.aclose()
@@ -382,8 +380,12 @@ class EdgeNode:
                         error=rec.error,
                     )
                     return
-        except (EdgeError, DrafterError, TransportError, SchemaError, ValueError) as exc:
-            log.warning("edge.generate_failed", error=str(exc), kind=type(exc).__name__)
+        except Exception as exc:  # the app always learns why; the node keeps serving
+            expected = (EdgeError, DrafterError, TransportError, SchemaError, ValueError)
+            if isinstance(exc, expected):
+                log.warning("edge.generate_failed", error=str(exc), kind=type(exc).__name__)
+            else:
+                log.exception("edge.generate_crashed", error=str(exc), kind=type(exc).__name__)
             final = self._final(run, "error", error=f"{type(exc).__name__}: {exc}")
             if publish:
                 await self._publish_result(req.request, final, req.format)  # type: ignore[arg-type]
