@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -62,6 +63,24 @@ class Transport(Protocol):
     async def unsubscribe(self, topic_filter: str) -> None: ...
 
     def messages(self) -> AsyncIterator[Message]: ...
+
+
+class QueueMessages:
+    """The ``messages()`` iterator of a transport: the next message of its receive queue.
+
+    A plain iterator, not an async generator: when a pending ``__anext__`` is cancelled
+    (``asyncio.wait_for(anext(it), timeout)`` timing out) nothing is lost and the same
+    iterator can be awaited again, whereas an async generator would be closed for good.
+    """
+
+    def __init__(self, queue: asyncio.Queue[Message]) -> None:
+        self._queue = queue
+
+    def __aiter__(self) -> QueueMessages:
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self._queue.get()
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

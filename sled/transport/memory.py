@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Self
 
-from sled.transport.base import Message, TransportError, Will, topic_matches
+from sled.transport.base import Message, QueueMessages, TransportError, Will, topic_matches
 
 
 class MemoryBroker:
@@ -123,6 +123,5 @@ class MemoryTransport:
         if topic_filter in self.filters:
             self.filters.remove(topic_filter)
 
-    async def messages(self) -> AsyncIterator[Message]:
-        while True:
-            yield await self._queue.get()
+    def messages(self) -> AsyncIterator[Message]:
+        return QueueMessages(self._queue)

@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from sled.transport.base import Message, TransportError, TransportTimeout, Will
+from sled.transport.base import Message, QueueMessages, TransportError, TransportTimeout, Will
 
 log = structlog.get_logger("sled.transport")
 
@@ -205,9 +205,8 @@ class MqttTransport:
         except aiomqtt.MqttError as exc:
             raise _translate(exc, f"unsubscribe from {topic_filter}") from exc
 
-    async def messages(self) -> AsyncIterator[Message]:
-        while True:
-            yield await self._queue.get()
+    def messages(self) -> AsyncIterator[Message]:
+        return QueueMessages(self._queue)
 
     # -- internals ---------------------------------------------------------------
     async def _ready(self, what: str) -> aiomqtt.Client:

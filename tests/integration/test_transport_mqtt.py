@@ -44,8 +44,7 @@ def config_for(broker: Mosquitto, protocol: str, **changes: object) -> MqttConfi
 
 
 async def next_message(bus: Transport, timeout_s: float = 5.0) -> Message:
-    """The next received message. A fresh ``messages()`` iterator each time: cancelling a
-    pending ``anext`` (the timeout) closes an async generator for good."""
+    """The next received message, or TimeoutError (the iterator stays usable)."""
     return await asyncio.wait_for(anext(bus.messages()), timeout_s)
 
 
@@ -307,3 +306,19 @@ async def test_shared_subscription_splits_the_drafts(broker: Mosquitto, topics: 
                     break
             counts.append(n)
         assert sum(counts) == 20 and min(counts) > 0, counts
+
+
+async def test_a_timed_out_wait_leaves_the_iterator_usable(
+    broker: Mosquitto, topics: Topics
+) -> None:
+    async with MqttTransport(config_for(broker, "5")) as bus:
+        await bus.subscribe(topics.verdict("pi-1"))
+        stream = bus.messages()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(stream), 0.05)
+        await bus.publish(topics.verdict("pi-1"), b"later")
+        assert (await asyncio.wait_for(anext(stream), 5)).payload == b"later"
+        await bus.publish(topics.verdict("pi-1"), b"again")
+        async for msg in bus.messages():  # `async for` as before
+            assert msg.payload == b"again"
+            break

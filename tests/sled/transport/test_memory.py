@@ -144,3 +144,14 @@ async def test_closed_transport_refuses_operations() -> None:
     assert not bus.connected
     with pytest.raises(TransportError):
         await bus.publish("p/x", b"1")
+
+
+async def test_a_timed_out_wait_leaves_the_iterator_usable() -> None:
+    broker = MemoryBroker()
+    async with MemoryTransport(broker) as a:
+        await a.subscribe("p/x")
+        stream = a.messages()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(stream), 0.01)
+        await a.publish("p/x", b"1")
+        assert (await asyncio.wait_for(anext(stream), 1)).payload == b"1"
