@@ -81,7 +81,7 @@ class EdgeConfig:
         default=64, metadata=doc("default generation budget per request, tokens")
     )
     threshold: float = field(
-        default=0.5,
+        default=0.1,  # demo drafter-2l: 0.5 drafts almost nothing (see README)
         metadata=doc("dynamic drafting: draft while next-token confidence >= this (0..1)"),
     )
     max_draft: int = field(default=8, metadata=doc("draft tokens per verification round (1..64)"))

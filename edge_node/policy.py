@@ -42,7 +42,7 @@ WIRE_MAX_DRAFT = 64  # schemas Limits.max_draft: draft tokens per request
 class PolicyConfig:
     """Knobs of the drafting policy. Times are seconds."""
 
-    threshold: float = 0.5  # draft while next-token confidence >= this (0..1)
+    threshold: float = 0.1  # draft while next-token confidence >= this (0..1)
     max_draft: int = 8  # draft tokens per verification round
     async_drafting: bool = True  # keep drafting while a verification is in flight
     timeout_floor_s: float = 0.2  # shortest verification timeout
@@ -134,6 +134,7 @@ class Outstanding:
     last_sent_s: float
     attempts: int = 1
     with_context: bool = False
+    bare_sends: int = 0  # sends of this seq without context not yet answered by a resync
 
 
 class Event(StrEnum):
@@ -271,9 +272,11 @@ class SledSession:
         drafts = self.pending[:n]
         with_context = self.needs_context or self.fallback
         prev = self.outstanding
+        bare_sends = 0 if with_context else 1
         if prev is not None and prev.seq == self.seq:  # a resend of the same seq
             self.resends += 1
             first_sent_s, attempts = prev.first_sent_s, prev.attempts + 1
+            bare_sends += prev.bare_sends
         else:
             first_sent_s, attempts = now_s, 1
         self.outstanding = Outstanding(
@@ -284,6 +287,7 @@ class SledSession:
             last_sent_s=now_s,
             attempts=attempts,
             with_context=with_context,
+            bare_sends=bare_sends,
         )
         sampling = not self.params.greedy
         return DraftRequest(
@@ -334,6 +338,13 @@ class SledSession:
         if o is None or verdict.session != self.session or verdict.seq != o.seq:
             return Event.IGNORED
         if verdict.code == ErrorCode.RESYNC:
+            # Each context-less send of this seq may draw one resync. Once the resend
+            # with context is out, resyncs answering the older copies (e.g. resends the
+            # broker queued while the verifier was down) are not the verifier refusing.
+            stale_copy = o.with_context and o.bare_sends > 0
+            o.bare_sends = max(0, o.bare_sends - 1)
+            if stale_copy:
+                return Event.IGNORED
             self.resyncs += 1
             if self.resyncs > self.config.max_resyncs:
                 return self._fail(f"verifier asked to resync {self.resyncs} times in a row")
