@@ -106,13 +106,16 @@ def greedy_verify(
 ) -> VerifyOutput:
     """Accept the longest draft prefix equal to the target's argmax, then its argmax."""
     _, max_k = _check_layout(draft_token_ids, num_draft_tokens, target_logits)
-    target_argmax = target_logits.argmax(dim=-1)  # [batch, max_k + 1]
+    target_argmax = argmax(target_logits)  # [batch, max_k + 1]
     num_accepted = _accept_prefix(draft_token_ids == target_argmax[:, :max_k], num_draft_tokens)
     target_token_ids = target_argmax.gather(1, num_accepted[:, None]).squeeze(1)  # [batch]
     return _assemble(draft_token_ids, num_accepted, target_token_ids)
 
 
 # -- sampling warpers -----------------------------------------------------------------
+CANDIDATES: Final = 64  # first candidate set for top-p without top-k (grows x4 if short)
+
+
 def apply_warpers(
     logits: torch.Tensor,  # [num_rows, vocab]
     temperature: torch.Tensor,  # [num_rows], > 0
@@ -122,30 +125,103 @@ def apply_warpers(
     """Temperature → top-k → top-p, each renormalised: the device's definitions.
 
     Mirrors ``edge_node.sampling.warp`` (without its cap at 64 entries, which only
-    concerns q), computed in float64 like the device:
+    concerns q):
 
     * temperature: ``softmax(logits / temperature)``;
     * top-k: keep exactly the ``k`` most probable tokens, ties broken by lower id;
     * top-p: walking by descending probability (ties by lower id), keep a token while
       the mass *before* it is ``< top_p`` (the first token always stays).
+
+    Only tokens that can survive are sorted (a full-vocabulary sort costs milliseconds
+    per row on CPU): the first ``C`` tokens in (probability desc, id asc) order are
+    found exactly with one top-k on the logits (same order as the probabilities) and a
+    tie check, ``C = k`` with top-k, else 64, 256, … until the top-p mass is reached.
+    Kept probabilities and the top-p walk are float64, like the device.
     """
     assert logits.dim() == 2, f"logits must be [num_rows, vocab], got {tuple(logits.shape)}"
     num_rows, vocab = logits.shape
     for name, t in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
         assert t.shape == (num_rows,), f"{name} must be [{num_rows}], got {tuple(t.shape)}"
-    probs = torch.softmax(logits.double() / temperature.double()[:, None], dim=-1)
-    # Stable descending sort: equal probabilities keep ascending id order.
-    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True, stable=True)
-    rank = torch.arange(vocab, device=logits.device)[None, :]  # [1, vocab]
-    k = torch.where((top_k > 0) & (top_k < vocab), top_k, vocab).to(logits.device)
-    kept = torch.where(rank < k[:, None], sorted_probs, 0.0)  # [num_rows, vocab]
-    kept = kept / kept.sum(dim=-1, keepdim=True)
-    before = kept.cumsum(dim=-1) - kept  # mass strictly before each token
-    off = (top_p >= 1.0).to(logits.device)[:, None]  # top-p off: no cut at all
-    keep = (before < top_p.double()[:, None]) | (rank == 0) | off
+    device = logits.device
+    scaled = logits.float() / temperature.float().to(device)[:, None]  # [num_rows, vocab]
+    k = top_k.to(device).long()
+    k = torch.where((k > 0) & (k < vocab), k, 0)  # 0: no top-k
+    p = top_p.to(device).double()
+    warped = (k > 0) | (p < 1.0)
+    if not bool(warped.any()):
+        return torch.softmax(scaled, dim=-1)
+    if bool(warped.all()):
+        return _truncate(scaled, k, p)
+    probs = torch.softmax(scaled, dim=-1)
+    rows = warped.nonzero().squeeze(1)  # [num_warped]
+    probs[rows] = _truncate(scaled[rows], k[rows], p[rows])
+    return probs
+
+
+def _first_candidates(scaled: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and logits of the first ``count`` tokens by (logit desc, id asc), exactly.
+
+    ``scaled``: [rows, vocab] → ids, values: [rows, count]. ``topk`` picks an arbitrary
+    subset of tokens tied at the cut; rows where the token after the cut ties with the
+    last one taken are redone exactly (lowest ids among the tied).
+    """
+    rows, vocab = scaled.shape
+    if count >= vocab:
+        ids = torch.arange(vocab, device=scaled.device).expand(rows, vocab)
+    else:
+        top_values, top_ids = scaled.topk(count + 1, dim=-1)  # [rows, count + 1], sorted
+        ids = top_ids[:, :count]
+        ragged = (top_values[:, count] == top_values[:, count - 1]).nonzero().squeeze(1)
+        if len(ragged):
+            ids = ids.clone()
+            for r in ragged.tolist():
+                threshold = top_values[r, count - 1]
+                above = (scaled[r] > threshold).nonzero().squeeze(1)
+                tied = (scaled[r] == threshold).nonzero().squeeze(1)[: count - len(above)]
+                ids[r] = torch.cat([above, tied])
+        ids = ids.sort(dim=-1).values  # ascending ids
+    values = scaled.gather(1, ids)
+    values, order = values.sort(dim=-1, descending=True, stable=True)  # ties keep id order
+    return ids.gather(1, order), values
+
+
+def _truncate(
+    scaled: torch.Tensor,  # [rows, vocab] logits / temperature
+    k: torch.Tensor,  # [rows], 0 = off
+    p: torch.Tensor,  # [rows] float64, 1.0 = off
+) -> torch.Tensor:  # [rows, vocab] float32 probabilities
+    vocab = scaled.shape[1]
+    peak = scaled.amax(dim=-1, keepdim=True)  # [rows, 1]
+    norm = torch.exp(scaled - peak).sum(dim=-1, keepdim=True, dtype=torch.float64)  # softmax Z
+    count = min(vocab, max(int(k.max()), CANDIDATES))
+    while True:
+        ids, values = _first_candidates(scaled, count)  # [rows, count]
+        probs = torch.exp(values.double() - peak.double()) / norm  # float64, desc order
+        rank = torch.arange(count, device=scaled.device)[None, :]
+        in_k = (k[:, None] == 0) | (rank < k[:, None])
+        mass_k = torch.where(k > 0, (probs * in_k).sum(dim=-1), 1.0)  # device: 1.0 if no k
+        kept = probs * in_k / mass_k[:, None]
+        before = kept.cumsum(dim=-1) - kept  # mass strictly before each token
+        keep = in_k & ((before < p[:, None]) | (rank == 0) | (p[:, None] >= 1.0))
+        # Without top-k the cut may lie past the candidates: the mass taken must reach p.
+        short = (k == 0) & (kept.sum(dim=-1) < p)
+        if count == vocab or not bool(short.any()):
+            break
+        count = min(vocab, 4 * count)
     kept = torch.where(keep, kept, 0.0)
     kept = kept / kept.sum(dim=-1, keepdim=True)
-    return torch.zeros_like(kept).scatter_(1, sorted_idx, kept).float()
+    out = torch.zeros(scaled.shape, dtype=torch.float32, device=scaled.device)
+    return out.scatter_(1, ids, kept.float())
+
+
+def argmax(x: torch.Tensor) -> torch.Tensor:  # [...] int64
+    """``x.argmax(-1)`` (first maximum); numpy's SIMD argmax on CPU float tensors.
+
+    torch's CPU argmax over a 32k vocabulary is ~10x slower than numpy's here.
+    """
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(x.detach().numpy().argmax(axis=-1)).to(torch.int64)
+    return x.argmax(dim=-1)
 
 
 def dense_draft_probs(
@@ -180,32 +256,40 @@ class RandomDraws:
     """The random numbers one batch of speculative sampling consumes."""
 
     uniform: torch.Tensor  # [batch, max_k] in [0, 1), for the accept test
-    exponential: torch.Tensor  # [batch, vocab] Exp(1), for the recovered / bonus draw
+    target: torch.Tensor  # [batch] in [0, 1), for the recovered / bonus draw
 
     @staticmethod
     def draw(
         num_draft_tokens: Sequence[int],
         max_k: int,
-        vocab: int,
         generators: Sequence[torch.Generator] | torch.Generator | None = None,
     ) -> RandomDraws:
-        """Per-session generators draw exactly ``k`` uniforms then ``vocab`` exponentials.
-
-        With one (or no) generator the draws are vectorised over the batch.
+        """Per-session generators draw exactly ``k + 1`` uniforms each (accept tests,
+        then the target token); with one (or no) generator the draws are vectorised.
         """
         batch = len(num_draft_tokens)
         if generators is None or isinstance(generators, torch.Generator):
-            uniform = torch.rand(batch, max_k, generator=generators)
-            exponential = torch.empty(batch, vocab).exponential_(generator=generators)
-            return RandomDraws(uniform, exponential)
+            draws = torch.rand(batch, max_k + 1, generator=generators)
+            return RandomDraws(draws[:, :max_k], draws[:, max_k])
         assert len(generators) == batch, f"{len(generators)} generators for {batch} sessions"
         uniform = torch.ones(batch, max_k)
-        exponential = torch.empty(batch, vocab)
+        target = torch.empty(batch)
         for b, (k, gen) in enumerate(zip(num_draft_tokens, generators, strict=True)):
-            if k:
-                uniform[b, :k] = torch.rand(k, generator=gen)
-            exponential[b].exponential_(generator=gen)
-        return RandomDraws(uniform, exponential)
+            row = torch.rand(k + 1, generator=gen)
+            uniform[b, :k] = row[:k]
+            target[b] = row[k]
+        return RandomDraws(uniform, target)
+
+
+def sample_from(
+    weights: torch.Tensor,  # [batch, vocab] >= 0, not necessarily normalised
+    uniform: torch.Tensor,  # [batch] in [0, 1)
+) -> torch.Tensor:  # [batch] int64
+    """Inverse-CDF sampling: the first token whose cumulative weight exceeds ``u * total``."""
+    cdf = weights.float().cumsum(dim=-1)  # [batch, vocab]
+    point = uniform.to(cdf.device)[:, None] * cdf[:, -1:]  # [batch, 1]
+    token = torch.searchsorted(cdf, point, right=True).squeeze(1)
+    return token.clamp(max=weights.shape[-1] - 1)
 
 
 def rejection_sample(
@@ -219,16 +303,16 @@ def rejection_sample(
 
     Draft ``x`` at position j is accepted when ``u_j * q(x) <= p(x)`` with
     ``u_j ~ U[0, 1)`` (i.e. with probability ``min(1, p(x)/q(x))``; a draft with
-    ``q(x) == 0`` is rejected). The target token is drawn with the exponential trick,
-    ``argmax(r / e)`` with ``e ~ Exp(1)``, which samples proportionally to ``r``;
-    ``r = max(0, p - q)`` at a rejection and ``r = p`` for the bonus token.
+    ``q(x) == 0`` is rejected). The target token is drawn proportionally to ``r``
+    (inverse CDF, one uniform): ``r = max(0, p - q)`` at a rejection, ``r = p`` for
+    the bonus token.
     """
     batch, max_k = _check_layout(draft_token_ids, num_draft_tokens, target_probs)
     vocab = target_probs.shape[-1]
     assert draft_probs.shape == (batch, max_k, vocab), (
         f"draft_probs must be [{batch}, {max_k}, {vocab}], got {tuple(draft_probs.shape)}"
     )
-    assert draws.uniform.shape == (batch, max_k) and draws.exponential.shape == (batch, vocab)
+    assert draws.uniform.shape == (batch, max_k) and draws.target.shape == (batch,)
     safe_ids = draft_token_ids.clamp(min=0)[..., None]  # [batch, max_k, 1]
     p_x = target_probs[:, :max_k].gather(2, safe_ids).squeeze(2)  # [batch, max_k]
     q_x = draft_probs.gather(2, safe_ids).squeeze(2)  # [batch, max_k]
@@ -247,16 +331,8 @@ def rejection_sample(
     # p == q up to rounding leaves no residual mass; then the target's p is the answer.
     empty = residual.sum(dim=-1, keepdim=True) <= 0
     residual = torch.where(empty, p_at, residual)
-    target_token_ids = (residual / draws.exponential).argmax(dim=-1)  # [batch]
+    target_token_ids = sample_from(residual, draws.target)  # [batch]
     return _assemble(draft_token_ids, num_accepted, target_token_ids)
-
-
-def sample_from(
-    probs: torch.Tensor,  # [batch, vocab]
-    draws: RandomDraws,
-) -> torch.Tensor:  # [batch]
-    """One sample per row (the k = 0 case of :func:`rejection_sample`)."""
-    return (probs / draws.exponential).argmax(dim=-1)
 
 
 # -- a mixed batch from plain values ------------------------------------------------------
@@ -325,6 +401,8 @@ def verify_batch(
     out = torch.full((batch, max_k + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int64)
     num_accepted = torch.zeros(batch, dtype=torch.int64)
 
+    if all(r.greedy for r in rows):  # no row gathers: the common case
+        return greedy_verify(draft_token_ids, num_draft_tokens, target_logits)
     greedy = [b for b, r in enumerate(rows) if r.greedy]
     if greedy:
         g = torch.tensor(greedy)
@@ -347,7 +425,6 @@ def verify_batch(
         draws = RandomDraws.draw(
             [len(r.draft) for r in srows],
             max_k,
-            vocab,
             None if all(g is None for g in gens) else [g or torch.Generator() for g in gens],
         )
         res = rejection_sample(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,6 +145,44 @@ def test_top_k_then_top_p_renormalises_after_top_k() -> None:
     assert warp(logits, top_k=3, top_p=0.7).tolist() == pytest.approx([4 / 7, 3 / 7, 0, 0])
 
 
+def reference_warp(logits: np.ndarray, temperature: float, top_k: int, top_p: float):
+    """The device's definitions (edge_node.sampling.warp) written out with a full sort."""
+    x = logits.astype(np.float64) / temperature
+    e = np.exp(x - x.max())
+    probs = e / e.sum()
+    vocab = probs.shape[0]
+    order = np.lexsort((np.arange(vocab), -probs))  # prob desc, then id asc
+    k = top_k if 0 < top_k < vocab else vocab
+    ids = order[:k]
+    kept = probs[ids] / (probs[ids].sum() if k < vocab else 1.0)
+    if top_p < 1.0:
+        before = np.cumsum(kept) - kept
+        n = max(1, int(np.count_nonzero(before < top_p)))
+        ids, kept = ids[:n], kept[:n]
+    out = np.zeros(vocab)
+    out[ids] = kept / kept.sum()
+    return out
+
+
+@pytest.mark.parametrize("vocab", [7, 300, 5000])
+def test_warpers_match_the_device_definition(vocab: int) -> None:
+    rng = np.random.default_rng(vocab)
+    cases = [(0.7, 0, 0.9), (1.3, 5, 1.0), (1.0, 40, 0.8), (0.5, 0, 0.999), (2.0, vocab, 0.5)]
+    logits = rng.normal(size=(len(cases), vocab)) * 2
+    logits[:, 1:4] = logits[:, :1]  # ties at the top
+    logits[:, -3:] = np.round(logits[:, -3:])  # and elsewhere
+    got = apply_warpers(
+        torch.tensor(logits, dtype=torch.float32),
+        torch.tensor([c[0] for c in cases]),
+        torch.tensor([c[1] for c in cases]),
+        torch.tensor([c[2] for c in cases]),
+    )
+    for row, (t, k, p) in enumerate(cases):
+        want = reference_warp(logits[row].astype(np.float32), t, k, p)
+        assert np.array_equal(got[row].numpy() > 0, want > 0), (row, t, k, p)
+        assert np.allclose(got[row].numpy(), want, atol=1e-6), (row, t, k, p)
+
+
 def test_warpers_per_row_params() -> None:
     logits = torch.tensor([[1.0, 2.0, 3.0]] * 3)
     probs = apply_warpers(
@@ -158,12 +197,9 @@ def test_warpers_per_row_params() -> None:
 
 
 # -- speculative sampling ---------------------------------------------------------------
-def fixed_draws(uniform: list[list[float]], bonus_token: list[int]) -> RandomDraws:
-    """Draws whose exponential noise makes ``bonus_token`` win any residual it supports."""
-    exponential = torch.full((len(bonus_token), VOCAB), 1e6)
-    for b, tok in enumerate(bonus_token):
-        exponential[b, tok] = 1e-6
-    return RandomDraws(torch.tensor(uniform), exponential)
+def fixed_draws(uniform: list[list[float]], target: list[float]) -> RandomDraws:
+    """Accept-test uniforms and the inverse-CDF point of the target token, per session."""
+    return RandomDraws(torch.tensor(uniform), torch.tensor(target))
 
 
 def test_rejection_accepts_when_p_ge_q() -> None:
@@ -171,7 +207,7 @@ def test_rejection_accepts_when_p_ge_q() -> None:
     drafts = torch.tensor([[1, 2]])
     q = dense_draft_probs(torch.tensor([[[1], [2]]]), torch.tensor([[[1.0], [1.0]]]), VOCAB)
     p = torch.nn.functional.one_hot(torch.tensor([[1, 2, 3]]), VOCAB).float()
-    out = rejection_sample(drafts, torch.tensor([2]), q, p, fixed_draws([[0.99, 0.99]], [3]))
+    out = rejection_sample(drafts, torch.tensor([2]), q, p, fixed_draws([[0.99, 0.99]], [0.5]))
     assert out.output_token_ids.tolist() == [[1, 2, 3]]
 
 
@@ -181,18 +217,23 @@ def test_rejection_uses_ratio_and_recovers_from_residual() -> None:
     p = p_row.expand(1, 2, VOCAB).clone()
     q = dense_draft_probs(torch.tensor([[[1]]]), torch.tensor([[[1.0]]]), VOCAB)
     drafts, num = torch.tensor([[1]]), torch.tensor([1])
-    accepted = rejection_sample(drafts, num, q, p, fixed_draws([[0.2]], [2]))
-    assert accepted.output_token_ids.tolist() == [[1, 2]]  # accepted, bonus 2
+    # Accepted; the bonus token by inverse CDF over p = [0, 0.25, 0.75]: 0.2 → token 1.
+    accepted = rejection_sample(drafts, num, q, p, fixed_draws([[0.2]], [0.2]))
+    assert accepted.output_token_ids.tolist() == [[1, 1]]
+    accepted = rejection_sample(drafts, num, q, p, fixed_draws([[0.2]], [0.3]))
+    assert accepted.output_token_ids.tolist() == [[1, 2]]
     # Rejected: residual max(0, p - q) = [0, 0, 0.75, ...] leaves only token 2, even
-    # though the noise favours token 1.
-    rejected = rejection_sample(drafts, num, q, p, fixed_draws([[0.3]], [1]))
+    # for a point that would pick token 1 under p.
+    rejected = rejection_sample(drafts, num, q, p, fixed_draws([[0.3]], [0.2]))
     assert rejected.output_token_ids.tolist() == [[2, PH]]  # mismatch at position 0
 
 
 def test_rejection_draft_with_zero_q_is_rejected() -> None:
     p = torch.full((1, 2, VOCAB), 1.0 / VOCAB)
     q = dense_draft_probs(torch.tensor([[[4]]]), torch.tensor([[[1.0]]]), VOCAB)
-    out = rejection_sample(torch.tensor([[5]]), torch.tensor([1]), q, p, fixed_draws([[0.0]], [0]))
+    out = rejection_sample(
+        torch.tensor([[5]]), torch.tensor([1]), q, p, fixed_draws([[0.0]], [0.0])
+    )
     assert out.num_accepted.tolist() == [0]
 
 
@@ -242,7 +283,7 @@ def sample_first_tokens(p: torch.Tensor, q: torch.Tensor, k: int, n: int, seed: 
     drafts = torch.multinomial(q.expand(n, VOCAB), k, replacement=True, generator=gen)
     target = p.expand(n, k + 1, VOCAB)
     draft_q = q.expand(n, k, VOCAB)
-    draws = RandomDraws.draw([k] * n, k, VOCAB, gen)
+    draws = RandomDraws.draw([k] * n, k, gen)
     out = rejection_sample(drafts, torch.full((n,), k), draft_q, target, draws)
     return out.output_token_ids[:, 0]
 
