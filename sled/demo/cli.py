@@ -1,0 +1,153 @@
+"""``sled demo``: broker + verifier + 3 edge nodes on this machine, text streaming live.
+
+    sled demo                                   # live view on a terminal; Ctrl-C stops
+    sled demo --prompts 2 --json summary.json   # non-interactive, writes a summary
+    sled demo --broker mqtt://host:1883         # use an existing broker
+
+Needs the ``verifier`` and ``edge`` extras (torch for the verifier and the final check).
+Everything heavy is imported inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from sled.demo.broker import KINDS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests per device (default: all 8 built-in prompts; 0: cycle until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=48, help="tokens per request (default 48)"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="write the summary here (JSON)"
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="models folder with target/, drafter-1l-onnx/, drafter-2l-onnx/ "
+        "(default: the demo models shipped in the package)",
+    )
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the final comparison with the target's own greedy output",
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="line output even on a terminal (no live redraw)"
+    )
+    parser.add_argument(
+        "--verifier-threads",
+        type=int,
+        default=None,
+        help="torch threads of the verifier (default: half the CPUs, 1..4)",
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="node log files go here (default: a new temporary folder)",
+    )
+    parser.add_argument(
+        "--log-level", default="warning", help="log level of the nodes (default warning)"
+    )
+    g = parser.add_argument_group("broker (default: an embedded one on a free loopback port)")
+    g.add_argument(
+        "--broker",
+        default=None,
+        metavar="URL",
+        help="use this broker (mqtt://host:port) instead of an embedded one",
+    )
+    g.add_argument(
+        "--embedded-broker",
+        choices=KINDS,
+        default="auto",
+        help="auto: mosquitto when it is on PATH, else amqtt in-process (MQTT 3.1.1)",
+    )
+    g.add_argument("--username", default=None, help="broker user (every node uses it)")
+    g.add_argument("--password", default=None, help="broker password")
+    g.add_argument(
+        "--protocol",
+        choices=("5", "3.1.1"),
+        default=None,
+        help="MQTT version (default: 5; 3.1.1 with amqtt)",
+    )
+    g.add_argument("--prefix", default="sled/v1", help="topic prefix (default sled/v1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sled.demo.run import PROMPTS, Demo, DemoConfig, DemoError, default_models_dir
+    from sled.demo.stats import table
+    from sled.demo.view import LineView, LiveView, View
+
+    num_prompts = len(PROMPTS) if args.prompts is None else args.prompts
+    if num_prompts < 0 or args.max_new_tokens < 1:
+        print("sled demo: --prompts must be >= 0 and --max-new-tokens >= 1", file=sys.stderr)
+        return 2
+    kwargs = {}
+    if args.verifier_threads is not None:
+        kwargs["verifier_threads"] = max(1, args.verifier_threads)
+    config = DemoConfig(
+        models_dir=args.models or default_models_dir(),
+        num_prompts=num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        broker_url=args.broker,
+        broker_kind=args.embedded_broker,
+        username=args.username,
+        password=args.password,
+        protocol=args.protocol,
+        prefix=args.prefix,
+        log_dir=args.log_dir,
+        log_level=args.log_level,
+        check=not args.no_check,
+        **kwargs,
+    )
+    live = sys.stdout.isatty() and not args.plain and os.environ.get("TERM") != "dumb"
+    demo: Demo
+    view: View
+    if live:
+        demo = Demo(config, view=LineView())
+        view = LiveView(demo.stats, title="SLED demo: 3 edge nodes (ONNX drafters), 1 verifier")
+        demo.view = view
+    else:
+        view = LineView()
+        demo = Demo(config, view=view)
+    status = 0
+    result = None
+    try:
+        result = asyncio.run(demo.run())
+    except KeyboardInterrupt:
+        status = 130
+    except DemoError as exc:
+        view.close()
+        print(f"sled demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        demo.kill_nodes()
+        view.close()
+    print()
+    lossless = result["lossless"] if result is not None else None
+    print(table(demo.stats, lossless=lossless, wall_s=demo.wall_s))
+    if status:
+        print("interrupted: nodes stopped", file=sys.stderr)
+    if args.json is not None:
+        document = result if result is not None else demo.summary()
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"summary written to {args.json}")
+    if status:
+        return status
+    return 0 if lossless in (True, None) else 1

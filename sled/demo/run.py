@@ -1,0 +1,454 @@
+"""``sled demo`` end to end: broker, verifier, three edge nodes, prompts, live view, check.
+
+    demo = Demo(DemoConfig(models_dir=default_models_dir(), num_prompts=3))
+    summary = asyncio.run(demo.run())             # or Ctrl-C: everything stops cleanly
+
+Order of events:
+
+1. an embedded broker (:mod:`sled.demo.broker`), unless ``broker_url`` names one;
+2. ``sled verifier`` (the demo target) and three ``sled edge`` nodes (the ONNX
+   drafters, each with its own threshold / max_draft) as subprocesses
+   (:mod:`sled.demo.procs`), all pointed at that broker;
+3. readiness = each node's retained status topic says online;
+4. like any app, the demo sends each device ``GenerateRequest``s on ``…/dev/{id}/req``
+   and reads the streamed results on ``…/dev/{id}/out/+`` (:class:`sled.client.SledClient`),
+   one request at a time per device, all devices at once (so the verifier batches);
+5. nodes stop (edges, then verifier, then broker) — on success, error or Ctrl-C;
+6. the lossless check: every completion is compared token for token with the target's
+   own greedy output (:mod:`sled.demo.reference`, transformers in this process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from schemas import (
+    DeviceStatus,
+    GenerateRequest,
+    ResultFinal,
+    SchemaError,
+    Topics,
+    VerifierStatus,
+    decode,
+    encode,
+)
+from sled.client import SledClient
+from sled.demo.broker import BrokerInfo, embedded_broker
+from sled.demo.procs import NodeProcess, node_env, sled_command
+from sled.demo.stats import DeviceSpec, DeviceStats, summary
+from sled.demo.view import REFRESH_S, LineView, View
+from sled.transport import MqttConfig, MqttTransport, Transport
+
+PROMPTS: tuple[str, ...] = (
+    "In the beginning God created",
+    "And God said, Let there be",
+    "The LORD is my shepherd;",
+    "Blessed are the poor in spirit:",
+    "And it came to pass, when",
+    "Now the serpent was more subtil than",
+    "For God so loved the world,",
+    "Then said Jesus unto them,",
+)
+
+DEVICES: tuple[DeviceSpec, ...] = (
+    DeviceSpec("edge-1", "drafter-1l-onnx", threshold=0.1, max_draft=4),
+    DeviceSpec("edge-2", "drafter-2l-onnx", threshold=0.05, max_draft=8),
+    DeviceSpec("edge-3", "drafter-2l-onnx", threshold=0.2, max_draft=6),
+)
+
+TARGET_DIR = "target"
+VERIFIER_ID = "demo-verifier"
+READY_GRACE_S = 0.5  # after every node is online: let edges subscribe to their req topic
+FIRST_RESULT_TIMEOUT_S = 20.0  # no first result: resend the request (once or twice)
+RESENDS = 2  # new requests after a missing first result, at most
+CANCEL_TIMEOUT_S = 5.0  # wait for cancelled background tasks to end, at most
+
+
+class DemoError(RuntimeError):
+    """The demo could not run: missing models, a node that died or never came online."""
+
+
+def default_models_dir() -> Path:
+    """The models shipped in the package: ``sled/demo/models``."""
+    return Path(__file__).resolve().parent / "models"
+
+
+def default_verifier_threads() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """Everything one demo run needs. Times are seconds."""
+
+    models_dir: Path = field(default_factory=default_models_dir)
+    num_prompts: int = len(PROMPTS)  # requests per device; 0: cycle until stopped
+    max_new_tokens: int = 48  # per request
+    prompts: tuple[str, ...] = PROMPTS
+    devices: tuple[DeviceSpec, ...] = DEVICES
+    broker_url: str | None = None  # None: embedded broker
+    broker_kind: str = "auto"  # embedded: auto, mosquitto or amqtt
+    username: str | None = None  # external broker only, used by every node
+    password: str | None = None
+    protocol: Literal["5", "3.1.1"] | None = None  # None: 5, or 3.1.1 for amqtt
+    prefix: str = "sled/v1"
+    verifier_threads: int = field(default_factory=default_verifier_threads)
+    log_dir: Path | None = None  # None: a new temporary folder (kept, its path shown)
+    log_level: str = "warning"  # of the nodes
+    check: bool = True  # compare with the target's own greedy output at the end
+    start_timeout_s: float = 180.0  # every node online
+    request_timeout_s: float = 120.0  # silence of a running request
+
+    def check_models(self) -> None:
+        """Raise DemoError naming what is missing (and how to build it)."""
+        needed = [self.models_dir / TARGET_DIR / "config.json"]
+        needed += [self.models_dir / d.drafter / "model.onnx" for d in self.devices]
+        missing = [str(p.parent) for p in needed if not p.is_file()]
+        if missing:
+            raise DemoError(
+                "demo models not found: " + ", ".join(dict.fromkeys(missing)) + ". Rebuild "
+                "them with `sled train-demo` and `sled export-drafter MODELS/drafter-1l "
+                "MODELS/drafter-1l-onnx` (same for drafter-2l), or pass --models DIR."
+            )
+
+
+class Demo:
+    """One run of the demo; ``stats`` stays readable after it ends (or is interrupted)."""
+
+    def __init__(self, config: DemoConfig, view: View | None = None) -> None:
+        self.config = config
+        self.view: View = view or LineView()
+        self.topics = Topics(config.prefix)
+        self.stats = [DeviceStats(spec) for spec in config.devices]
+        for s in self.stats:
+            s.planned = config.num_prompts
+        self.by_device = {s.spec.device: s for s in self.stats}
+        self.nodes: list[NodeProcess] = []
+        self.broker: BrokerInfo | None = None
+        self.log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="sled-demo-"))
+        self.verifier_online = asyncio.Event()
+        self.wall_s = 0.0
+        self.checked = False
+        self._progress = {d.device: asyncio.Event() for d in config.devices}
+        self._started_s = 0.0
+
+    # -- the whole run -------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        """Run the demo; returns :func:`sled.demo.stats.summary`. Nodes stop on any exit."""
+        self.config.check_models()
+        try:
+            async with self._broker() as broker:
+                self.broker = broker
+                mqtt = MqttConfig.from_url(
+                    broker.url,
+                    username=self.config.username,
+                    password=self.config.password,
+                    protocol=self.config.protocol or broker.protocol,
+                    persistent=False,
+                )
+                try:
+                    await self._serve(mqtt)
+                finally:
+                    await self.stop_nodes()
+        finally:
+            self.kill_nodes()
+        if self.config.check:
+            self.view.event("checking every output against the target's own greedy output…")
+            await asyncio.to_thread(self.check_lossless)
+        return self.summary()
+
+    @contextlib.asynccontextmanager
+    async def _broker(self) -> AsyncIterator[BrokerInfo]:
+        if self.config.broker_url is not None:
+            protocol = self.config.protocol or "5"
+            yield BrokerInfo("external", self.config.broker_url, protocol)
+            return
+        async with embedded_broker(self.config.broker_kind) as broker:
+            self.view.event(f"broker: {broker.kind} on {broker.url} (MQTT {broker.protocol})")
+            yield broker
+
+    async def _serve(self, mqtt: MqttConfig) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        async with (
+            MqttTransport(mqtt.with_(client_id=f"sled-demo-status-{suffix}")) as sbus,
+            MqttTransport(mqtt.with_(client_id=f"sled-demo-app-{suffix}")) as abus,
+        ):
+            await sbus.subscribe(self.topics.verifier_status(VERIFIER_ID))
+            await sbus.subscribe(self.topics.all_device_status())
+            background = [asyncio.create_task(self._watch_status(sbus), name="demo-status")]
+            try:
+                self.start_nodes(mqtt)
+                await self._wait_ready(background[0])
+                await asyncio.sleep(READY_GRACE_S)
+                background.append(asyncio.create_task(self._follow(abus), name="demo-follow"))
+                background.append(asyncio.create_task(self._refresh(), name="demo-refresh"))
+                self._started_s = time.monotonic()
+                drivers = [
+                    asyncio.create_task(self._drive(abus, s), name=f"demo-{s.spec.device}")
+                    for s in self.stats
+                ]
+                try:
+                    await _until_done(drivers, background)
+                finally:
+                    self.wall_s = time.monotonic() - self._started_s
+                    await _cancel_all(drivers)
+            finally:
+                await _cancel_all(background)
+
+    # -- nodes --------------------------------------------------------------------------
+    def verifier_argv(self, mqtt: MqttConfig) -> list[str]:
+        cfg = self.config
+        argv = sled_command(
+            "verifier",
+            "--model-dir", str(cfg.models_dir / TARGET_DIR),
+            "--broker-url", mqtt.url,
+            "--mqtt-protocol", mqtt.protocol,
+            "--topic-prefix", cfg.prefix,
+            "--verifier-id", VERIFIER_ID,
+            "--threads", str(cfg.verifier_threads),
+            "--log-level", cfg.log_level,
+        )  # fmt: skip
+        return argv + self._credentials()
+
+    def edge_argv(self, spec: DeviceSpec, mqtt: MqttConfig) -> list[str]:
+        cfg = self.config
+        argv = sled_command(
+            "edge",
+            "--device-id", spec.device,
+            "--drafter-dir", str(cfg.models_dir / spec.drafter),
+            "--broker-url", mqtt.url,
+            "--mqtt-protocol", mqtt.protocol,
+            "--topic-prefix", cfg.prefix,
+            "--threshold", str(spec.threshold),
+            "--max-draft", str(spec.max_draft),
+            "--max-new-tokens", str(cfg.max_new_tokens),
+            "--threads", "1",
+            "--log-level", cfg.log_level,
+        )  # fmt: skip
+        return argv + self._credentials()
+
+    def _credentials(self) -> list[str]:
+        cfg = self.config
+        out = []
+        if cfg.username:
+            out += ["--username", cfg.username]
+        if cfg.password:
+            out += ["--password", cfg.password]
+        return out
+
+    def start_nodes(self, mqtt: MqttConfig) -> None:
+        """Launch the verifier and the edge nodes (from the event loop's thread)."""
+        threads = self.config.verifier_threads
+        verifier = NodeProcess(
+            "verifier",
+            self.verifier_argv(mqtt),
+            self.log_dir / "verifier.log",
+            node_env(threads=threads),
+        )
+        self.nodes.append(verifier)
+        verifier.start()
+        target = self.config.models_dir / TARGET_DIR
+        self.view.event(f"verifier: target {target} (pid {verifier.pid})")
+        for spec in self.config.devices:
+            node = NodeProcess(
+                spec.device,
+                self.edge_argv(spec, mqtt),
+                self.log_dir / f"{spec.device}.log",
+                node_env(threads=1),
+            )
+            self.nodes.append(node)
+            node.start()
+            self.view.event(f"{spec.device}: {spec.label} (pid {node.pid})")
+
+    async def _wait_ready(self, watcher: asyncio.Task[None]) -> None:
+        """Until the verifier and every edge node say online; a node exiting is an error."""
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while not (self.verifier_online.is_set() and all(s.online for s in self.stats)):
+            self._check_nodes_alive()
+            if watcher.done():
+                watcher.result()  # raises what stopped it
+                raise DemoError("lost the broker connection while waiting for the nodes")
+            if time.monotonic() > deadline:
+                waiting = [s.spec.device for s in self.stats if not s.online]
+                if not self.verifier_online.is_set():
+                    waiting.insert(0, "verifier")
+                raise DemoError(
+                    f"not online after {self.config.start_timeout_s:g} s: {', '.join(waiting)} "
+                    f"(logs in {self.log_dir})"
+                )
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - min(n.started_s for n in self.nodes)
+        self.view.event(f"all nodes online in {took:.1f} s; logs in {self.log_dir}")
+
+    def _check_nodes_alive(self) -> None:
+        for node in self.nodes:
+            code = node.returncode
+            if code is not None:
+                raise DemoError(
+                    f"{node.name} exited with status {code}; last lines of {node.log_path}:\n"
+                    f"{node.log_tail()}"
+                )
+
+    async def stop_nodes(self) -> None:
+        """Edges first (they publish offline), then the verifier; bounded waits."""
+        edges = [n for n in self.nodes if n.name != "verifier"]
+        await asyncio.gather(*(n.stop() for n in edges))
+        await asyncio.gather(*(n.stop() for n in self.nodes if n.name == "verifier"))
+
+    def kill_nodes(self) -> None:
+        """SIGKILL whatever still runs (after an interrupted stop)."""
+        for node in self.nodes:
+            node.kill()
+
+    # -- messages -----------------------------------------------------------------------
+    async def _watch_status(self, bus: Transport) -> None:
+        """Retained statuses → online flags (readiness, and the live view's dots)."""
+        async for msg in bus.messages():
+            try:
+                parsed = self.topics.parse(msg.topic)
+                rec = decode(msg.payload, expect=(DeviceStatus, VerifierStatus))
+            except SchemaError:
+                continue
+            if isinstance(rec, VerifierStatus) and parsed.verifier == VERIFIER_ID:
+                if rec.online:
+                    self.verifier_online.set()
+                else:
+                    self.verifier_online.clear()
+            elif isinstance(rec, DeviceStatus) and parsed.device in self.by_device:
+                self.by_device[parsed.device].online = rec.online
+
+    async def _follow(self, bus: Transport) -> None:
+        """Every result of every demo device → its stats (and the view, when final)."""
+        async for device, request, result in SledClient(bus, self.topics).follow("+"):
+            stats = self.by_device.get(device)
+            if stats is None or request != stats.request:
+                continue  # another device, or a request given up on (resent)
+            done = stats.apply(result)
+            self._progress[device].set()
+            if done and isinstance(result, ResultFinal):
+                self.view.request_done(stats, stats.outputs[-1])
+
+    async def _refresh(self) -> None:
+        while True:
+            self.view.refresh()
+            await asyncio.sleep(REFRESH_S)
+
+    async def _drive(self, bus: Transport, stats: DeviceStats) -> None:
+        """Send this device its prompts, one at a time, each after the previous final."""
+        cfg = self.config
+        i = 0
+        while cfg.num_prompts == 0 or i < cfg.num_prompts:
+            prompt = cfg.prompts[i % len(cfg.prompts)]
+            await self._one_request(bus, stats, prompt)
+            i += 1
+
+    async def _one_request(self, bus: Transport, stats: DeviceStats, prompt: str) -> None:
+        device = stats.spec.device
+        progress = self._progress[device]
+        for attempt in range(RESENDS + 1):
+            request = uuid.uuid4().hex[:12]
+            stats.start(request, prompt)
+            progress.clear()
+            message = GenerateRequest(
+                request=request,
+                prompt=prompt,
+                max_new_tokens=self.config.max_new_tokens,
+                sent_at_ns=time.time_ns(),
+            )
+            await bus.publish(self.topics.req(device), encode(message))
+            try:
+                await asyncio.wait_for(progress.wait(), FIRST_RESULT_TIMEOUT_S)
+            except TimeoutError:
+                self._check_nodes_alive()
+                self.view.event(f"{device}: no answer to request {request} yet, sending again")
+                if attempt == RESENDS:
+                    raise DemoError(
+                        f"{device} never answered (log {self.log_dir / device}.log)"
+                    ) from None
+                continue
+            break
+        while stats.request == request:
+            progress.clear()
+            try:
+                await asyncio.wait_for(progress.wait(), self.config.request_timeout_s)
+            except TimeoutError:
+                self._check_nodes_alive()
+                raise DemoError(
+                    f"{device}: request {request} silent for {self.config.request_timeout_s:g} s"
+                ) from None
+
+    # -- the end ------------------------------------------------------------------------
+    def check_lossless(self) -> None:
+        """Attach the target's own greedy completion to every output (runs torch)."""
+        from sled.demo.reference import target_greedy
+
+        prompts = [o.prompt for s in self.stats for o in s.outputs]
+        if not prompts:
+            return
+        refs = target_greedy(
+            self.config.models_dir / TARGET_DIR,
+            prompts,
+            self.config.max_new_tokens,
+            threads=self.config.verifier_threads,
+        )
+        for s in self.stats:
+            for o in s.outputs:
+                o.reference = refs[o.prompt]
+        self.checked = True
+
+    def summary(self) -> dict[str, Any]:
+        broker = self.broker
+        return summary(
+            self.stats,
+            wall_s=self.wall_s or (time.monotonic() - self._started_s if self._started_s else 0.0),
+            checked=self.checked,
+            broker={
+                "kind": broker.kind if broker else None,
+                "url": broker.url if broker else None,
+                "protocol": (self.config.protocol or broker.protocol) if broker else None,
+            },
+            models_dir=str(self.config.models_dir),
+            max_new_tokens=self.config.max_new_tokens,
+            prompts_per_device=self.config.num_prompts,
+            verifier_threads=self.config.verifier_threads,
+            log_dir=str(self.log_dir),
+        )
+
+
+async def _until_done(
+    drivers: list[asyncio.Task[None]], background: list[asyncio.Task[None]]
+) -> None:
+    """Wait for every driver; the first failure (driver or background task) is raised."""
+    pending = set(drivers) | set(background)
+    while not all(t.done() for t in drivers):
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None:
+                raise exc
+            if task in background:
+                raise DemoError(f"{task.get_name()} stopped: lost the broker connection?")
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait (bounded) until they end; their own errors are moot now.
+
+    ``asyncio.wait`` does not raise the children's CancelledError, so a cancellation of
+    the caller itself still propagates.
+    """
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT_S)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" warning
