@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from sled.demo.broker import KINDS
 
@@ -26,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="requests per device (default: all 8 built-in prompts; 0: cycle until Ctrl-C)",
+        help="requests per device, 0: cycle through the prompts until Ctrl-C (default: 0 on "
+        "a terminal, else all 8 built-in prompts once). Ctrl-C stops the nodes, checks "
+        "what finished and prints the summary; a second Ctrl-C quits at once",
     )
     parser.add_argument(
         "--max-new-tokens", type=int, default=48, help="tokens per request (default 48)"
@@ -94,11 +97,14 @@ def run(args: argparse.Namespace) -> int:
     from sled.demo.stats import table
     from sled.demo.view import LineView, LiveView, View
 
-    num_prompts = len(PROMPTS) if args.prompts is None else args.prompts
+    live = sys.stdout.isatty() and not args.plain and os.environ.get("TERM") != "dumb"
+    num_prompts = args.prompts
+    if num_prompts is None:
+        num_prompts = 0 if live else len(PROMPTS)
     if num_prompts < 0 or args.max_new_tokens < 1:
         print("sled demo: --prompts must be >= 0 and --max-new-tokens >= 1", file=sys.stderr)
         return 2
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if args.verifier_threads is not None:
         kwargs["verifier_threads"] = max(1, args.verifier_threads)
     config = DemoConfig(
@@ -116,34 +122,32 @@ def run(args: argparse.Namespace) -> int:
         check=not args.no_check,
         **kwargs,
     )
-    live = sys.stdout.isatty() and not args.plain and os.environ.get("TERM") != "dumb"
-    demo: Demo
-    view: View
+    demo = Demo(config)
+    view: View = LineView()
     if live:
-        demo = Demo(config, view=LineView())
         view = LiveView(demo.stats, title="SLED demo: 3 edge nodes (ONNX drafters), 1 verifier")
-        demo.view = view
-    else:
-        view = LineView()
-        demo = Demo(config, view=view)
+    demo.view = view
     status = 0
     result = None
     try:
         result = asyncio.run(demo.run())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C
         status = 130
     except DemoError as exc:
+        demo.kill_nodes()
         view.close()
         print(f"sled demo: {exc}", file=sys.stderr)
         return 1
     finally:
         demo.kill_nodes()
         view.close()
+    if demo.interrupted:
+        status = 130
     print()
     lossless = result["lossless"] if result is not None else None
     print(table(demo.stats, lossless=lossless, wall_s=demo.wall_s))
     if status:
-        print("interrupted: nodes stopped", file=sys.stderr)
+        print("stopped by Ctrl-C: every node stopped", file=sys.stderr)
     if args.json is not None:
         document = result if result is not None else demo.summary()
         args.json.write_text(json.dumps(document, indent=2) + "\n")

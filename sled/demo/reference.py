@@ -39,8 +39,12 @@ def target_greedy(
     """``prompt -> completion token ids`` of greedy decoding with the target alone."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
+    import transformers
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
     model_dir = Path(model_dir)
     torch.set_num_threads(max(1, threads))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from schemas import (
+    DEFAULT_PREFIX,
     DeviceStatus,
     GenerateRequest,
     ResultFinal,
@@ -100,7 +102,7 @@ class DemoConfig:
     username: str | None = None  # external broker only, used by every node
     password: str | None = None
     protocol: Literal["5", "3.1.1"] | None = None  # None: 5, or 3.1.1 for amqtt
-    prefix: str = "sled/v1"
+    prefix: str = DEFAULT_PREFIX
     verifier_threads: int = field(default_factory=default_verifier_threads)
     log_dir: Path | None = None  # None: a new temporary folder (kept, its path shown)
     log_level: str = "warning"  # of the nodes
@@ -138,13 +140,40 @@ class Demo:
         self.verifier_online = asyncio.Event()
         self.wall_s = 0.0
         self.checked = False
+        self.stop_requested = asyncio.Event()  # first Ctrl-C: finish up (stop, check, report)
+        self.interrupted = False  # a Ctrl-C ended the run early
         self._progress = {d.device: asyncio.Event() for d in config.devices}
         self._started_s = 0.0
 
     # -- the whole run -------------------------------------------------------------------
-    async def run(self) -> dict[str, Any]:
-        """Run the demo; returns :func:`sled.demo.stats.summary`. Nodes stop on any exit."""
+    async def run(self, *, handle_sigint: bool = True) -> dict[str, Any]:
+        """Run the demo; returns :func:`sled.demo.stats.summary`. Nodes stop on any exit.
+
+        With ``handle_sigint``, a first Ctrl-C ends the run early but still stops the
+        nodes in order, checks what finished and returns the summary; a second one
+        cancels at once (nodes still stopped, or killed).
+        """
         self.config.check_models()
+        loop, main = asyncio.get_running_loop(), asyncio.current_task()
+
+        def on_sigint() -> None:
+            if self.stop_requested.is_set():
+                if main is not None:
+                    main.cancel()
+                return
+            self.interrupted = True
+            self.view.event("stopping: Ctrl-C again to quit at once")
+            self.stop_requested.set()
+
+        if handle_sigint:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            return await self._run()
+        finally:
+            if handle_sigint:
+                loop.remove_signal_handler(signal.SIGINT)
+
+    async def _run(self) -> dict[str, Any]:
         try:
             async with self._broker() as broker:
                 self.broker = broker
@@ -184,10 +213,14 @@ class Demo:
         ):
             await sbus.subscribe(self.topics.verifier_status(VERIFIER_ID))
             await sbus.subscribe(self.topics.all_device_status())
-            background = [asyncio.create_task(self._watch_status(sbus), name="demo-status")]
+            background: list[asyncio.Task[Any]] = [
+                asyncio.create_task(self._watch_status(sbus), name="demo-status")
+            ]
             try:
                 self.start_nodes(mqtt)
                 await self._wait_ready(background[0])
+                if self.stop_requested.is_set():
+                    return
                 await asyncio.sleep(READY_GRACE_S)
                 background.append(asyncio.create_task(self._follow(abus), name="demo-follow"))
                 background.append(asyncio.create_task(self._refresh(), name="demo-refresh"))
@@ -196,11 +229,15 @@ class Demo:
                     asyncio.create_task(self._drive(abus, s), name=f"demo-{s.spec.device}")
                     for s in self.stats
                 ]
+                stopper = asyncio.create_task(self.stop_requested.wait(), name="demo-stop")
+                background.append(stopper)
                 try:
-                    await _until_done(drivers, background)
+                    await _until_done(drivers, background, stopper)
                 finally:
                     self.wall_s = time.monotonic() - self._started_s
                     await _cancel_all(drivers)
+                    for stats in self.stats:
+                        stats.abandon()
             finally:
                 await _cancel_all(background)
 
@@ -273,6 +310,8 @@ class Demo:
         """Until the verifier and every edge node say online; a node exiting is an error."""
         deadline = time.monotonic() + self.config.start_timeout_s
         while not (self.verifier_online.is_set() and all(s.online for s in self.stats)):
+            if self.stop_requested.is_set():
+                return
             self._check_nodes_alive()
             if watcher.done():
                 watcher.result()  # raises what stopped it
@@ -288,6 +327,13 @@ class Demo:
             await asyncio.sleep(0.1)
         took = time.monotonic() - min(n.started_s for n in self.nodes)
         self.view.event(f"all nodes online in {took:.1f} s; logs in {self.log_dir}")
+        if self.broker is not None:
+            flags = f"--broker {self.broker.url}"
+            if self.config.protocol or self.broker.protocol != "5":
+                flags += f" --protocol {self.config.protocol or self.broker.protocol}"
+            if self.config.prefix != DEFAULT_PREFIX:
+                flags += f" --prefix {self.config.prefix}"
+            self.view.event(f"watch from another shell: sled subscribe {flags}")
 
     def _check_nodes_alive(self) -> None:
         for node in self.nodes:
@@ -425,9 +471,11 @@ class Demo:
 
 
 async def _until_done(
-    drivers: list[asyncio.Task[None]], background: list[asyncio.Task[None]]
+    drivers: list[asyncio.Task[None]],
+    background: list[asyncio.Task[Any]],
+    stopper: asyncio.Task[Any],
 ) -> None:
-    """Wait for every driver; the first failure (driver or background task) is raised."""
+    """Wait for every driver, or the stopper; the first failure of any task is raised."""
     pending = set(drivers) | set(background)
     while not all(t.done() for t in drivers):
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -435,11 +483,13 @@ async def _until_done(
             exc = None if task.cancelled() else task.exception()
             if exc is not None:
                 raise exc
+            if task is stopper:
+                return
             if task in background:
                 raise DemoError(f"{task.get_name()} stopped: lost the broker connection?")
 
 
-async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     """Cancel ``tasks`` and wait (bounded) until they end; their own errors are moot now.
 
     ``asyncio.wait`` does not raise the children's CancelledError, so a cancellation of

@@ -108,6 +108,11 @@ class DeviceStats:
             return True
         return False
 
+    def abandon(self) -> None:
+        """Forget the request in progress (the run ended before its final): not counted."""
+        self.request, self.prompt, self.current_started_s = "", "", None
+        self.current = ResultText()
+
     # -- counters -----------------------------------------------------------------------
     def _live_chunk(self) -> ResultChunk | None:
         return self.current.chunks[-1] if self.request and self.current.chunks else None

@@ -133,6 +133,7 @@ class LiveView:
         self.footer = "Ctrl-C to stop"
         self._drawn = 0  # lines of the block currently on screen
         self._last_draw_s = 0.0
+        self._closed = False
         self.out.write(HIDE_CURSOR)
         self.out.flush()
 
@@ -150,6 +151,9 @@ class LiveView:
         self._draw()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._draw()
         self.out.write(SHOW_CURSOR)
         self.out.flush()

@@ -115,6 +115,8 @@ def test_ctrl_c_stops_every_node(tmp_path: Path) -> None:
             proc.wait(timeout=10)
     out = "".join(lines) + rest
     assert proc.returncode == 130, out
-    assert "interrupted: nodes stopped" in out and "edge-1" in rest  # the table still printed
+    assert (
+        "stopped by Ctrl-C: every node stopped" in out and "edge-1" in rest
+    )  # the table still printed
     time.sleep(0.5)
     assert [p for p in pids if alive(p)] == [], out

@@ -99,3 +99,14 @@ def test_table_has_a_row_per_device() -> None:
     devices = [DeviceStats(SPEC), DeviceStats(DeviceSpec("edge-2", "drafter-2l-onnx", 0.8, 6))]
     text = table(devices, lossless=True, wall_s=1.0)
     assert "edge-1" in text and "drafter-2l" in text and "lossless: true" in text
+
+
+def test_abandoned_request_is_not_counted() -> None:
+    d = DeviceStats(SPEC)
+    d.start("r1", "p", now_s=0.0)
+    d.apply(final([1, 2]), now_s=1.0)
+    d.start("r1", "q", now_s=1.0)
+    d.apply(chunk(0, [3], generated=1), now_s=1.5)
+    d.abandon()
+    assert (d.tokens, d.request) == (2, "")
+    assert d.busy_s(now_s=50.0) == 1.0
