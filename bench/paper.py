@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -58,12 +59,12 @@ class Plan:
             devices=(1, 4, 16, 32),
             capacity_probes=2,
             max_devices=64,
-            warmup_s=3.0,
-            measure_s=8.0,
+            warmup_s=2.0,
+            measure_s=7.0,
             spec_lengths=(2, 4, 8),
-            spec_devices=(4, 32),
+            spec_devices=(1, 16, 32),
             thresholds=(0.0, 0.3, 0.6),
-            threshold_devices=(16,),
+            threshold_devices=(4, 32),
             profile_devices=4,
             prompts=8,
             max_new_tokens=48,
@@ -79,9 +80,9 @@ class Plan:
             warmup_s=5.0,
             measure_s=20.0,
             spec_lengths=(1, 2, 4, 6, 8),
-            spec_devices=(4, 16, 32),
+            spec_devices=(1, 4, 16, 32),
             thresholds=(0.0, 0.2, 0.4, 0.6, 0.8),
-            threshold_devices=(8, 32),
+            threshold_devices=(1, 8, 32),
             profile_devices=8,
             prompts=16,
             max_new_tokens=96,
@@ -151,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--measure-s",
         type=float,
         default=None,
-        help="measurement window per point, seconds (default: 8 quick, 20 full)",
+        help="measurement window per point, seconds (default: 7 quick, 20 full)",
     )
     parser.add_argument(
         "--skip",
@@ -161,8 +162,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwind: stop the verifier and broker we started
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    signal.signal(signal.SIGTERM, _terminate)
     from bench.sim.driver import PaperRun
 
     plan = Plan.quick() if args.quick else Plan.full()

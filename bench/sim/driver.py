@@ -20,7 +20,7 @@ from typing import Any
 from bench.cost import CostInputs
 from bench.profiles import PROFILES, DeviceProfile, ServerProfile
 from bench.sim import experiments as ex
-from bench.sim.fleet import FleetConfig
+from bench.sim.fleet import FleetConfig, FleetSession
 from bench.sim.oracle import OracleModel, build_oracle_target, oracle_params
 from bench.sim.record import (
     PROMPTS,
@@ -291,10 +291,13 @@ class PaperRun:
             topics=topics,
         )
         spec = self._spec()
-        with self._verifier(oracle_dir, mqtt, topics, "oracle") as vp:
+        with (
+            self._verifier(oracle_dir, mqtt, topics, "oracle") as vp,
+            FleetSession(mqtt, topics) as fleet,
+        ):
             wc = ex.wstgr_and_capacity(
                 vp,
-                mqtt,
+                fleet,
                 traces,
                 base,
                 spec,
@@ -310,7 +313,7 @@ class PaperRun:
             reuse = {(self.max_draft, 0.0, q["devices"]): q for q in wc["points"]["sled"]}
             results["speculative"] = ex.speculative_sweep(
                 vp,
-                mqtt,
+                fleet,
                 traces,
                 base,
                 [DraftPolicy(k, 0.0) for k in p["spec_lengths"]],
@@ -345,10 +348,13 @@ class PaperRun:
             topics=topics,
         )
         spec = self._spec()
-        with self._verifier(target, mqtt, topics, "demo") as vp:
+        with (
+            self._verifier(target, mqtt, topics, "demo") as vp,
+            FleetSession(mqtt, topics) as fleet,
+        ):
             results["threshold"] = ex.speculative_sweep(
                 vp,
-                mqtt,
+                fleet,
                 traces_by[self.profile.drafter],
                 base,
                 [DraftPolicy(DEMO_POLICY.max_draft, t) for t in p["thresholds"]],
@@ -377,7 +383,7 @@ class PaperRun:
                 rows.append(
                     ex.measure(
                         vp,
-                        mqtt,
+                        fleet,
                         traces_by[prof.drafter],
                         cfg,
                         self.rec,
@@ -403,7 +409,7 @@ class PaperRun:
             )
             results["sled_single"] = ex.measure(
                 vp,
-                mqtt,
+                fleet,
                 traces_by["drafter-2l"],
                 cfg,
                 self.rec,

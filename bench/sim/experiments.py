@@ -6,7 +6,6 @@ point runs through :func:`measure`, which also reads the verifier's CPU time.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -16,10 +15,9 @@ from typing import Any
 from bench.capacity import capacity, next_probe
 from bench.cost import CostInputs, CostPoint, Machine, pareto_front, system_usd_per_1k_tokens
 from bench.profiles import DeviceProfile, ServerProfile
-from bench.sim.fleet import FleetConfig, PointResult, run_point
+from bench.sim.fleet import FleetConfig, FleetSession, PointResult
 from bench.sim.trace import DraftPolicy, PromptTrace, simulate_acceptance
 from bench.sim.verifier_proc import VerifierProcess
-from sled.transport import MqttConfig
 
 Tick = Callable[[str], None]
 
@@ -63,17 +61,19 @@ def point_dict(res: PointResult, cpu_util: float, **labels: Any) -> dict[str, An
 
 def measure(
     verifier: VerifierProcess,
-    mqtt: MqttConfig,
+    fleet: FleetSession,
     traces: Sequence[PromptTrace],
     cfg: FleetConfig,
     rec: Recorder,
     **labels: Any,
 ) -> dict[str, Any]:
     """Run one fleet point against ``verifier`` and record it."""
-    cpu0, t0 = verifier.cpu_seconds(), time.monotonic()
-    res = asyncio.run(run_point(mqtt, traces, cfg))
-    util = (verifier.cpu_seconds() - cpu0) / max(time.monotonic() - t0, 1e-9)
+    cpu0, own0, t0 = verifier.cpu_seconds(), time.process_time(), time.monotonic()
+    res = fleet.run(traces, cfg)
+    wall = max(time.monotonic() - t0, 1e-9)
+    util = (verifier.cpu_seconds() - cpu0) / wall
     point = point_dict(res, util, **labels)
+    point["driver_cpu_cores"] = (time.process_time() - own0) / wall
     rec.points.append(point)
     rec.violations.extend(res.violations)
     rec.errors.extend(res.errors)
@@ -93,7 +93,7 @@ class SweepSpec:
 
 def wstgr_and_capacity(
     verifier: VerifierProcess,
-    mqtt: MqttConfig,
+    fleet: FleetSession,
     traces: Sequence[PromptTrace],
     base: FleetConfig,
     spec: SweepSpec,
@@ -112,7 +112,7 @@ def wstgr_and_capacity(
             cfg = replace(
                 base, mode=mode, devices=n, warmup_s=spec.warmup_s, measure_s=spec.measure_s
             )
-            p = measure(verifier, mqtt, traces, cfg, rec, experiment="wstgr", **labels)
+            p = measure(verifier, fleet, traces, cfg, rec, experiment="wstgr", **labels)
             points.append(p)
             table[n] = p["rates"]
         for _ in range(spec.capacity_probes):
@@ -125,7 +125,7 @@ def wstgr_and_capacity(
             cfg = replace(
                 base, mode=mode, devices=n_next, warmup_s=spec.warmup_s, measure_s=spec.measure_s
             )
-            p = measure(verifier, mqtt, traces, cfg, rec, experiment="capacity", **labels)
+            p = measure(verifier, fleet, traces, cfg, rec, experiment="capacity", **labels)
             points.append(p)
             table[n_next] = p["rates"]
         cap = capacity(table, rate_target)
@@ -141,7 +141,7 @@ def wstgr_and_capacity(
 
 def speculative_sweep(
     verifier: VerifierProcess,
-    mqtt: MqttConfig,
+    fleet: FleetSession,
     traces: Sequence[PromptTrace],
     base: FleetConfig,
     policies: Sequence[DraftPolicy],
@@ -174,7 +174,7 @@ def speculative_sweep(
                 )
                 p = measure(
                     verifier,
-                    mqtt,
+                    fleet,
                     traces,
                     cfg,
                     rec,

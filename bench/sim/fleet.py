@@ -20,6 +20,7 @@ any difference makes the run *not lossless*.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import statistics
 import time
@@ -332,45 +333,59 @@ async def _central_device(
 async def run_point(
     mqtt: MqttConfig, traces: Sequence[PromptTrace], cfg: FleetConfig
 ) -> PointResult:
-    """Run ``cfg.devices`` simulated devices; measure after ``warmup_s`` for ``measure_s``."""
-    run_tag = uuid.uuid4().hex[:6]
-    router = _Router(cfg.topics)
-    stats = [DeviceStats() for _ in range(cfg.devices)]
-    stop = asyncio.Event()
+    """One point on a connection of its own (see :class:`FleetSession` for many points)."""
     async with MqttTransport(mqtt.with_(persistent=False, client_id=None)) as bus:
+        router = _Router(cfg.topics)
         await bus.subscribe(f"{cfg.topics.prefix}/dev/+/verdict")
         pump = asyncio.create_task(router.pump(bus), name="fleet-router")
-        body = _sled_device if cfg.mode == "sled" else _central_device
-        tasks = []
-        for i in range(cfg.devices):
-            name = f"sim-{run_tag}-{i}"
-            inbox: asyncio.Queue[Record] = asyncio.Queue()
-            router.queues[name] = inbox
-            tasks.append(
-                asyncio.create_task(
-                    body(name, i, traces, cfg, bus, inbox, stats[i], stop), name=name
-                )
-            )
-        t0 = time.monotonic() + cfg.warmup_s
-        t1 = t0 + cfg.measure_s
         try:
-            done_early = await _sleep_or_fail(tasks, t1 - time.monotonic())
-            stop.set()
-            if cfg.mode == "centralized" and not done_early:
-                # let running sessions finish so the next point starts on an idle server
-                await asyncio.wait(tasks, timeout=cfg.drain_s)
+            return await run_point_on(bus, router, traces, cfg)
         finally:
-            stop.set()
-            for t in (*tasks, pump):
-                t.cancel()
-            crashes = []
-            for t in (*tasks, pump):
-                try:
-                    await t
-                except asyncio.CancelledError:
-                    pass
-                except Exception as exc:  # a device task crashed: report it, keep going
-                    crashes.append(f"{t.get_name()}: {type(exc).__name__}: {exc}")
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+
+async def run_point_on(
+    bus: MqttTransport, router: _Router, traces: Sequence[PromptTrace], cfg: FleetConfig
+) -> PointResult:
+    """Run ``cfg.devices`` simulated devices; measure after ``warmup_s`` for ``measure_s``."""
+    run_tag = uuid.uuid4().hex[:6]
+    stats = [DeviceStats() for _ in range(cfg.devices)]
+    stop = asyncio.Event()
+    body = _sled_device if cfg.mode == "sled" else _central_device
+    tasks = []
+    names = []
+    for i in range(cfg.devices):
+        name = f"sim-{run_tag}-{i}"
+        names.append(name)
+        inbox: asyncio.Queue[Record] = asyncio.Queue()
+        router.queues[name] = inbox
+        tasks.append(
+            asyncio.create_task(body(name, i, traces, cfg, bus, inbox, stats[i], stop), name=name)
+        )
+    t0 = time.monotonic() + cfg.warmup_s
+    t1 = t0 + cfg.measure_s
+    crashes: list[str] = []
+    try:
+        done_early = await _sleep_or_fail(tasks, t1 - time.monotonic())
+        stop.set()
+        if cfg.mode == "centralized" and not done_early:
+            # let running sessions finish so the next point starts on an idle server
+            await asyncio.wait(tasks, timeout=cfg.drain_s)
+    finally:
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # a device task crashed: report it, keep going
+                crashes.append(f"{t.get_name()}: {type(exc).__name__}: {exc}")
+        for name in names:
+            router.queues.pop(name, None)
     rates = [sum(n for ts, n in s.events if t0 <= ts < t1) / cfg.measure_s for s in stats]
     latencies = [x for s in stats for x in s.latencies_s]
     return PointResult(
@@ -389,6 +404,90 @@ async def run_point(
         sessions_done=sum(s.sessions_done for s in stats),
         verdicts=stats[0].verdicts if stats else [],
     )
+
+
+class FleetSession:
+    """One MQTT connection and event loop kept open across many points.
+
+    Synchronous on the outside (the benchmark driver is plain code), an
+    :class:`asyncio.Runner` inside. Each point has a time budget; a point that overruns
+    it is abandoned and reported with the stacks of its tasks (no rates).
+
+        with FleetSession(mqtt, topics) as fleet:
+            result = fleet.run(traces, cfg)
+    """
+
+    def __init__(self, mqtt: MqttConfig, topics: Topics, *, slack_s: float = 60.0) -> None:
+        self.mqtt = mqtt
+        self.topics = topics
+        self.slack_s = slack_s
+        self._runner: asyncio.Runner | None = None
+        self._bus: MqttTransport | None = None
+        self._router = _Router(topics)
+        self._pump: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> FleetSession:
+        self._runner = asyncio.Runner()
+        self._runner.run(self._open())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                self._runner.run(asyncio.wait_for(self._close(), 15))
+            self._runner.close()
+            self._runner = None
+
+    async def _open(self) -> None:
+        bus = MqttTransport(self.mqtt.with_(persistent=False, client_id=None))
+        await bus.__aenter__()
+        self._bus = bus
+        await bus.subscribe(f"{self.topics.prefix}/dev/+/verdict")
+        self._pump = asyncio.create_task(self._router.pump(bus), name="fleet-router")
+
+    async def _close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        if self._bus is not None:
+            await self._bus.__aexit__(None, None, None)
+
+    def run(self, traces: Sequence[PromptTrace], cfg: FleetConfig) -> PointResult:
+        """Run one point (blocking)."""
+        assert self._runner is not None and self._bus is not None, "use 'with FleetSession'"
+        budget = cfg.warmup_s + cfg.measure_s + cfg.drain_s + self.slack_s
+        return self._runner.run(self._bounded(traces, cfg, budget))
+
+    async def _bounded(
+        self, traces: Sequence[PromptTrace], cfg: FleetConfig, budget_s: float
+    ) -> PointResult:
+        assert self._bus is not None
+        task = asyncio.create_task(run_point_on(self._bus, self._router, traces, cfg))
+        done, _ = await asyncio.wait({task}, timeout=budget_s)
+        if task in done:
+            return task.result()
+        stacks = []
+        for t in asyncio.all_tasks():
+            frames = t.get_stack(limit=4)
+            where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames)
+            stacks.append(f"{t.get_name()}: {where}")
+        task.cancel()
+        return PointResult(
+            mode=cfg.mode,
+            devices=cfg.devices,
+            window_s=cfg.measure_s,
+            rates=[0.0] * cfg.devices,
+            rounds=0,
+            drafted=0,
+            accepted=0,
+            latency_p50_ms=0.0,
+            latency_p99_ms=0.0,
+            timeouts=0,
+            errors=[f"point overran its {budget_s:.0f} s budget; tasks: " + "; ".join(stacks)],
+            violations=[],
+            sessions_done=0,
+        )
 
 
 async def _sleep_or_fail(tasks: list[asyncio.Task[None]], duration_s: float) -> bool:

@@ -141,6 +141,9 @@ def plot_cost(out: Path, cost: dict[str, Any]) -> str:
         label="Pareto front",
     )
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("cost ($ per 1K tokens, eq. 2, log scale)")
     ax.set_ylabel("throughput (tokens/s, whole system)")
     ax.set_title("Cost vs throughput (labels: devices)")
@@ -286,6 +289,7 @@ def write_report(out: Path, r: dict[str, Any]) -> None:
                         q["latency_p99_ms"],
                         _fmt(q["mean_accepted"], 2) if mode == "sled" else "—",
                         _fmt(q["verifier_cpu_cores"], 2),
+                        _fmt(q.get("driver_cpu_cores"), 2),
                     ]
                 )
         md += [
@@ -300,6 +304,7 @@ def write_report(out: Path, r: dict[str, Any]) -> None:
                     "p99 latency (ms)",
                     "accepted/round",
                     "verifier CPU (cores)",
+                    "driver CPU (cores)",
                 ],
                 rows,
             ),
