@@ -227,8 +227,8 @@ async def test_whole_system_over_tls_with_passwords_and_acl(
     v_spec = VerifierSpec(rel_models.target, tb.tls_url, t.prefix, verifier_id="v1",
                           extra=("--tls-ca", str(tb.pki.ca), "--username", "v1",
                                  "--password", str(users["v1"].password)))  # fmt: skip
-    e_spec = EdgeSpec(rel_models.drafter, tb.tls_url, t.prefix, device_id="pi-1",
-                      extra=("--username", "pi-1", "--password", str(users["pi-1"].password)))  # fmt: skip
+    e_login = ("--username", "pi-1", "--password", str(users["pi-1"].password))
+    e_spec = EdgeSpec(rel_models.drafter, tb.tls_url, t.prefix, device_id="pi-1", extra=e_login)
     app_cfg = tb.tls_config("web")
     with fleet() as f:
         verifier = f.add(VerifierProcess(v_spec, rel_logs).start())
