@@ -15,7 +15,8 @@ cache, batched forward, verification math), and reports per round:
   contiguous ``DynamicCache`` (what the forward costs without the slot cache).
 
 Then centralized mode (one token per session per round, continuous batching) at the
-same batch sizes, as decode tokens per second. Times are medians over ``--rounds``.
+same batch sizes, as decode tokens per second (batch / median step time). Times are
+medians over ``--rounds``, so a busy machine disturbs them less.
 """
 
 from __future__ import annotations
@@ -46,13 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=512, help="random target: hidden size")
     parser.add_argument("--layers", type=int, default=8, help="random target: layers")
     parser.add_argument("--vocab", type=int, default=32000, help="random target: vocabulary")
-    parser.add_argument("--central-tokens", type=int, default=12, help="tokens per session")
+    parser.add_argument("--central-tokens", type=int, default=16, help="measured steps")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def _random_target(hidden: int, layers: int, vocab: int, seed: int) -> Any:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -63,9 +64,8 @@ def _random_target(hidden: int, layers: int, vocab: int, seed: int) -> Any:
         num_key_value_heads=max(1, hidden // 64),
         vocab_size=vocab,
         max_position_embeddings=4096,
-        attn_implementation="sdpa",
     )
-    return LlamaForCausalLM(config).eval()
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
 
 def _median(xs: list[float]) -> float:
@@ -146,18 +146,18 @@ def _bench_centralized(model: Any, batch: int, args: argparse.Namespace) -> floa
     engine = VerifyEngine(TargetRunner(model))
     contexts = [[rng.randrange(vocab) for _ in range(args.prompt_len)] for _ in range(batch)]
 
-    def step() -> None:
+    def step() -> float:
+        t0 = time.perf_counter()
         results, _ = engine.run([WorkItem(b, contexts[b], ()) for b in range(batch)])
         for b, res in enumerate(results):
             contexts[b] = [*contexts[b], res.token]
+        return time.perf_counter() - t0
 
     for _ in range(2):  # prefill + warm up
         step()
-    t0 = time.perf_counter()
-    for _ in range(args.central_tokens):
-        step()
-    elapsed = time.perf_counter() - t0
-    return batch * args.central_tokens / elapsed
+    # The median step: robust to other processes stealing the CPU now and then.
+    step_s = _median([step() for _ in range(args.central_tokens)])
+    return batch / step_s
 
 
 def run(args: argparse.Namespace) -> int:

@@ -179,6 +179,9 @@ class VerifierService:
         """Serve until cancelled; a clean stop publishes the offline status."""
         async with self.transport:
             await self.transport.subscribe(self.topics.all_drafts(self.config.share_group), qos=1)
+            # The transport's birth message went out on connect, before this subscription;
+            # say online again so that "online" always means "listening".
+            await self._say_status(online=True)
             self.ready.set()
             log.info(
                 "verifier.ready",
@@ -195,13 +198,14 @@ class VerifierService:
                     tg.create_task(self._work(), name="verifier-work")
                     tg.create_task(self._expire(), name="verifier-expire")
             finally:
-                await self._say_offline()
+                await self._say_status(online=False)
                 self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _say_offline(self) -> None:
-        offline = status_record(
+    async def _say_status(self, *, online: bool) -> None:
+        """Publish the retained status; a failure is logged (the Last Will covers offline)."""
+        record = status_record(
             self.config,
-            online=False,
+            online=online,
             model=self.model_name,
             fingerprint=self.fingerprint,
             vocab_size=self.limits.vocab_size or 0,
@@ -209,10 +213,10 @@ class VerifierService:
         topic = self.topics.verifier_status(self.config.verifier_id)
         try:
             await asyncio.wait_for(
-                self.transport.publish(topic, encode(offline), retain=True), STATUS_TIMEOUT_S
+                self.transport.publish(topic, encode(record), retain=True), STATUS_TIMEOUT_S
             )
-        except Exception as exc:  # the broker may be gone; the Last Will covers it
-            log.warning("verifier.offline_status_failed", error=str(exc))
+        except Exception as exc:
+            log.warning("verifier.status_failed", online=online, error=str(exc))
 
     # -- receiving --------------------------------------------------------------------
     async def _receive(self) -> None:

@@ -136,7 +136,8 @@ def apply_warpers(
     per row on CPU): the first ``C`` tokens in (probability desc, id asc) order are
     found exactly with one top-k on the logits (same order as the probabilities) and a
     tie check, ``C = k`` with top-k, else 64, 256, … until the top-p mass is reached.
-    Kept probabilities and the top-p walk are float64, like the device.
+    Kept probabilities and the top-p walk are float64, like the device; only the
+    softmax denominator is a float32 sum (it cancels out whenever top-k is on).
     """
     assert logits.dim() == 2, f"logits must be [num_rows, vocab], got {tuple(logits.shape)}"
     num_rows, vocab = logits.shape
@@ -192,7 +193,8 @@ def _truncate(
 ) -> torch.Tensor:  # [rows, vocab] float32 probabilities
     vocab = scaled.shape[1]
     peak = scaled.amax(dim=-1, keepdim=True)  # [rows, 1]
-    norm = torch.exp(scaled - peak).sum(dim=-1, keepdim=True, dtype=torch.float64)  # softmax Z
+    # Softmax denominator in float32 (~1e-7 relative; it cancels out under top-k).
+    norm = torch.exp(scaled - peak).sum(dim=-1, keepdim=True).double()  # [rows, 1]
     count = min(vocab, max(int(k.max()), CANDIDATES))
     while True:
         ids, values = _first_candidates(scaled, count)  # [rows, count]

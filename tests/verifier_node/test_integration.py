@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
 from schemas import DraftRequest, ErrorCode, Topics, Verdict, VerifierStatus, decode, encode
-from sled.mosquitto import Mosquitto
+from sled.mosquitto import Mosquitto, free_port
 from sled.transport import MqttConfig, MqttTransport
 from tests.verifier_node.helpers import greedy_truth, random_prompts, running_verifier
 from tests.verifier_node.scripted import ScriptedDevice
@@ -201,3 +206,84 @@ async def test_centralized_mode_streams_the_target_output(
         batch_count = service.metrics.value("sled_verifier_batch_size_count")
     assert list(out) == truth[:3]
     assert batch_sum / batch_count > 1.0  # continuous batching shared the forwards
+
+
+async def test_sled_verifier_command_serves_and_stops_cleanly(
+    broker: Mosquitto, topics: Topics, mqtt_config: MqttConfig, llama_dir: Path
+) -> None:
+    """``sled verifier`` as a process: retained status, a verdict, metrics, clean SIGTERM."""
+    verifier_id = f"cli-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sled.cli",
+        "verifier",
+        "--model-dir",
+        str(llama_dir),
+        "--broker-url",
+        broker.url,
+        "--topic-prefix",
+        topics.prefix,
+        "--verifier-id",
+        verifier_id,
+        "--threads",
+        "1",
+        "--metrics-port",
+        str(port),
+        "--metrics-addr",
+        "127.0.0.1",
+        "--log-json",
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with MqttTransport(mqtt_config.with_(client_id=f"t-{verifier_id}")) as t:
+            await t.subscribe(topics.verifier_status(verifier_id))
+            await t.subscribe(topics.verdict("cli-dev"))
+            inbox = t.messages()
+
+            async def next_record():
+                msg = await asyncio.wait_for(anext(inbox), 60)
+                return decode(msg.payload, expect=(VerifierStatus, Verdict))
+
+            status = await next_record()
+            assert isinstance(status, VerifierStatus) and status.online
+            req = DraftRequest(
+                session="c1",
+                seq=0,
+                start=3,
+                draft=[4],
+                context=[1, 2, 3],
+                prompt_len=3,
+                max_new_tokens=5,
+                fingerprint=status.fingerprint,
+            )
+            verdict: VerifierStatus | Verdict | None = None
+            for _ in range(20):  # resend until answered, like a device (QoS 1 is idempotent)
+                await t.publish(topics.draft("cli-dev"), encode(req))
+                with contextlib.suppress(TimeoutError):
+                    while not isinstance(verdict, Verdict):
+                        verdict = decode(
+                            (await asyncio.wait_for(anext(inbox), 2)).payload,
+                            expect=(VerifierStatus, Verdict),
+                        )
+                if isinstance(verdict, Verdict):
+                    break
+            assert isinstance(verdict, Verdict) and verdict.ok and verdict.committed >= 4
+            url = f"http://127.0.0.1:{port}/metrics"
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+            assert b"sled_verifier_round_seconds" in body
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            status = await next_record()
+            while isinstance(status, Verdict) or status.online:  # duplicates, online again
+                status = await next_record()
+            assert isinstance(status, VerifierStatus) and not status.online
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
+    assert "verifier.ready" in stderr

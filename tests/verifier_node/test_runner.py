@@ -106,7 +106,11 @@ def greedy_session_loop(
     return log, contexts
 
 
-def test_batched_verification_equals_per_session(llama_dir: Path) -> None:
+@pytest.mark.parametrize("evict", [False, True])
+def test_batched_verification_equals_per_session(llama_dir: Path, evict: bool) -> None:
+    """Same accepted counts and tokens, batched or alone: mixed prefix and draft lengths,
+    rollbacks every round, and (``evict``) a KV budget so small that the sessions left
+    out of a batch are evicted and re-prefilled when they come back."""
     model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa")
     rng = random.Random(2)
     prompts = {
@@ -119,9 +123,10 @@ def test_batched_verification_equals_per_session(llama_dir: Path) -> None:
                 torch.tensor([p]), max_new_tokens=40, do_sample=False, eos_token_id=None
             )
             truth[k] = out[0, len(p) :].tolist()
-    batched, ctx_batched = greedy_session_loop(
-        VerifyEngine(TargetRunner(model)), prompts, truth, True
-    )
+    budget = 64 * TargetRunner(model).cache.bytes_per_token if evict else 1 << 30
+    runner = TargetRunner(model, kv_budget_bytes=budget)
+    batched, ctx_batched = greedy_session_loop(VerifyEngine(runner), prompts, truth, True)
+    assert (runner.evictions > 0) == evict
     single, _ = greedy_session_loop(VerifyEngine(TargetRunner(model)), prompts, truth, False)
     assert batched == single  # same accepted counts and tokens, round by round
     assert sum(a for rounds in batched.values() for a, _ in rounds) > 0
