@@ -172,3 +172,11 @@ def test_common_prefix_len() -> None:
     assert common_prefix_len([1, 2, 3], [1, 5, 3]) == 1
     assert common_prefix_len([], [1]) == 0
     assert common_prefix_len(list(range(100)), [*range(57), 0]) == 57
+
+
+def test_bfloat16_target_runs(llama_dir: Path) -> None:
+    runner = TargetRunner.load(llama_dir, dtype="bfloat16", threads=1)
+    assert runner.dtype == torch.bfloat16 and runner.cache.bytes_per_token > 0
+    out = runner.score([RowInput("a", [3, 4, 5], [6, 7]), RowInput("b", [8], [])])
+    assert out.logits.dtype == torch.float32 and out.logits.shape[:2] == (2, 3)
+    assert torch.isfinite(out.logits).all()

@@ -80,6 +80,32 @@ async def test_greedy_and_centralized_over_memory(llama_dir: Path) -> None:
     assert not decode(status.payload, expect=VerifierStatus).online  # clean stop
 
 
+async def test_static_batching_fires_when_every_session_waits(llama_dir: Path) -> None:
+    """max_wait_ms = inf (the paper's static batching) must not stall: a batch fires
+    once every active session has a request queued."""
+    prompts = random_prompts(3, VOCAB, seed=5)
+    truth = greedy_truth(llama_dir, prompts, 8)
+    broker = MemoryBroker()
+    cfg = config(max_wait_ms=float("inf"), max_batch=16)
+    async with running_verifier(cfg, llama_dir, memory_factory(broker)) as service:
+        devices = []
+        for i in range(3):
+            t = MemoryTransport(broker)
+            await t.__aenter__()
+            d = ScriptedDevice(
+                t, cfg.topics, f"st{i}", vocab=VOCAB, fingerprint=service.fingerprint, seed=i
+            )
+            await d.start()
+            devices.append(d)
+        out = await asyncio.wait_for(
+            asyncio.gather(*(d.generate(prompts[i], truth[i], 8) for i, d in enumerate(devices))),
+            30,
+        )
+        for d in devices:
+            await d.stop()
+    assert list(out) == truth
+
+
 async def test_sampling_is_reproducible_for_a_seed(llama_dir: Path) -> None:
     """Same seed, same drafts: same output, whatever the batching and timing."""
     prompts = random_prompts(3, VOCAB, seed=4)
