@@ -93,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from sled.demo.broker import BrokerStartError
     from sled.demo.run import PROMPTS, Demo, DemoConfig, DemoError, default_models_dir
     from sled.demo.stats import table
     from sled.demo.view import LineView, LiveView, View
@@ -101,6 +104,13 @@ def run(args: argparse.Namespace) -> int:
     num_prompts = args.prompts
     if num_prompts is None:
         num_prompts = 0 if live else len(PROMPTS)
+    if importlib.util.find_spec("torch") is None:
+        print(
+            "sled demo: the verifier needs torch: pip install 'sled-mqtt[edge,verifier]' "
+            "(pin torch==2.13.0 first)",
+            file=sys.stderr,
+        )
+        return 2
     if num_prompts < 0 or args.max_new_tokens < 1:
         print("sled demo: --prompts must be >= 0 and --max-new-tokens >= 1", file=sys.stderr)
         return 2
@@ -133,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         result = asyncio.run(demo.run())
     except (KeyboardInterrupt, asyncio.CancelledError):  # a second Ctrl-C
         status = 130
-    except DemoError as exc:
+    except (DemoError, BrokerStartError) as exc:
         demo.kill_nodes()
         view.close()
         print(f"sled demo: {exc}", file=sys.stderr)

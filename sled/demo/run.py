@@ -166,7 +166,10 @@ class Demo:
             self.stop_requested.set()
 
         if handle_sigint:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            try:
+                loop.add_signal_handler(signal.SIGINT, on_sigint)
+            except (NotImplementedError, RuntimeError):  # no signal support (Windows, thread)
+                handle_sigint = False
         try:
             return await self._run()
         finally:
