@@ -198,7 +198,9 @@ def write_report(out: Path, r: dict[str, Any]) -> None:
     md: list[str] = ["# SLED paper benchmark", ""]
     md.append(
         f"Mode: {'quick' if r['quick'] else 'full'}; {r.get('cpu_count')} CPUs; verifier torch "
-        f"threads {r['threads']}; runtime {r.get('runtime_s', 0):.0f} s. "
+        f"threads {r['threads']}; runtime {r.get('runtime_s', 0):.0f} s; load average "
+        f"{r['load_average_start'][0]:.1f} at the start and {r['load_average_end'][0]:.1f} "
+        "at the end (other jobs on the machine inflate latencies and lower rates). "
         "Simulated devices replay recorded draft traces at a device profile's drafting "
         "speed; the verifier (`sled verifier`), the broker (private Mosquitto) and the "
         "target model are real."
@@ -289,6 +291,9 @@ def write_report(out: Path, r: dict[str, Any]) -> None:
                         q["latency_p99_ms"],
                         _fmt(q["mean_accepted"], 2) if mode == "sled" else "—",
                         _fmt(q["verifier_cpu_cores"], 2),
+                        _fmt(q["wstgr"] / q["verifier_cpu_cores"], 0)
+                        if q["verifier_cpu_cores"] > 0
+                        else "—",
                         _fmt(q.get("driver_cpu_cores"), 2),
                     ]
                 )
@@ -304,12 +309,16 @@ def write_report(out: Path, r: dict[str, Any]) -> None:
                     "p99 latency (ms)",
                     "accepted/round",
                     "verifier CPU (cores)",
+                    "tokens per verifier CPU-s",
                     "driver CPU (cores)",
                 ],
                 rows,
             ),
             "",
-            "Latency: SLED — draft request to verdict; centralized — request to first tokens.",
+            "Latency: SLED — draft request to verdict; centralized — request to first tokens. "
+            "CPU columns: CPU seconds per wall second of the verifier process and of the "
+            "benchmark driver; *tokens per verifier CPU-s* is less sensitive to other load on "
+            "the machine than tokens/s.",
             "",
             "## (b) Capacity",
             "",
@@ -467,7 +476,7 @@ def write_report(out: Path, r: dict[str, Any]) -> None:
         ]
     live = r.get("profiles_live")
     if live:
-        md += ["Live runs per device profile (demo target, edge defaults k=8, threshold 0.5):", ""]
+        md += ["Live runs per device profile (demo target, k=8, threshold 0.1):", ""]
         rows = [
             [
                 q["profile"],
