@@ -225,6 +225,7 @@ class Demo:
                 if self.stop_requested.is_set():
                     return
                 await asyncio.sleep(READY_GRACE_S)
+                await abus.subscribe(self.topics.all_out("+"))  # before the first request
                 background.append(asyncio.create_task(self._follow(abus), name="demo-follow"))
                 background.append(asyncio.create_task(self._refresh(), name="demo-refresh"))
                 self._started_s = time.monotonic()
@@ -257,7 +258,7 @@ class Demo:
             "--threads", str(cfg.verifier_threads),
             "--log-level", cfg.log_level,
         )  # fmt: skip
-        return argv + self._credentials()
+        return argv
 
     def edge_argv(self, spec: DeviceSpec, mqtt: MqttConfig) -> list[str]:
         cfg = self.config
@@ -274,15 +275,16 @@ class Demo:
             "--threads", "1",
             "--log-level", cfg.log_level,
         )  # fmt: skip
-        return argv + self._credentials()
+        return argv
 
-    def _credentials(self) -> list[str]:
+    def _credentials(self) -> dict[str, str]:
+        """The broker login as the nodes' env variables (not flags: ``ps`` shows flags)."""
         cfg = self.config
-        out = []
+        out = {}
         if cfg.username:
-            out += ["--username", cfg.username]
+            out["SLED_USERNAME"] = cfg.username
         if cfg.password:
-            out += ["--password", cfg.password]
+            out["SLED_PASSWORD"] = cfg.password
         return out
 
     def start_nodes(self, mqtt: MqttConfig) -> None:
@@ -292,7 +294,7 @@ class Demo:
             "verifier",
             self.verifier_argv(mqtt),
             self.log_dir / "verifier.log",
-            node_env(threads=threads),
+            node_env(self._credentials(), threads=threads),
         )
         self.nodes.append(verifier)
         verifier.start()
@@ -303,7 +305,7 @@ class Demo:
                 spec.device,
                 self.edge_argv(spec, mqtt),
                 self.log_dir / f"{spec.device}.log",
-                node_env(threads=1),
+                node_env(self._credentials(), threads=1),
             )
             self.nodes.append(node)
             node.start()
