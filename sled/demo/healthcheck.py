@@ -95,6 +95,8 @@ async def check(args: argparse.Namespace) -> tuple[bool, str]:
                     msg = await asyncio.wait_for(anext(messages), remaining)
                 except TimeoutError:
                     continue
+                if msg.topic != topic:
+                    continue  # not ours (a broker may deliver another session's leftovers)
                 try:
                     status = decode(msg.payload, expect=(DeviceStatus, VerifierStatus))
                 except SchemaError as exc:
