@@ -389,7 +389,9 @@ class Demo:
                 self.view.request_done(stats, stats.outputs[-1])
 
     async def _refresh(self) -> None:
+        """Redraw the view; a node that exits meanwhile ends the run (DemoError)."""
         while True:
+            self._check_nodes_alive()
             self.view.refresh()
             await asyncio.sleep(REFRESH_S)
 
