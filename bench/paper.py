@@ -40,6 +40,7 @@ class Plan:
     """How much to measure. Device counts, seconds, tokens."""
 
     devices: tuple[int, ...]
+    instant_devices: tuple[int, ...]
     capacity_probes: int
     max_devices: int
     warmup_s: float
@@ -57,6 +58,7 @@ class Plan:
     def quick(cls) -> Plan:
         return cls(
             devices=(1, 4, 16, 32),
+            instant_devices=(16,),
             capacity_probes=2,
             max_devices=64,
             warmup_s=2.0,
@@ -75,6 +77,7 @@ class Plan:
     def full(cls) -> Plan:
         return cls(
             devices=(1, 2, 4, 8, 16, 24, 32),
+            instant_devices=(4, 16, 32),
             capacity_probes=6,
             max_devices=96,
             warmup_s=5.0,

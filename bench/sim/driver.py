@@ -109,7 +109,7 @@ class PaperRun:
         p = self.plan
         n = 6  # preparation steps
         if "oracle" not in self.skip:
-            n += 2 * (len(p["devices"]) + p["capacity_probes"])
+            n += 2 * (len(p["devices"]) + p["capacity_probes"]) + len(p["instant_devices"])
             n += len(p["spec_lengths"]) * len(p["spec_devices"])
         if "demo" not in self.skip:
             n += len(p["thresholds"]) * len(p["threshold_devices"]) + len(PROFILES) + 1
@@ -269,6 +269,7 @@ class PaperRun:
             measure_s=p["measure_s"],
             capacity_probes=p["capacity_probes"],
             max_devices=p["max_devices"],
+            instant_devices=tuple(p["instant_devices"]),
         )
 
     def _verifier(
@@ -442,6 +443,7 @@ class PaperRun:
             "capacity_centralized": None,
             "capacity_ratio": None,
             "hf_assisted_latency_ratio": None,
+            "wstgr_ratio_16_server_bound": None,
         }
         if wc:
             at16 = {
@@ -450,6 +452,12 @@ class PaperRun:
             }
             if at16["sled"] is not None and at16["centralized"]:
                 headline["wstgr_ratio_16"] = at16["sled"] / at16["centralized"]
+            inst = next(
+                (q["wstgr"] for q in wc["points"].get("sled_instant", []) if q["devices"] == 16),
+                None,
+            )
+            if inst is not None and at16["centralized"]:
+                headline["wstgr_ratio_16_server_bound"] = inst / at16["centralized"]
             cs = wc["capacity"]["sled"]["interpolated"]
             cc = wc["capacity"]["centralized"]["interpolated"]
             headline["capacity_sled"] = cs

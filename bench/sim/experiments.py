@@ -74,6 +74,7 @@ def measure(
     util = (verifier.cpu_seconds() - cpu0) / wall
     point = point_dict(res, util, **labels)
     point["driver_cpu_cores"] = (time.process_time() - own0) / wall
+    point["idle_wait_s"] = verifier.wait_idle()
     rec.points.append(point)
     rec.violations.extend(res.violations)
     rec.errors.extend(res.errors)
@@ -89,6 +90,7 @@ class SweepSpec:
     measure_s: float
     capacity_probes: int  # extra adaptive probes per mode for the capacity search
     max_devices: int
+    instant_devices: tuple[int, ...] = ()  # SLED points with instant drafting (server-bound)
 
 
 def wstgr_and_capacity(
@@ -130,6 +132,21 @@ def wstgr_and_capacity(
             table[n_next] = p["rates"]
         cap = capacity(table, rate_target)
         out["points"][mode] = sorted(points, key=lambda q: q["devices"])
+        if mode == "sled":
+            # the server-bound regime of the paper's Fig. 4: drafting costs no time
+            out["points"]["sled_instant"] = []
+            for n in spec.instant_devices:
+                tick(f"(a) sled, instant drafting, {n} devices")
+                cfg = replace(
+                    base,
+                    mode="sled",
+                    devices=n,
+                    draft_tokens_per_s=1e6,
+                    warmup_s=spec.warmup_s,
+                    measure_s=spec.measure_s,
+                )
+                p = measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **labels)
+                out["points"]["sled_instant"].append(p)
         out["capacity"][mode] = {
             "devices": cap.devices,
             "interpolated": cap.interpolated,

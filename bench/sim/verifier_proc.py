@@ -146,6 +146,20 @@ class VerifierProcess:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
+    def wait_idle(self, max_s: float = 30.0, below_cores: float = 0.05) -> float:
+        """Block until the verifier uses < ``below_cores`` CPU over 0.5 s; seconds waited.
+
+        Work left over from a point (centralized sessions cannot be cancelled) must not
+        run into the next point's measurement.
+        """
+        started = time.monotonic()
+        while time.monotonic() - started < max_s:
+            cpu0 = self.cpu_seconds()
+            time.sleep(0.5)
+            if (self.cpu_seconds() - cpu0) / 0.5 < below_cores:
+                break
+        return time.monotonic() - started
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
