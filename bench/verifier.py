@@ -14,6 +14,9 @@ cache, batched forward, verification math), and reports per round:
 * ``reference_forward_ms`` – a plain transformers forward of the same shape over a
   contiguous ``DynamicCache`` (what the forward costs without the slot cache).
 
+``subset_8_of_16`` runs batches of 8 of 16 resident sessions (every other slot), the
+case where the batch's KV rows are gathered (copied) instead of read as a view.
+
 Then centralized mode (one token per session per round, continuous batching) at the
 same batch sizes, as decode tokens per second (batch / median step time). Times are
 medians over ``--rounds``, so a busy machine disturbs them less.
@@ -113,6 +116,43 @@ def _bench_verify(model: Any, batch: int, args: argparse.Namespace) -> dict[str,
     }
 
 
+def _bench_subset(model: Any, args: argparse.Namespace, resident: int = 16) -> dict[str, float]:
+    """Batches of half the resident sessions, every other slot: the gather (copy) path."""
+    from verifier_node.engine import VerifyEngine, WorkItem
+    from verifier_node.runner import TargetRunner
+
+    rng = random.Random(args.seed + 99)
+    vocab = model.config.vocab_size
+    runner = TargetRunner(model)
+    engine = VerifyEngine(runner)
+    contexts = [[rng.randrange(vocab) for _ in range(args.prompt_len)] for _ in range(resident)]
+
+    def round_(keys: list[int]) -> tuple[float, float, int]:
+        before = runner.cache.copied_bytes
+        items = [
+            WorkItem(b, contexts[b], [rng.randrange(vocab) for _ in range(args.k)]) for b in keys
+        ]
+        results, m = engine.run(items)
+        for b, item, res in zip(keys, items, results, strict=True):
+            contexts[b] = [*contexts[b], *item.draft[: res.accepted], res.token]
+        return m.round_ms, m.forward_ms, runner.cache.copied_bytes - before
+
+    round_(list(range(resident)))  # everyone resident, slots 0..resident-1
+    rows = []
+    for r in range(args.warmup + args.rounds):
+        got = round_(list(range(r % 2, resident, 2)))  # even or odd slots
+        if r >= args.warmup:
+            rows.append(got)
+    round_ms = _median([x[0] for x in rows])
+    forward_ms = _median([x[1] for x in rows])
+    return {
+        "round_ms": round(round_ms, 3),
+        "forward_ms": round(forward_ms, 3),
+        "forward_fraction": round(forward_ms / round_ms, 4) if round_ms else 0.0,
+        "gather_mb_per_round": round(_median([x[2] for x in rows]) / 2**20, 3),
+    }
+
+
 def _reference_forward_ms(model: Any, batch: int, args: argparse.Namespace) -> float:
     """A plain forward of [batch, k+1] new tokens over a contiguous DynamicCache."""
     import torch
@@ -200,6 +240,14 @@ def run(args: argparse.Namespace) -> int:
             f"{row['reference_forward_ms']:8.2f} ms",
             flush=True,
         )
+    subset = _bench_subset(model, args)
+    result["subset_8_of_16"] = subset
+    print(
+        f"batch 8 of 16 resident (gather path): round {subset['round_ms']:8.2f} ms"
+        f"  forward {subset['forward_ms']:8.2f} ms ({100 * subset['forward_fraction']:.1f} %)"
+        f"  gathered {subset['gather_mb_per_round']:.1f} MiB per round",
+        flush=True,
+    )
     for batch in batches:
         tps = _bench_centralized(model, batch, args)
         result["centralized_tokens_per_s"][str(batch)] = round(tps, 2)

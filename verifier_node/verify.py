@@ -137,32 +137,34 @@ def apply_warpers(
     found exactly with one top-k on the logits (same order as the probabilities) and a
     tie check, ``C = k`` with top-k, else 64, 256, … until the top-p mass is reached.
     Kept probabilities and the top-p walk are float64, like the device; only the
-    softmax denominator is a float32 sum (it cancels out whenever top-k is on).
+    softmax denominator is a float32 sum (needed only without top-k: it cancels out
+    in the top-k renormalisation).
     """
     assert logits.dim() == 2, f"logits must be [num_rows, vocab], got {tuple(logits.shape)}"
     num_rows, vocab = logits.shape
     for name, t in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
         assert t.shape == (num_rows,), f"{name} must be [{num_rows}], got {tuple(t.shape)}"
     device = logits.device
-    scaled = logits.float() / temperature.float().to(device)[:, None]  # [num_rows, vocab]
+    logits = logits.float()
+    temperature = temperature.float().to(device)
     k = top_k.to(device).long()
     k = torch.where((k > 0) & (k < vocab), k, 0)  # 0: no top-k
     p = top_p.to(device).double()
     warped = (k > 0) | (p < 1.0)
     if not bool(warped.any()):
-        return torch.softmax(scaled, dim=-1)
+        return torch.softmax(logits / temperature[:, None], dim=-1)
     if bool(warped.all()):
-        return _truncate(scaled, k, p)
-    probs = torch.softmax(scaled, dim=-1)
+        return _truncate(logits, temperature, k, p)
+    probs = torch.softmax(logits / temperature[:, None], dim=-1)
     rows = warped.nonzero().squeeze(1)  # [num_warped]
-    probs[rows] = _truncate(scaled[rows], k[rows], p[rows])
+    probs[rows] = _truncate(logits[rows], temperature[rows], k[rows], p[rows])
     return probs
 
 
 def _first_candidates(scaled: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ids and logits of the first ``count`` tokens by (logit desc, id asc), exactly.
 
-    ``scaled``: [rows, vocab] → ids, values: [rows, count]. ``topk`` picks an arbitrary
+    ``scaled``: [rows, vocab] logits → ids, values: [rows, count]. ``topk`` picks an arbitrary
     subset of tokens tied at the cut; rows where the token after the cut ties with the
     last one taken are redone exactly (lowest ids among the tied).
     """
@@ -187,19 +189,27 @@ def _first_candidates(scaled: torch.Tensor, count: int) -> tuple[torch.Tensor, t
 
 
 def _truncate(
-    scaled: torch.Tensor,  # [rows, vocab] logits / temperature
+    logits: torch.Tensor,  # [rows, vocab] float32
+    temperature: torch.Tensor,  # [rows] > 0
     k: torch.Tensor,  # [rows], 0 = off
     p: torch.Tensor,  # [rows] float64, 1.0 = off
 ) -> torch.Tensor:  # [rows, vocab] float32 probabilities
-    vocab = scaled.shape[1]
-    peak = scaled.amax(dim=-1, keepdim=True)  # [rows, 1]
-    # Softmax denominator in float32 (~1e-7 relative; it cancels out under top-k).
-    norm = torch.exp(scaled - peak).sum(dim=-1, keepdim=True).double()  # [rows, 1]
+    """Top-k / top-p on the candidates only. Dividing by a positive temperature keeps
+    the order, so candidates come from the raw logits; the softmax denominator cancels
+    under top-k and is summed over the vocabulary only for rows without it."""
+    vocab = logits.shape[1]
+    t = temperature.double()[:, None]  # [rows, 1]
+    peak = logits.amax(dim=-1, keepdim=True).double()  # [rows, 1]
+    norm = torch.ones_like(peak)
+    no_k = (k == 0).nonzero().squeeze(1)
+    if len(no_k):  # float32 sum (~1e-7 relative) of exp((l - peak) / t)
+        scaled = (logits[no_k] - peak[no_k].float()) / temperature[no_k, None]
+        norm[no_k] = torch.exp(scaled).sum(dim=-1, keepdim=True).double()
     count = min(vocab, max(int(k.max()), CANDIDATES))
     while True:
-        ids, values = _first_candidates(scaled, count)  # [rows, count]
-        probs = torch.exp(values.double() - peak.double()) / norm  # float64, desc order
-        rank = torch.arange(count, device=scaled.device)[None, :]
+        ids, values = _first_candidates(logits, count)  # [rows, count]
+        probs = torch.exp((values.double() - peak) / t) / norm  # float64, desc order
+        rank = torch.arange(count, device=logits.device)[None, :]
         in_k = (k[:, None] == 0) | (rank < k[:, None])
         mass_k = torch.where(k > 0, (probs * in_k).sum(dim=-1), 1.0)  # device: 1.0 if no k
         kept = probs * in_k / mass_k[:, None]
@@ -212,7 +222,7 @@ def _truncate(
         count = min(vocab, 4 * count)
     kept = torch.where(keep, kept, 0.0)
     kept = kept / kept.sum(dim=-1, keepdim=True)
-    out = torch.zeros(scaled.shape, dtype=torch.float32, device=scaled.device)
+    out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
     return out.scatter_(1, ids, kept.float())
 
 
@@ -416,8 +426,9 @@ def verify_batch(
         s = torch.tensor(sampled)
         srows = [rows[b] for b in sampled]
         n = len(sampled)
+        s_logits = target_logits if n == batch else target_logits[s]  # no copy if all
         target_probs = apply_warpers(
-            target_logits[s].reshape(n * (max_k + 1), vocab),
+            s_logits.reshape(n * (max_k + 1), vocab),
             torch.tensor([r.temperature for r in srows]).repeat_interleave(max_k + 1),
             torch.tensor([r.top_k for r in srows]).repeat_interleave(max_k + 1),
             torch.tensor([r.top_p for r in srows]).repeat_interleave(max_k + 1),
