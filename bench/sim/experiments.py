@@ -6,6 +6,7 @@ point runs through :func:`measure`, which also reads the verifier's CPU time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,8 @@ from bench.profiles import DeviceProfile, ServerProfile
 from bench.sim.fleet import FleetConfig, FleetSession, PointResult
 from bench.sim.trace import DraftPolicy, PromptTrace, simulate_acceptance
 from bench.sim.verifier_proc import VerifierProcess
+from schemas import Topics
+from sled.transport import MqttConfig
 
 Tick = Callable[[str], None]
 
@@ -333,3 +336,54 @@ def hf_assisted(
             "lossless": same,
         }
     return out
+
+
+def live_edge_single(
+    mqtt: MqttConfig,
+    topics: Topics,
+    onnx_dir: Path,
+    prompts: Sequence[str],
+    references: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    policy: DraftPolicy,
+) -> dict[str, Any]:
+    """Experiment (f), SLED side with the real edge node (``edge_node.service``) in-process.
+
+    One device generates each prompt over MQTT against the running verifier. Per-token
+    latency = the edge node's ``total_ms`` / completion tokens, milliseconds.
+    """
+    from edge_node.config import EdgeConfig
+    from edge_node.service import EdgeNode
+
+    cfg = EdgeConfig(
+        device_id="bench-live-edge",
+        broker_url=mqtt.url,
+        topic_prefix=topics.prefix,
+        drafter_dir=str(onnx_dir),
+        max_draft=policy.max_draft,
+        threshold=policy.threshold,
+        async_drafting=True,
+        max_new_tokens=max_new_tokens,
+        log_level="warning",
+    )
+
+    async def go() -> dict[str, Any]:
+        total_ms, tokens, same, drafted, accepted = 0.0, 0, True, 0, 0
+        async with EdgeNode(cfg) as node:
+            await node.generate_text(prompts[0], max_new_tokens=max_new_tokens, publish=False)
+            for text, ref in zip(prompts, references, strict=True):
+                final = await node.generate_text(text, max_new_tokens=max_new_tokens, publish=False)
+                total_ms += final.total_ms
+                tokens += len(final.tokens)
+                drafted += final.drafted
+                accepted += final.accepted
+                same = same and list(final.tokens) == list(ref) and final.unverified_tokens == 0
+        return {
+            "ms_per_token": total_ms / max(tokens, 1),
+            "tokens": tokens,
+            "lossless": same,
+            "acceptance_rate": accepted / drafted if drafted else 0.0,
+        }
+
+    return asyncio.run(go())
