@@ -44,15 +44,20 @@ class ResultText:
 
     Verified text is final. Unverified chunks (fallback) are provisional: a later chunk
     with ``retract = n`` withdraws the last ``n`` tokens, which are always unverified.
+    A chunk whose ``index`` was applied already (a QoS 1 redelivery) is ignored.
     """
 
     chunks: list[ResultChunk] = field(default_factory=list)
     final: ResultFinal | None = None
+    next_index: int = 0  # index of the next new chunk; lower ones were applied already
 
     def apply(self, result: Result) -> None:
         if isinstance(result, ResultFinal):
             self.final = result
             return
+        if result.index < self.next_index:
+            return  # delivered again (QoS 1 is at-least-once): already applied
+        self.next_index = result.index + 1
         remaining = result.retract
         while remaining > 0:
             if not self.chunks or self.chunks[-1].verified:

@@ -37,6 +37,8 @@ from sled.transport.base import Message, QueueMessages, TransportError, Transpor
 
 log = structlog.get_logger("sled.transport")
 
+CONNECTION_CHECK_S = 0.05  # how often a pending publish checks that its connection lives
+
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
@@ -176,9 +178,7 @@ class MqttTransport:
             client = await self._ready(what)
             remaining = deadline - asyncio.get_running_loop().time()
             try:
-                await client.publish(
-                    topic, payload, qos=qos, retain=retain, timeout=max(remaining, 0.01)
-                )
+                await self._publish_on(client, topic, payload, qos, retain, max(remaining, 0.01))
                 return
             except aiomqtt.MqttError as exc:
                 if remaining <= 0.05 or self._fatal is not None:
@@ -187,6 +187,37 @@ class MqttTransport:
                 await asyncio.sleep(min(0.05, remaining))
                 if self._connected.is_set() and "timed out" in str(exc).lower():
                     raise _translate(exc, what) from exc
+
+    async def _publish_on(
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        wait_s: float,
+    ) -> None:
+        """``client.publish``, abandoned (MqttError) as soon as its connection is gone.
+
+        A PUBACK never comes on a dead connection: without this the publish waited out
+        its whole timeout and failed, although the transport had long reconnected.
+        """
+        sending = asyncio.ensure_future(
+            client.publish(topic, payload, qos=qos, retain=retain, timeout=wait_s)
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait({sending}, timeout=CONNECTION_CHECK_S)
+                if done:
+                    sending.result()
+                    return
+                if self._client is not client or not self._connected.is_set():
+                    raise aiomqtt.MqttError("connection lost while waiting for PUBACK")
+        finally:
+            if not sending.done():
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await sending
 
     async def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
         self._subs[topic_filter] = qos

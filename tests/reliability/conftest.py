@@ -101,7 +101,8 @@ class Stack:
     """A running system: broker, verifier ``v1``, edges ``patient`` and ``quick``.
 
     * ``patient`` never falls back (``fallback_after`` huge): it waits out outages.
-    * ``quick`` falls back after 2 timeouts of 100–400 ms.
+    * ``quick`` falls back after 2 timeouts (300 ms, then 600 ms; at most 1.5 s), so
+      a test has over a second between its fallback and giving up.
     """
 
     broker: Mosquitto
@@ -165,7 +166,7 @@ def stack(rel_models: Models, rel_logs: Path) -> Iterator[Stack]:
         try:
             s.add_verifier("v1", metrics_port=free_port())
             s.add_edge("patient", fallback_after=1_000_000)
-            s.add_edge("quick", fallback_after=2, timeout_ceiling_ms=400)
+            s.add_edge("quick", fallback_after=2, timeout_floor_ms=300, timeout_ceiling_ms=1500)
             asyncio.run(s.ready())
             yield s
         finally:

@@ -465,3 +465,13 @@ def fleet() -> Iterator[Fleet]:
         yield f
     finally:
         f.stop_all()
+
+
+async def forget_session(mqtt: MqttConfig, client_id: str) -> None:
+    """End the broker's persistent session of ``client_id`` (its queue, its subscriptions).
+
+    A killed node's session outlives it (session expiry): a verifier that left a ``$share``
+    group that way keeps being handed its share of the drafts, queued for nobody.
+    """
+    async with MqttTransport(mqtt.with_(client_id=client_id, persistent=False)):
+        pass

@@ -22,6 +22,7 @@ from schemas import DraftRequest, ResultChunk, decode
 from sled.transport import MqttTransport
 from tests.reliability.app import GreedyReference, Stream, assert_lossless, stream_request
 from tests.reliability.conftest import Stack
+from tests.reliability.procs import forget_session
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -136,10 +137,10 @@ async def test_broker_killed_and_restarted_mid_generation(
 async def test_verifier_killed_and_restarted_resyncs(stack: Stack, greedy: GreedyReference) -> None:
     """SIGKILL the verifier mid-generation and start a new one (empty session table).
 
-    The device keeps resending the same seq (it never falls back); the new verifier
+    The device keeps resending the same seq (it never falls back); the broker queues
+    the resends in the verifier's persistent session; the new verifier (same client id)
     answers ``resync`` for the session it has never seen; the device resends with the
     full committed context and generation resumes without a token lost or repeated.
-    The new verifier joins the share group ``g`` (a group of one, for the next test).
     """
     device = "patient"
     old = stack.verifiers["v1"]
@@ -148,7 +149,7 @@ async def test_verifier_killed_and_restarted_resyncs(stack: Stack, greedy: Greed
         if len(stream.chunks) == FAULT_AFTER_CHUNKS:
             stream.mark("verifier_down")
             old.kill()
-            stack.add_verifier("v1", share_group="g", metrics_port=old.spec.metrics_port)
+            stack.add_verifier("v1", metrics_port=old.spec.metrics_port)
 
     async with MqttTransport(stack.mqtt) as bus:
         stream = await stream_request(
@@ -219,9 +220,11 @@ async def test_shared_subscription_survives_losing_a_verifier(
     resync where it lacks the session) and the text stays token-exact.
     """
     device = "patient"
-    v1 = stack.verifiers["v1"]
-    if v1.spec.share_group != "g":  # run alone: put v1 in the group first
-        v1 = stack.add_verifier("v1", share_group="g", metrics_port=v1.spec.metrics_port)
+    # A new client id: the old one's persistent session keeps its plain subscription,
+    # and v1 would get every draft twice (see test_regressions.py).
+    port = stack.verifiers["v1"].spec.metrics_port
+    v1 = stack.add_verifier("v1", share_group="g", metrics_port=port,
+                            extra=("--client-id", "sled-verifier-v1-g"))  # fmt: skip
     v2 = stack.add_verifier("v2", share_group="g")
     await stack.ready()
     done_before = len(v1.events("session.done"))
@@ -239,6 +242,10 @@ async def test_shared_subscription_survives_losing_a_verifier(
             )  # fmt: skip
     finally:
         stack.verifiers.pop("v2").stop()
+        # v2 was killed: its persistent session would keep taking its share of the drafts
+        # (see test_regressions.py); old v1's session still holds a plain subscription.
+        for client_id in ("sled-verifier-v2", "sled-verifier-v1"):
+            await forget_session(stack.mqtt, client_id)
     assert_lossless(stream, greedy(PROMPT, MAX_NEW))
     assert 0 < stream.marks["v2_down"] < len(stream.chunks)
     assert any(e.get("device") == device for e in v2.events()), "v2 never served the device"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from edge_node.policy import Commit, DraftToken, Event, PolicyConfig, RttEstimator, SledSession
-from schemas import ErrorCode, SamplingParams, Verdict
+from schemas import ErrorCode, SamplingParams, Topics, Verdict
+from sled.mosquitto import Mosquitto
+from sled.transport import MqttConfig
+from tests.reliability.procs import forget_session
 
 PROMPT = [11, 12, 13]
 
@@ -96,3 +99,87 @@ def test_streamed_text_equals_final_text_when_generation_ends_mid_character() ->
     chunks = [node._chunk(run, [0x61], verified=True), node._chunk(run, euro[:2], verified=True)]
     final = node._final(run, "length")
     assert "".join(c.text for c in chunks) == final.text
+
+
+async def test_publish_in_flight_when_the_broker_dies_is_sent_again_after_reconnect() -> None:
+    """A QoS 1 publish whose PUBACK never came (the broker died) goes out on the new
+    connection as soon as the client has reconnected, instead of waiting out
+    ``op_timeout_s`` on the dead one and failing (the edge then dropped that result
+    chunk: a gap in the app's stream after a broker crash, test_faults)."""
+    import asyncio
+    import time
+
+    from sled.mosquitto import Mosquitto
+    from sled.transport import MqttConfig, MqttTransport
+
+    with Mosquitto.start() as broker:
+        cfg = MqttConfig(host=broker.host, port=broker.port, connect_timeout_s=5, op_timeout_s=8,
+                         backoff_max_s=0.2)  # fmt: skip
+        async with MqttTransport(cfg) as sub, MqttTransport(cfg) as pub:
+            await sub.subscribe("regress/inflight")
+            await asyncio.sleep(1.2)  # the subscription is in the broker's autosave
+            assert broker.process is not None
+            broker.process.send_signal(19)  # SIGSTOP: the PUBLISH is sent, no PUBACK comes
+            sending = asyncio.create_task(pub.publish("regress/inflight", b"chunk 3"))
+            await asyncio.sleep(0.3)
+            assert not sending.done()
+            await asyncio.to_thread(broker.restart, kill=True)
+            restarted = time.monotonic()
+            await asyncio.wait_for(sending, 8)  # before the fix: TransportTimeout after 8 s
+            assert time.monotonic() - restarted < 4.0
+            msg = await asyncio.wait_for(anext(sub.messages()), 5)
+            assert msg.payload == b"chunk 3"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="verifier_node: the verifier keeps a persistent MQTT session (expiry 3600 s) on "
+    "its $share subscription, so after it dies Mosquitto keeps handing it its share of the "
+    "drafts (queued for nobody) until the session expires",
+)
+async def test_a_dead_shared_verifier_does_not_keep_its_share_of_drafts(
+    broker: Mosquitto, topics: Topics
+) -> None:
+    import asyncio
+    import contextlib
+
+    from sled.transport import MqttTransport
+    from verifier_node.config import VerifierConfig
+
+    def cfg(verifier: str) -> MqttConfig:
+        config = VerifierConfig(verifier_id=verifier, broker_url=broker.url,
+                                topic_prefix=topics.prefix, share_group="g")  # fmt: skip
+        return config.mqtt().with_(connect_timeout_s=5, op_timeout_s=5)  # type: ignore[no-any-return]
+
+    async with MqttTransport(cfg("va")) as alive, MqttTransport(broker_cfg(broker)) as device:
+        async with MqttTransport(cfg("vb")) as dying:
+            await dying.subscribe(topics.all_drafts("g"))
+        await alive.subscribe(topics.all_drafts("g"))
+        for i in range(20):
+            await device.publish(topics.draft("pi-1"), b"draft %d" % i)
+        got = 0
+        with contextlib.suppress(TimeoutError):
+            while True:
+                await asyncio.wait_for(anext(alive.messages()), 1.0)
+                got += 1
+        assert got == 20
+    await forget_session(cfg("vb"), cfg("vb").client_id or "")
+
+
+def broker_cfg(broker: Mosquitto) -> MqttConfig:
+    return MqttConfig(host=broker.host, port=broker.port, connect_timeout_s=5, op_timeout_s=5)
+
+
+def test_result_text_ignores_a_chunk_delivered_twice() -> None:
+    """QoS 1 is at-least-once: after a broker restart the edge's publish of a chunk can
+    reach the app twice (seen in test_faults: indices 0, 1, 2, 2). The text must not
+    repeat those tokens."""
+    from schemas import ResultChunk
+    from sled.client import ResultText
+
+    chunks = [ResultChunk(request="r1", index=i, text=t, tokens=[i])
+              for i, t in enumerate(["a", "b", "c"])]  # fmt: skip
+    text = ResultText()
+    for c in (chunks[0], chunks[1], chunks[1], chunks[2], chunks[0]):
+        text.apply(c)
+    assert (text.text, text.tokens) == ("abc", [0, 1, 2])
