@@ -74,6 +74,7 @@ from schemas import (
 from sled.transport import Message, MqttTransport, Transport, TransportError, Will
 
 T = TypeVar("T")
+SEEN_REQUESTS = 4096  # request ids remembered to ignore QoS 1 redeliveries of requests
 Result = ResultChunk | ResultFinal
 Format = Literal["msgpack", "json"]
 
@@ -136,6 +137,7 @@ class EdgeNode:
         self._started_s = 0.0
         self._status_seen = asyncio.Event()
         self._serving = False
+        self._seen_requests: dict[str, None] = {}  # request ids served, oldest first
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -283,6 +285,12 @@ class EdgeNode:
                 )
                 self._spawn(self._publish_result(request_id, final, fmt), "bad-request-reply")
             return
+        if req.request in self._seen_requests:  # QoS 1 delivered it again: serve once
+            self._log.info("edge.duplicate_request", request=req.request)
+            return
+        self._seen_requests[req.request] = None
+        while len(self._seen_requests) > SEEN_REQUESTS:
+            self._seen_requests.pop(next(iter(self._seen_requests)))
         self._spawn(self._serve_one(req), f"request-{req.request}")
 
     async def _serve_one(self, req: GenerateRequest) -> None:

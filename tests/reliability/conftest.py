@@ -1,7 +1,7 @@
 """Fixtures of the reliability tests: tiny models, a greedy reference, a running node stack.
 
 The stack (one Mosquitto, one verifier, two edge nodes, all real processes) is started
-once per test session and shared by the fault and fuzz tests; a test that kills a
+once for this package and shared by the fault and fuzz tests (stopped after them); a test that kills a
 node brings the stack back to health (``Stack.heal``) before the next one runs.
 """
 
@@ -157,7 +157,7 @@ class Stack:
             node.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(rel_models: Models, rel_logs: Path) -> Iterator[Stack]:
     """The shared running system (see :class:`Stack`)."""
     require_mosquitto()

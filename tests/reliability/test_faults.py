@@ -106,7 +106,7 @@ async def test_broker_killed_and_restarted_mid_generation(
 
     Every client reconnects and resumes its persistent session; QoS 1 messages queued
     or in flight are delivered after the restart. The app subscribes (and waits for
-    the broker's 1 s autosave) before the crash, as a long-running app would have.
+    two of the broker's 1 s autosaves) before the crash, as a long-running app would have.
     """
     device = "patient"
     broker = stack.broker
@@ -125,7 +125,7 @@ async def test_broker_killed_and_restarted_mid_generation(
             max_new_tokens=MAX_NEW,
             request_id=rid(),
             on_chunk=crash,
-            settle_s=1.5,
+            settle_s=2.5,  # two autosaves (1 s) of the broker after subscribing
         )
     assert_lossless(stream, greedy(PROMPT, MAX_NEW))
     assert 0 < stream.marks["broker_down"] < len(stream.chunks), "fault was not mid-generation"

@@ -183,3 +183,28 @@ def test_result_text_ignores_a_chunk_delivered_twice() -> None:
     for c in (chunks[0], chunks[1], chunks[1], chunks[2], chunks[0]):
         text.apply(c)
     assert (text.text, text.tokens) == ("abc", [0, 1, 2])
+
+
+async def test_a_request_delivered_twice_is_generated_once() -> None:
+    """QoS 1 may deliver a GenerateRequest twice (seen after a broker restart): the edge
+    ran a second generation with the same request id on the same result topic, and
+    the app got two interleaved streams (test_faults: "chunk 0 redelivered changed")."""
+    import asyncio
+
+    from edge_node.config import EdgeConfig
+    from edge_node.service import EdgeNode
+    from schemas import GenerateRequest, encode
+
+    node = EdgeNode(EdgeConfig(device_id="pi-1"), drafter=_BytesTokenizer())  # type: ignore[arg-type]
+    served: list[str] = []
+
+    async def serve_one(req: GenerateRequest) -> None:
+        served.append(req.request)
+
+    node._serve_one = serve_one  # type: ignore[method-assign]
+    payload = encode(GenerateRequest(request="r1", prompt="hi"))
+    node._on_request(payload)
+    node._on_request(payload)
+    node._on_request(encode(GenerateRequest(request="r2", prompt="hi")))
+    await asyncio.sleep(0.05)
+    assert served == ["r1", "r2"]
