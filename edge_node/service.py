@@ -313,6 +313,11 @@ class EdgeNode:
         """Answer GenerateRequests on ``…/dev/{device}/req`` until cancelled."""
         self._serving = True
         await self.transport.subscribe(self.topics.req(self.device))
+        # Announce "online" again now that requests are heard: the birth message went out
+        # on connect, before this subscription, and an app may act on it at once.
+        await self.transport.publish(
+            self.topics.device_status(self.device), self._status(True), retain=True
+        )
         self._log.info("edge.serving", topic=self.topics.req(self.device))
         try:
             await asyncio.Event().wait()
