@@ -1,8 +1,9 @@
 """Fixtures of the reliability tests: tiny models, a greedy reference, a running node stack.
 
 The stack (one Mosquitto, one verifier, two edge nodes, all real processes) is started
-once for this package and shared by the fault and fuzz tests (stopped after them); a test that kills a
-node brings the stack back to health (``Stack.heal``) before the next one runs.
+once for this package and shared by the fault and fuzz tests (stopped after them); a
+test that kills a node brings the stack back to health (``Stack.heal``) before the next
+one runs.
 """
 
 from __future__ import annotations
