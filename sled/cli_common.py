@@ -10,33 +10,35 @@ from sled.transport import MqttConfig
 
 
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The same broker flags and ``SLED_*`` variables as ``sled edge`` / ``sled verifier``."""
+    env = os.environ.get
     g = parser.add_argument_group("broker")
     g.add_argument(
+        "--broker-url",
         "--broker",
-        default=os.environ.get("SLED_BROKER", "mqtt://127.0.0.1:1883"),
-        help="broker URL, mqtt://[user:pass@]host:port or mqtts:// (env SLED_BROKER)",
+        dest="broker",
+        default=env("SLED_BROKER_URL", env("SLED_BROKER", "mqtt://127.0.0.1:1883")),
+        help="broker URL, mqtt://[user:pass@]host:port or mqtts:// (env SLED_BROKER_URL)",
     )
+    g.add_argument("--username", default=env("SLED_USERNAME"), help="(env SLED_USERNAME)")
+    g.add_argument("--password", default=env("SLED_PASSWORD"), help="(env SLED_PASSWORD)")
     g.add_argument(
-        "--username", default=os.environ.get("SLED_USERNAME"), help="(env SLED_USERNAME)"
-    )
-    g.add_argument(
-        "--password", default=os.environ.get("SLED_PASSWORD"), help="(env SLED_PASSWORD)"
-    )
-    g.add_argument(
+        "--mqtt-protocol",
         "--protocol",
+        dest="protocol",
         choices=("5", "3.1.1"),
-        default=os.environ.get("SLED_PROTOCOL", "5"),
-        help="MQTT protocol version (env SLED_PROTOCOL)",
+        default=env("SLED_MQTT_PROTOCOL", "5"),
+        help="MQTT protocol version (env SLED_MQTT_PROTOCOL)",
     )
     g.add_argument(
+        "--topic-prefix",
         "--prefix",
-        default=os.environ.get("SLED_PREFIX", DEFAULT_PREFIX),
-        help=f"topic prefix (default {DEFAULT_PREFIX}; env SLED_PREFIX)",
+        dest="prefix",
+        default=env("SLED_TOPIC_PREFIX", DEFAULT_PREFIX),
+        help=f"topic prefix (default {DEFAULT_PREFIX}; env SLED_TOPIC_PREFIX)",
     )
     g.add_argument(
-        "--tls-ca",
-        default=os.environ.get("SLED_TLS_CA"),
-        help="CA file for mqtts:// (env SLED_TLS_CA)",
+        "--tls-ca", default=env("SLED_TLS_CA"), help="CA file for mqtts:// (env SLED_TLS_CA)"
     )
 
 
