@@ -207,6 +207,7 @@ def speculative_sweep(
             table[n] = p["rates"]
         cap = capacity(table, rate_target)
         light = min(pts, key=lambda q: q["devices"])
+        heavy = max(pts, key=lambda q: q["devices"])
         rows.append(
             {
                 "max_draft": policy.max_draft,
@@ -217,6 +218,10 @@ def speculative_sweep(
                 "capacity_lower_bound": cap.lower_bound,
                 "mean_accepted": light["mean_accepted"],
                 "acceptance_rate": light["acceptance_rate"],
+                "heavy_devices": heavy["devices"],
+                "verifier_cpu_ms_per_token": (
+                    heavy["verifier_cpu_cores"] / heavy["wstgr"] * 1e3 if heavy["wstgr"] else None
+                ),
                 "table": {q["devices"]: q["min_rate"] for q in pts},
                 "wstgr": {q["devices"]: q["wstgr"] for q in pts},
             }
@@ -234,7 +239,8 @@ def cost_table(
 
     Devices are counted in every deployment (each user has one); the server only in
     centralized and SLED. All-edge throughput is the drafter alone at the profile's
-    speed, N devices in parallel.
+    speed, N devices in parallel; its text is the drafter's, not the target's, so a
+    second front considers only target-quality (lossless) deployments.
     """
     dev = Machine(profile.price_usd, profile.power_w)
     srv = Machine(server.price_usd, server.power_w)
@@ -254,10 +260,18 @@ def cost_table(
             points.append(CostPoint(label, usd, rate))
             rows.append({"mode": mode, "devices": n, "tokens_per_s": rate, "usd_per_1k": usd})
     front = pareto_front(points)
+    lossless_front = pareto_front([p for p in points if not p.label.startswith("all-edge")])
     front_labels = {p.label for p in front}
+    lossless_labels = {p.label for p in lossless_front}
     for row in rows:
-        row["pareto"] = f"{row['mode']} N={row['devices']}" in front_labels
-    return {"rows": rows, "front": [p.label for p in front]}
+        label = f"{row['mode']} N={row['devices']}"
+        row["pareto"] = label in front_labels
+        row["pareto_target_quality"] = label in lossless_labels
+    return {
+        "rows": rows,
+        "front": [p.label for p in front],
+        "front_target_quality": [p.label for p in lossless_front],
+    }
 
 
 def offline_acceptance(
