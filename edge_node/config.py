@@ -69,6 +69,7 @@ class EdgeConfig:
     keepalive_s: int = field(
         default=30, metadata=doc("MQTT keepalive, seconds (Last Will after ~1.5x of silence)")
     )
+    tls_ca: str | None = field(default=None, metadata=doc("CA file (PEM) for mqtts://"))
     drafter_dir: str | None = field(
         default=None, metadata=doc("exported drafter folder (sled export-drafter)")
     )
@@ -152,6 +153,7 @@ class EdgeConfig:
             client_id=self.client_id or f"sled-edge-{self.device_id}",
             protocol=self.mqtt_protocol,
             keepalive_s=self.keepalive_s,
+            tls_ca=self.tls_ca,
         )
 
     @property

@@ -497,7 +497,9 @@ class EdgeNode:
         return ResultFinal(
             request=run.request,
             finish_reason=finish_reason,
-            text=self.drafter.decode(completion),
+            # As streamed: an incomplete UTF-8 character at the very end is not text yet
+            # (the streamed chunks hold it back too); the token ids carry it exactly.
+            text=self.drafter.decode(completion).rstrip("\ufffd"),
             tokens=completion,
             mode=run.mode,
             prompt_tokens=run.prompt_tokens,

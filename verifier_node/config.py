@@ -147,6 +147,10 @@ class VerifierConfig:
             protocol=self.mqtt_protocol,
             keepalive_s=self.keepalive_s,
             tls_ca=self.tls_ca,
+            # In a $share group a persistent session outlives a dead verifier, and the broker
+            # keeps handing it its share of the drafts, queued for nobody. Without a group
+            # the session persists, so drafts queue while the verifier restarts.
+            persistent=self.share_group is None,
         )
 
     def with_(self, **changes: Any) -> VerifierConfig:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from edge_node.policy import Commit, DraftToken, Event, PolicyConfig, RttEstimator, SledSession
 from schemas import ErrorCode, SamplingParams, Topics, Verdict
 from sled.mosquitto import Mosquitto
@@ -83,12 +81,6 @@ class _BytesTokenizer:
         return bytes(ids).decode("utf-8", errors="replace")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge_node.service._chunk holds back a trailing U+FFFD (incomplete UTF-8) and "
-    "never flushes it: when a generation ends there, the streamed text misses what "
-    "ResultFinal.text has (seen with tiny random models in test_fuzz)",
-)
 def test_streamed_text_equals_final_text_when_generation_ends_mid_character() -> None:
     from edge_node.config import EdgeConfig
     from edge_node.service import EdgeNode, _Run
@@ -131,12 +123,6 @@ async def test_publish_in_flight_when_the_broker_dies_is_sent_again_after_reconn
             assert msg.payload == b"chunk 3"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verifier_node: the verifier keeps a persistent MQTT session (expiry 3600 s) on "
-    "its $share subscription, so after it dies Mosquitto keeps handing it its share of the "
-    "drafts (queued for nobody) until the session expires",
-)
 async def test_a_dead_shared_verifier_does_not_keep_its_share_of_drafts(
     broker: Mosquitto, topics: Topics
 ) -> None:
