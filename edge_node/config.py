@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import socket
-import tomllib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +23,11 @@ from typing import Any, Final
 
 from edge_node.policy import PolicyConfig
 from schemas import MODES, SchemaError, Topics, check_id
+from sled.config import ConfigError, field_names, load_config
+from sled.config import add_config_arguments as _add_config_arguments
+from sled.config import config_from_args as _config_from_args
 
-ENV_PREFIX: Final = "SLED_"
 PROTOCOLS: Final = ("5", "3.1.1")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot be used; the message names the field and its source."""
 
 
 def _default_device_id() -> str:
@@ -173,100 +168,16 @@ class EdgeConfig:
         toml_path: Path | str | None = None,
     ) -> EdgeConfig:
         """Merge defaults < TOML < env < flags (``None`` flags count as not given)."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        path = toml_path or env.get(f"{ENV_PREFIX}CONFIG")
-        if path:
-            values.update(_read_toml(Path(path)))
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _coerce(f.name, raw, f"env {ENV_PREFIX}{f.name.upper()}")
-        for name, value in (flags or {}).items():
-            if value is not None and name in _FIELD_NAMES:
-                values[name] = value
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from exc
+        return load_config(cls, flags, env=env, toml_path=toml_path, table="edge")
 
 
-_FIELD_NAMES: Final = frozenset(f.name for f in dataclasses.fields(EdgeConfig))
-
-
-def _field_type(name: str) -> Any:
-    hint = typing.get_type_hints(EdgeConfig)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Convert a string (env) or TOML value to the field's type."""
-    kind = _field_type(name)
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"not a boolean: {value!r}")
-        if kind is int:
-            if isinstance(value, bool):
-                raise ValueError(f"not an integer: {value!r}")
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError(f"not a number: {value!r}")
-            return float(value)
-        return str(value)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from exc
-    table = data.get("edge", data)
-    if not isinstance(table, dict):
-        raise ConfigError(f"config file {path}: [edge] must be a table")
-    unknown = sorted(k for k in table if k not in _FIELD_NAMES and k != "edge")
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
-    return {k: _coerce(k, v, f"config file {path}") for k, v in table.items() if k != "edge"}
+_FIELD_NAMES: Final = field_names(EdgeConfig)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per field (default None: not given); plus ``--config FILE``."""
-    group = parser.add_argument_group("edge node configuration (flags > SLED_* env > TOML)")
-    group.add_argument("--config", type=Path, default=None, help="TOML config file")
-    for f in dataclasses.fields(EdgeConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = _field_type(f.name)
-        help_text = f"{f.metadata.get('help', '')} [env {ENV_PREFIX}{f.name.upper()}]"
-        if kind is bool:
-            group.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-            continue
-        group.add_argument(
-            flag,
-            dest=f.name,
-            type=kind if kind in (int, float) else str,
-            default=None,
-            choices=f.metadata.get("choices"),
-            help=help_text,
-        )
+    _add_config_arguments(parser, EdgeConfig, "edge node configuration")
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
-    flags = {name: getattr(args, name, None) for name in _FIELD_NAMES}
-    return EdgeConfig.load(flags, toml_path=getattr(args, "config", None))
+    return _config_from_args(EdgeConfig, args, "edge")

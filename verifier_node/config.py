@@ -15,24 +15,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
-import tomllib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from schemas import SchemaError, Topics, check_id
+from sled.config import ConfigError, field_names, load_config
+from sled.config import add_config_arguments as _add_config_arguments
+from sled.config import config_from_args as _config_from_args
 from sled.transport import MqttConfig
 
-ENV_PREFIX: Final = "SLED_"
 PROTOCOLS: Final = ("5", "3.1.1")
 DTYPE_NAMES: Final = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot be used; the message names the field and its source."""
 
 
 def doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -166,98 +161,16 @@ class VerifierConfig:
         toml_path: Path | str | None = None,
     ) -> VerifierConfig:
         """Merge defaults < TOML < env < flags (``None`` flags count as not given)."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        path = toml_path or env.get(f"{ENV_PREFIX}CONFIG")
-        if path:
-            values.update(_read_toml(Path(path)))
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _coerce(f.name, raw, f"env {ENV_PREFIX}{f.name.upper()}")
-        for name, value in (flags or {}).items():
-            if value is not None and name in FIELD_NAMES:
-                values[name] = value
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from exc
+        return load_config(cls, flags, env=env, toml_path=toml_path, table="verifier")
 
 
-FIELD_NAMES: Final = frozenset(f.name for f in dataclasses.fields(VerifierConfig))
-
-
-def _field_type(name: str) -> Any:
-    hint = typing.get_type_hints(VerifierConfig)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Convert a string (env) or TOML value to the field's type."""
-    kind = _field_type(name)
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"not a boolean: {value!r}")
-        if isinstance(value, bool) and kind in (int, float):
-            raise ValueError(f"{name}: not a number: {value!r}")
-        if kind is int:
-            return int(value)
-        if kind is float:
-            return float(value)
-        return str(value)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from exc
-    table = data.get("verifier", data)
-    if not isinstance(table, dict):
-        raise ConfigError(f"config file {path}: [verifier] must be a table")
-    unknown = sorted(k for k in table if k not in FIELD_NAMES and k != "verifier")
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
-    return {k: _coerce(k, v, f"config file {path}") for k, v in table.items() if k != "verifier"}
+FIELD_NAMES: Final = field_names(VerifierConfig)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per field (default None: not given); plus ``--config FILE``."""
-    group = parser.add_argument_group("verifier configuration (flags > SLED_* env > TOML)")
-    group.add_argument("--config", type=Path, default=None, help="TOML config file")
-    for f in dataclasses.fields(VerifierConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = _field_type(f.name)
-        help_text = f"{f.metadata.get('help', '')} [env {ENV_PREFIX}{f.name.upper()}]"
-        if kind is bool:
-            group.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-            continue
-        group.add_argument(
-            flag,
-            dest=f.name,
-            type=kind if kind in (int, float) else str,
-            default=None,
-            choices=f.metadata.get("choices"),
-            help=help_text,
-        )
+    _add_config_arguments(parser, VerifierConfig, "verifier configuration")
 
 
 def config_from_args(args: argparse.Namespace) -> VerifierConfig:
-    flags = {name: getattr(args, name, None) for name in FIELD_NAMES}
-    return VerifierConfig.load(flags, toml_path=getattr(args, "config", None))
+    return _config_from_args(VerifierConfig, args, "verifier")
