@@ -131,7 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir",
         type=Path,
         default=None,
-        help="cache for references, traces, ONNX exports, the oracle model (default OUT/cache)",
+        help="cache for reference outputs, ONNX exports and the ~220 MB oracle model "
+        "(default $XDG_CACHE_HOME/sled-bench, i.e. ~/.cache/sled-bench)",
     )
     parser.add_argument(
         "--server-price-usd",
@@ -165,6 +166,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sled-bench"
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwind: stop the verifier and broker we started
 
@@ -185,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     paper = PaperRun(
         out=out,
-        cache_dir=args.cache_dir or out / "cache",
+        cache_dir=args.cache_dir or _default_cache(),
         models=args.models,
         plan=asdict(plan),
         profile=PROFILES[args.profile],
