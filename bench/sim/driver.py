@@ -76,6 +76,8 @@ class Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            self.bar.n = self.total  # reused points and skipped probes end the run early
+            self.bar.refresh()
             self.bar.close()
 
 
