@@ -10,7 +10,7 @@ same layout a real Hugging Face model directory has. Needs torch + transformers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Family = Literal["llama", "qwen2", "gpt2"]
 
@@ -78,7 +78,12 @@ def make_tiny_model(
     )
     actual_vocab = len(tokenizer)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    common = {"vocab_size": actual_vocab, "bos_token_id": eos_id, "eos_token_id": eos_id}
+    assert isinstance(eos_id, int)
+    common: dict[str, Any] = {
+        "vocab_size": actual_vocab,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+    }
     config: LlamaConfig | Qwen2Config | GPT2Config
     if family == "llama":
         config = LlamaConfig(
