@@ -46,7 +46,6 @@ import random
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -659,43 +658,14 @@ def dir_size_bytes(path: Path) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line flags."""
+    """Command-line flags (defined once, torch-free, in :mod:`sled.demo.train_cli`)."""
+    from sled.demo.train_cli import add_training_arguments
+
     parser = argparse.ArgumentParser(
         prog="sled train-demo",
         description="Train the demo target model and its two distilled drafters on the KJV.",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output folder (default: the sled/demo/models package folder; "
-        "with --quick: <work-dir>/models-quick)",
-    )
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "sled-train-demo",
-        help="scratch folder for the cached corpus (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--steps-target",
-        type=int,
-        default=None,
-        help=f"target training steps (default {FULL.steps_target})",
-    )
-    parser.add_argument(
-        "--steps-drafter",
-        type=int,
-        default=None,
-        help=f"drafter distillation steps (default {FULL.steps_drafter})",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny smoke run: few steps, small batches, small evaluation",
-    )
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_training_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -13,8 +13,9 @@ import tempfile
 from pathlib import Path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of :func:`sled.demo.train.parse_args`, repeated here without importing torch."""
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training script's flags, defined here (no torch import) and used by both
+    ``sled train-demo`` and ``python -m sled.demo.train``."""
     parser.add_argument(
         "--out",
         type=Path,
@@ -29,19 +30,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="scratch folder for the cached corpus (default: %(default)s)",
     )
     parser.add_argument(
-        "--steps-target", type=int, default=None, help="target training steps (default: full)"
+        "--steps-target",
+        type=int,
+        default=None,
+        help="target training steps (default: the profile's, 360 full)",
     )
     parser.add_argument(
         "--steps-drafter",
         type=int,
         default=None,
-        help="drafter distillation steps (default: full)",
+        help="drafter distillation steps (default: the profile's, 400 full)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="tiny smoke run: few steps, small evaluation"
+        "--quick",
+        action="store_true",
+        help="tiny smoke run: few steps, small batches, small evaluation",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``sled train-demo``: the training flags plus ``--no-export``."""
+    add_training_arguments(parser)
     parser.add_argument(
         "--no-export", action="store_true", help="do not export the drafters to ONNX afterwards"
     )
