@@ -20,7 +20,8 @@ from sled.mosquitto import Mosquitto, MosquittoNotFound, mosquitto_binary
 from sled.transport import MqttConfig
 
 
-def _require_mosquitto() -> None:
+def require_mosquitto() -> None:
+    """Skip without mosquitto (fail in CI, where .ci/run installs it)."""
     try:
         mosquitto_binary()
     except MosquittoNotFound as exc:
@@ -32,7 +33,7 @@ def _require_mosquitto() -> None:
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Mosquitto]:
     """One anonymous Mosquitto for the session; tests isolate with ``topics``."""
-    _require_mosquitto()
+    require_mosquitto()
     with Mosquitto.start() as b:
         yield b
 
@@ -40,7 +41,7 @@ def broker() -> Iterator[Mosquitto]:
 @pytest.fixture
 def fresh_broker() -> Iterator[Mosquitto]:
     """A Mosquitto of the test's own, for tests that stop or restart it."""
-    _require_mosquitto()
+    require_mosquitto()
     with Mosquitto.start() as b:
         yield b
 
@@ -87,7 +88,7 @@ class SecureBroker:
 @pytest.fixture
 def secure_broker(topics: Topics) -> Iterator[SecureBroker]:
     """A Mosquitto of the test's own with credentials and ACL from ``sled.credentials``."""
-    _require_mosquitto()
+    require_mosquitto()
     with tempfile.TemporaryDirectory(prefix="sled-secure-") as tmp:
         os.chmod(tmp, 0o755)  # mosquitto may drop root privileges; it must read these
         password_file, acl_file = Path(tmp) / "passwd", Path(tmp) / "acl"

@@ -24,7 +24,7 @@ import pytest
 
 from sled.demo.procs import NodeProcess, node_env
 from sled.mosquitto import Mosquitto
-from tests.conftest import _require_mosquitto
+from tests.conftest import require_mosquitto
 from tests.deploy.compose_model import host_path, resolved_config, service_argv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -101,7 +101,7 @@ def volumes() -> Iterator[Path]:
 
 
 def test_compose_stack_without_docker(tmp_path: Path, volumes: Path) -> None:
-    _require_mosquitto()
+    require_mosquitto()
     services = resolved_config()["services"]
     auth = services["credentials"]
     init = python_argv([mapped(auth, a, volumes, "") for a in service_argv(auth)])

@@ -23,8 +23,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from schemas import Topics
-from sled.mosquitto import Mosquitto, MosquittoNotFound, free_port, mosquitto_binary
+from sled.mosquitto import Mosquitto, free_port
 from sled.transport import MqttConfig
+from tests.conftest import require_mosquitto
 from tests.reliability.app import GreedyReference
 from tests.reliability.procs import EdgeProcess, EdgeSpec, VerifierProcess, VerifierSpec
 
@@ -61,15 +62,6 @@ def build_models(root: Path) -> Models:
     drafter = root / "drafter"
     export_drafter(draft_hf, drafter, dtype="fp32", progress=lambda _line: None)
     return Models(target=target, drafter=drafter)
-
-
-def require_mosquitto() -> None:
-    try:
-        mosquitto_binary()
-    except MosquittoNotFound as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
