@@ -12,30 +12,47 @@ imports inside ``run``. A benchmark whose module is not installed is left out.
 from __future__ import annotations
 
 import argparse
-import importlib
-from typing import Final
+from types import ModuleType
 
-# name -> (module, one-line help)
-BENCHMARKS: Final[dict[str, tuple[str, str]]] = {
-    "rtt": ("bench.rtt", "draft -> verdict round trip over MQTT, and message sizes"),
-    "drafter": ("bench.drafter", "drafter decode-step latency (ONNX vs torch), local tokens/s"),
-    "verifier": ("bench.verifier", "verifier forward pass and batching throughput"),
-    "paper": ("bench.paper", "reproduce the paper's evaluation: WSTGR, capacity, cost"),
+from sled.cli_common import Subcommands, add_subcommands
+
+
+def _rtt() -> ModuleType:
+    from bench import rtt
+
+    return rtt
+
+
+def _drafter() -> ModuleType:
+    from bench import drafter
+
+    return drafter
+
+
+def _verifier() -> ModuleType:
+    from bench import verifier
+
+    return verifier
+
+
+def _paper() -> ModuleType:
+    from bench import paper
+
+    return paper
+
+
+# name -> (loader of the benchmark's module, one-line help)
+BENCHMARKS: Subcommands = {
+    "rtt": (_rtt, "draft -> verdict round trip over MQTT, and message sizes"),
+    "drafter": (_drafter, "drafter decode-step latency (ONNX vs torch), local tokens/s"),
+    "verifier": (_verifier, "verifier forward pass and batching throughput"),
+    "paper": (_paper, "reproduce the paper's evaluation: WSTGR, capacity, cost"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
-    for name, (module_name, help_text) in BENCHMARKS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # this benchmark is not part of this build (yet)
-            raise
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_bench_run=module.run)
+    add_subcommands(sub, BENCHMARKS, run_attr="_bench_run")
     parser.set_defaults(_bench_parser=parser)
 
 

@@ -167,7 +167,7 @@ async def _local_run(onnx_dir: Path, tokens: int, threads: int) -> dict[str, Any
     from edge_node.config import EdgeConfig
     from edge_node.drafter import Drafter
     from edge_node.service import EdgeNode
-    from sled.transport import MemoryBroker, MemoryTransport
+    from runtime.transport import MemoryBroker, MemoryTransport
 
     drafter = Drafter(onnx_dir, threads=threads)
     config = EdgeConfig(device_id="bench", threads=threads, max_draft=8, log_level="warning")

@@ -47,7 +47,7 @@ from schemas.errors import SchemaError
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
-    from sled.transport import Transport
+    from runtime.transport import Transport
 
 Channel = Literal["draft", "req"]
 Encoding = Literal["msgpack", "json", "raw"]
@@ -433,8 +433,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from runtime.transport import MqttTransport
     from sled.cli_common import mqtt_config
-    from sled.transport import MqttTransport
 
     n_req = int(args.payloads * args.req_share) if args.edge else 0
     started = time.monotonic()

@@ -98,7 +98,7 @@ async def measure_rtt_ms(
     timeout_s: float = 5.0,
 ) -> list[float]:
     """Round trips of ``count`` draft → verdict pairs (after ``warmup`` untimed), in ms."""
-    from sled.transport import MqttConfig, MqttTransport
+    from runtime.transport import MqttConfig, MqttTransport
 
     topics = Topics(f"bench/{uuid.uuid4().hex[:10]}/sled/v1")
     device = "bench-dev"
@@ -149,7 +149,7 @@ async def run_rtt(
     """The benchmark: against ``broker_url``, or a private Mosquitto on a free port."""
     async with contextlib.AsyncExitStack() as stack:
         if broker_url is None:
-            from sled.mosquitto import Mosquitto
+            from runtime.mosquitto import Mosquitto
 
             broker = stack.enter_context(Mosquitto.start())
             broker_url = broker.url
@@ -203,7 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sled.logs import configure
+    from runtime.logs import configure
 
     configure("warning")
     if args.count < 1 or args.warmup < 0:

@@ -258,7 +258,7 @@ async def soak(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Run the fleet against a verifier already serving ``topics``; the report."""
-    from sled.transport import MqttTransport
+    from runtime.transport import MqttTransport
 
     stats = SoakStats()
     rss: list[tuple[float, float]] = []
@@ -347,8 +347,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from bench.sim.verifier_proc import VerifierProcess
-    from sled.mosquitto import Mosquitto
-    from sled.transport import MqttConfig
+    from runtime.mosquitto import Mosquitto
+    from runtime.transport import MqttConfig
 
     cfg = SoakConfig(
         devices=args.devices,

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sled.logs import configure
+    from runtime.logs import configure
 
     try:
         config = config_from_args(args)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         from edge_node.drafter import DrafterError
         from edge_node.manifest import ManifestError
         from edge_node.service import EdgeError
-        from sled.transport import TransportError
+        from runtime.transport import TransportError
 
         if isinstance(exc, EdgeError | DrafterError | ManifestError | TransportError):
             print(f"error: {exc}", file=sys.stderr)

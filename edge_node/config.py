@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_node.policy import PolicyConfig
+from runtime.config import ConfigError, field_names, load_config
+from runtime.config import add_config_arguments as _add_config_arguments
+from runtime.config import config_from_args as _config_from_args
 from schemas import MODES, SchemaError, Topics, check_id
-from sled.config import ConfigError, field_names, load_config
-from sled.config import add_config_arguments as _add_config_arguments
-from sled.config import config_from_args as _config_from_args
 
 PROTOCOLS: Final = ("5", "3.1.1")
 
@@ -139,7 +139,7 @@ class EdgeConfig:
 
     def mqtt(self) -> Any:
         """The transport's ``MqttConfig`` (imported here: aiomqtt is a runtime dependency)."""
-        from sled.transport import MqttConfig
+        from runtime.transport import MqttConfig
 
         return MqttConfig.from_url(
             self.broker_url,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -38,7 +37,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
-import msgpack
 import numpy as np
 import structlog
 
@@ -52,6 +50,7 @@ from edge_node.policy import (
     SledSession,
 )
 from edge_node.sampling import next_distribution, sample
+from runtime.transport import Message, MqttTransport, Transport, TransportError, Will
 from schemas import (
     DEFAULT_LIMITS,
     MODES,
@@ -70,8 +69,8 @@ from schemas import (
     check_id,
     decode,
     encode,
+    peek,
 )
-from sled.transport import Message, MqttTransport, Transport, TransportError, Will
 
 T = TypeVar("T")
 SEEN_REQUESTS = 4096  # request ids remembered to ignore QoS 1 redeliveries of requests
@@ -127,7 +126,7 @@ class EdgeNode:
         self.rtt = RttEstimator(self.policy)
         self._drafter = drafter
         self._transport = transport
-        self._log = structlog.get_logger("sled.edge").bind(device=self.device)
+        self._log = structlog.get_logger("edge_node").bind(device=self.device)
         self._stack = AsyncExitStack()
         self._inboxes: dict[str, asyncio.Queue[Verdict | GeneratedTokens]] = {}
         self._verifiers: dict[str, VerifierStatus] = {}
@@ -768,15 +767,8 @@ def _common_prefix(a: str, b: str) -> int:
 
 def _peek_request(payload: bytes) -> tuple[str | None, Format]:
     """Best effort: the request id and format of a GenerateRequest that failed to decode."""
-    body: Any = None
-    try:
-        if payload[:1] == b"{":
-            body = json.loads(payload)
-        else:
-            body = msgpack.unpackb(payload, raw=False)
-    except Exception:
-        return None, "msgpack"
-    if not isinstance(body, dict):
+    body = peek(payload)
+    if body is None:
         return None, "msgpack"
     request = body.get("request")
     fmt: Format = "json" if body.get("format") == "json" or payload[:1] == b"{" else "msgpack"

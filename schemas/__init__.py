@@ -3,7 +3,7 @@
 This package imports nothing from the nodes; both nodes import it.
 """
 
-from schemas.codec import decode, encode, from_map, to_map
+from schemas.codec import decode, encode, from_map, peek, to_map
 from schemas.errors import ErrorCode, SchemaError
 from schemas.messages import (
     BY_KIND,
@@ -61,6 +61,7 @@ __all__ = [
     "decode",
     "encode",
     "from_map",
+    "peek",
     "to_map",
     "tokenizer_fingerprint",
 ]

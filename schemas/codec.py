@@ -102,6 +102,19 @@ def _unpack(data: bytes, limits: Limits) -> Any:
         ) from exc
 
 
+def peek(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any] | None:
+    """Best effort: the raw map of a payload that failed to :func:`decode`, else ``None``.
+
+    For answering a bad message (which request or session it named, in which format);
+    nothing in the map is validated.
+    """
+    try:
+        body = _unpack(data, limits)
+    except SchemaError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 @overload
 def decode(data: bytes, *, expect: type[R], limits: Limits = ...) -> R: ...
 @overload

@@ -1,12 +1,44 @@
-"""Broker flags shared by every command that talks MQTT."""
+"""Pieces shared by the top-floor commands: broker flags, lazily loaded subcommands."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from types import ModuleType
+from typing import TypeAlias
 
+from runtime.transport import MqttConfig
 from schemas import DEFAULT_PREFIX
-from sled.transport import MqttConfig
+
+# name -> (function importing the subcommand's module, one-line help)
+Subcommands: TypeAlias = dict[str, tuple[Callable[[], ModuleType], str]]
+
+# The project's own packages: an ImportError naming one of them means that part is not
+# in this build (an edge-only install has no bench); any other missing module is a bug.
+_OWN_PACKAGES = ("schemas", "runtime", "edge_node", "verifier_node", "sled", "bench")
+
+
+def add_subcommands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    table: Subcommands,
+    *,
+    run_attr: str,
+) -> None:
+    """One sub-parser per entry whose module imports; its ``run`` is stored as ``run_attr``.
+
+    Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+    """
+    for name, (load, help_text) in table.items():
+        try:
+            module = load()
+        except ImportError as exc:
+            if exc.name and exc.name.split(".")[0] in _OWN_PACKAGES:
+                continue  # this subcommand is not part of this build
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(**{run_attr: module.run})
 
 
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from runtime.transport import Transport, TransportTimeout
 from schemas import (
     GenerateRequest,
     ResultChunk,
@@ -29,7 +30,6 @@ from schemas import (
     decode,
 )
 from schemas.codec import Format, encode
-from sled.transport import Transport, TransportTimeout
 
 Result = ResultChunk | ResultFinal
 

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import sys
 
+from runtime.transport import MqttTransport
 from schemas import ResultChunk, ResultFinal, Topics
 from sled.cli_common import add_broker_arguments, mqtt_config
 from sled.client import ResultText, SledClient
-from sled.transport import MqttTransport
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

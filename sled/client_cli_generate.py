@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import sys
 
+from runtime.transport import MqttTransport, TransportError
 from schemas import ResultFinal, SamplingParams, Topics
 from sled.cli_common import add_broker_arguments, mqtt_config
 from sled.client import ResultText, SledClient
 from sled.client_cli import print_result
-from sled.transport import MqttTransport, TransportError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

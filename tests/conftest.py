@@ -14,10 +14,10 @@ import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from runtime.mosquitto import Mosquitto, MosquittoNotFound, mosquitto_binary
+from runtime.transport import MqttConfig
 from schemas import Topics
 from sled.credentials import Credential, default_group, write_credentials
-from sled.mosquitto import Mosquitto, MosquittoNotFound, mosquitto_binary
-from sled.transport import MqttConfig
 
 
 def require_mosquitto() -> None:

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from runtime.transport import MemoryBroker, MemoryTransport
 from schemas import GenerateRequest, ResultChunk, ResultFinal, Topics, decode, encode
 from sled.client import ResultText, SledClient
-from sled.transport import MemoryBroker, MemoryTransport
 
 
 def chunk(index: int, tokens: list[int], *, verified: bool = True, retract: int = 0) -> ResultChunk:

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sled import logs
+    from runtime import logs
     from verifier_node.config import ConfigError, config_from_args
 
     try:

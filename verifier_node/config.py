@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from runtime.config import ConfigError, field_names, load_config
+from runtime.config import add_config_arguments as _add_config_arguments
+from runtime.config import config_from_args as _config_from_args
+from runtime.transport import MqttConfig
 from schemas import SchemaError, Topics, check_id
-from sled.config import ConfigError, field_names, load_config
-from sled.config import add_config_arguments as _add_config_arguments
-from sled.config import config_from_args as _config_from_args
-from sled.transport import MqttConfig
 
 PROTOCOLS: Final = ("5", "3.1.1")
 DTYPE_NAMES: Final = ("float32", "bfloat16", "float16")

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import msgpack
 import structlog
 
+from runtime.transport import Message, MqttTransport, Transport, Will
 from schemas import (
     DEFAULT_LIMITS,
     CentralizedRequest,
@@ -44,10 +43,10 @@ from schemas import (
     VerifierStatus,
     decode,
     encode,
+    peek,
     tokenizer_fingerprint,
 )
 from schemas.messages import check_ident
-from sled.transport import Message, MqttTransport, Transport, Will
 from verifier_node.batching import Batcher, Queued
 from verifier_node.config import VerifierConfig
 from verifier_node.engine import ItemResult, RoundMetrics, VerifyEngine, WorkItem
@@ -61,7 +60,7 @@ from verifier_node.sessions import (
 )
 from verifier_node.verify import round_seed
 
-log = structlog.get_logger("sled.verifier")
+log = structlog.get_logger("verifier_node")
 
 IDLE_WAKE_S = 1.0  # the worker re-checks the queue at least this often (seconds)
 STATUS_TIMEOUT_S = 2.0  # publishing the offline status on a clean stop (seconds)
@@ -124,12 +123,8 @@ def make_mqtt_transport(
 
 def _peek(payload: bytes) -> tuple[str, int, str]:
     """Best effort ``(session, seq, kind)`` of a payload that failed to decode."""
-    body: Any = None
-    with contextlib.suppress(Exception):
-        raw = bytes(payload)
-        if len(raw) <= DEFAULT_LIMITS.max_payload_bytes:
-            body = json.loads(raw) if raw[:1] == b"{" else msgpack.unpackb(raw, raw=False)
-    if not isinstance(body, dict):
+    body = peek(payload)
+    if body is None:
         return "", 0, ""
     raw_session, seq, kind = body.get("s"), body.get("q"), body.get("k")
     session = raw_session if isinstance(raw_session, str) else ""

@@ -33,9 +33,9 @@ from bench.sim.record import (
 )
 from bench.sim.trace import DraftPolicy, PromptTrace, oracle_trace
 from bench.sim.verifier_proc import VerifierProcess
+from runtime.mosquitto import Mosquitto
+from runtime.transport import MqttConfig
 from schemas import Topics, tokenizer_fingerprint
-from sled.mosquitto import Mosquitto
-from sled.transport import MqttConfig
 
 DRAFTERS = ("drafter-1l", "drafter-2l")
 OFFLINE_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)  # (e), from traces: no timing

@@ -19,8 +19,8 @@ from bench.profiles import DeviceProfile, ServerProfile
 from bench.sim.fleet import FleetConfig, FleetSession, PointResult
 from bench.sim.trace import DraftPolicy, PromptTrace, simulate_acceptance
 from bench.sim.verifier_proc import VerifierProcess
+from runtime.transport import MqttConfig
 from schemas import Topics
-from sled.transport import MqttConfig
 
 Tick = Callable[[str], None]
 

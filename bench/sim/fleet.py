@@ -31,6 +31,7 @@ from typing import Literal
 
 from bench.sim.replay import ReplayDevice, Request
 from bench.sim.trace import DraftPolicy, PromptTrace
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import Topics
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError
@@ -42,7 +43,6 @@ from schemas.messages import (
     SamplingParams,
     Verdict,
 )
-from sled.transport import MqttConfig, MqttTransport
 
 Mode = Literal["sled", "centralized"]
 

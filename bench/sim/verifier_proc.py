@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import Topics
 from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.messages import VerifierStatus
-from sled.transport import MqttConfig, MqttTransport
 
 
 class VerifierStartError(RuntimeError):

@@ -3,7 +3,7 @@
     async with embedded_broker() as broker:
         print(broker.url, broker.protocol)     # mqtt://127.0.0.1:41233, "5" or "3.1.1"
 
-* ``mosquitto`` on ``PATH`` (``shutil.which``): a private :class:`sled.mosquitto.Mosquitto`
+* ``mosquitto`` on ``PATH`` (``shutil.which``): a private :class:`runtime.mosquitto.Mosquitto`
   on a free loopback port; clients speak MQTT 5.
 * otherwise amqtt (pure Python, MQTT 3.1.1 only) runs inside the caller's event loop on
   a free loopback port, anonymous, no persistence; every client must then use protocol
@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sled.mosquitto import Mosquitto, MosquittoNotFound, free_port, mosquitto_binary
+from runtime.mosquitto import Mosquitto, MosquittoNotFound, free_port, mosquitto_binary
 
 BrokerKind = Literal["mosquitto", "amqtt", "external"]
 KINDS: tuple[str, ...] = ("auto", "mosquitto", "amqtt")

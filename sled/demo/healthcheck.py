@@ -57,9 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def check(args: argparse.Namespace) -> tuple[bool, str]:
     """``(online, why)`` from the retained status message."""
+    from runtime.transport import MqttConfig, MqttTransport, TransportError
     from schemas import DeviceStatus, SchemaError, Topics, VerifierStatus, decode
     from sled.demo.compose_auth import AuthError, read_login
-    from sled.transport import MqttConfig, MqttTransport, TransportError
 
     username = password = None
     if args.credentials is not None:

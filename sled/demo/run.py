@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runtime.transport import MqttConfig, MqttTransport, Transport
 from schemas import (
     DEFAULT_PREFIX,
     DeviceStatus,
@@ -48,7 +49,6 @@ from sled.demo.broker import BrokerInfo, embedded_broker
 from sled.demo.procs import NodeProcess, node_env, sled_command
 from sled.demo.stats import DeviceSpec, DeviceStats, summary
 from sled.demo.view import REFRESH_S, LineView, View
-from sled.transport import MqttConfig, MqttTransport, Transport
 
 PROMPTS: tuple[str, ...] = (
     "In the beginning God created",

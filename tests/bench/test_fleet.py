@@ -14,10 +14,10 @@ import pytest
 
 from bench.sim.fleet import FleetConfig, run_point
 from bench.sim.trace import DraftPolicy, PromptTrace, oracle_trace
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import Topics
 from schemas.codec import decode, encode
 from schemas.messages import CentralizedRequest, DraftRequest, GeneratedTokens, Verdict
-from sled.transport import MqttConfig, MqttTransport
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import Topics
 from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.messages import Verdict, VerifierStatus
-from sled.transport import MqttConfig, MqttTransport
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

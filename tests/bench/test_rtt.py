@@ -17,9 +17,9 @@ from bench.rtt import (
     sample_verdict,
     wire_sizes,
 )
+from runtime.mosquitto import Mosquitto
 from schemas import DraftRequest, Verdict, decode, encode
 from sled.cli import main
-from sled.mosquitto import Mosquitto
 
 KEYS = {"rtt_p50_ms", "rtt_p99_ms", "draft8_bytes", "verdict_bytes"}
 

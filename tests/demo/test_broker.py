@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.transport import Message, MqttConfig, MqttTransport, Will
 from sled.demo.broker import choose_kind, embedded_broker
-from sled.transport import Message, MqttConfig, MqttTransport, Will
 
 
 def path_without_mosquitto() -> str:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from edge_node.config import EdgeConfig
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import DeviceStatus, Topics, encode
 from sled.credentials import verify_password
 from sled.demo import compose_auth, healthcheck
 from sled.demo.broker import embedded_broker
-from sled.transport import MqttConfig, MqttTransport
 from verifier_node.config import VerifierConfig
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from runtime.mosquitto import Mosquitto
 from sled.demo.procs import NodeProcess, node_env
-from sled.mosquitto import Mosquitto
 from tests.conftest import require_mosquitto
 from tests.deploy.compose_model import host_path, resolved_config, service_argv
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from runtime.mosquitto import Mosquitto
 from sled.demo.healthcheck import add_arguments as health_arguments
 from sled.demo.healthcheck import check
 from sled.demo.procs import NodeProcess, node_env, sled_command
 from sled.demo.run import default_models_dir
-from sled.mosquitto import Mosquitto
 
 VENV = os.environ.get("SLED_EDGE_VENV")
 MAX_SIZE_MB = 250

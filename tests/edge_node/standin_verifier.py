@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.transport import Message, MqttConfig, MqttTransport
 from schemas import (
     CentralizedRequest,
     DraftRequest,
@@ -31,7 +32,6 @@ from schemas import (
     decode,
     encode,
 )
-from sled.transport import Message, MqttConfig, MqttTransport
 
 
 def scripted_target(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from runtime.mosquitto import Mosquitto
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import DeviceStatus, GenerateRequest, ResultFinal, Topics, decode, encode
-from sled.mosquitto import Mosquitto
-from sled.transport import MqttConfig, MqttTransport
 from tests.edge_node.conftest import TinyDrafter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

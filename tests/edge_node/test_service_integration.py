@@ -12,6 +12,8 @@ import pytest
 from edge_node.config import EdgeConfig
 from edge_node.drafter import Drafter
 from edge_node.service import EdgeNode
+from runtime.mosquitto import Mosquitto
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import (
     DeviceStatus,
     GenerateRequest,
@@ -22,8 +24,6 @@ from schemas import (
     decode,
     encode,
 )
-from sled.mosquitto import Mosquitto
-from sled.transport import MqttConfig, MqttTransport
 from tests.edge_node.conftest import TinyDrafter
 from tests.edge_node.standin_verifier import StandInVerifier, scripted_target, wait_until
 

@@ -7,8 +7,8 @@ import pytest
 from edge_node.config import EdgeConfig
 from edge_node.drafter import Drafter
 from edge_node.service import EdgeNode
+from runtime.transport import MemoryBroker, MemoryTransport
 from schemas import ResultChunk, ResultFinal, Topics, decode
-from sled.transport import MemoryBroker, MemoryTransport
 from tests.edge_node.conftest import TinyDrafter
 
 

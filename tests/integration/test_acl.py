@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.mosquitto import Mosquitto
+from runtime.transport import Message, MqttTransport, Transport, TransportError, TransportTimeout
 from schemas import Topics
 from sled.credentials import default_group, write_credentials
-from sled.mosquitto import Mosquitto
-from sled.transport import Message, MqttTransport, Transport, TransportError, TransportTimeout
 from tests.conftest import SecureBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.acl]

@@ -13,9 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from schemas import DeviceStatus, Topics, decode, encode
-from sled.mosquitto import Mosquitto, free_port
-from sled.transport import (
+from runtime.mosquitto import Mosquitto, free_port
+from runtime.transport import (
     Message,
     MqttConfig,
     MqttTransport,
@@ -24,6 +23,7 @@ from sled.transport import (
     TransportTimeout,
     Will,
 )
+from schemas import DeviceStatus, Topics, decode, encode
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +153,7 @@ async def test_clean_session_does_not_queue(
 
 DYING_CLIENT = """
 import asyncio, sys
-from sled.transport import Message, MqttConfig, MqttTransport, Will
+from runtime.transport import Message, MqttConfig, MqttTransport, Will
 
 async def main() -> None:
     host, port, topic, protocol = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]

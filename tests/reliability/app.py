@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.transport import Transport
 from schemas import GenerateRequest, ResultChunk, ResultFinal, Topics, encode
 from sled.client import ResultText, SledClient
-from sled.transport import Transport
 
 
 @dataclass

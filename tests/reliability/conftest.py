@@ -22,9 +22,9 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from runtime.mosquitto import Mosquitto, free_port
+from runtime.transport import MqttConfig
 from schemas import Topics
-from sled.mosquitto import Mosquitto, free_port
-from sled.transport import MqttConfig
 from tests.conftest import require_mosquitto
 from tests.reliability.app import GreedyReference
 from tests.reliability.procs import EdgeProcess, EdgeSpec, VerifierProcess, VerifierSpec

@@ -18,9 +18,9 @@ import json
 import sys
 import time
 
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import DeviceStatus, ResultFinal, Topics, VerifierStatus, encode
 from sled.client import SledClient
-from sled.transport import MqttConfig, MqttTransport
 from tests.reliability.procs import wait_status_online
 
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from runtime.transport import MqttConfig, MqttTransport, TransportError
 from schemas import DeviceStatus, Record, SchemaError, Topics, VerifierStatus, decode
-from sled.transport import MqttConfig, MqttTransport, TransportError
 
 CHILD_ENV: dict[str, str] = {
     "OMP_WAIT_POLICY": "PASSIVE",

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.mosquitto import Mosquitto, free_port
+from runtime.transport import Message, MqttConfig, MqttTransport, Transport, TransportError
 from schemas import Topics
 from sled.credentials import default_group, write_credentials
-from sled.mosquitto import Mosquitto, free_port
-from sled.transport import Message, MqttConfig, MqttTransport, Transport, TransportError
 from tests.conftest import SecureBroker
 from tests.reliability.app import GreedyReference, assert_lossless, stream_request
 from tests.reliability.conftest import Models, require_mosquitto

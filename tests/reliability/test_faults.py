@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from runtime.transport import MqttTransport
 from schemas import DraftRequest, ResultChunk, decode
-from sled.transport import MqttTransport
 from tests.reliability.app import GreedyReference, Stream, assert_lossless, stream_request
 from tests.reliability.conftest import Stack
 from tests.reliability.procs import forget_session

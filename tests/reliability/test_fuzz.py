@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from bench.fuzz import FUZZ_DEVICES, FuzzCase, draft_cases, generate, request_cases, run_fuzz
+from runtime.transport import MqttTransport
 from schemas import DraftRequest, SchemaError, decode
-from sled.transport import MqttTransport
 from tests.reliability.app import GreedyReference, Stream, assert_lossless, stream_request
 from tests.reliability.conftest import Models, Stack
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.mosquitto import mosquitto_binary
 from schemas import ResultChunk, ResultFinal, decode
-from sled.mosquitto import mosquitto_binary
 from tests.reliability.app import GreedyReference, Stream, assert_lossless
 from tests.reliability.conftest import Models, require_mosquitto
 from tests.reliability.procs import (

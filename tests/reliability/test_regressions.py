@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from edge_node.policy import Commit, DraftToken, Event, PolicyConfig, RttEstimator, SledSession
+from runtime.mosquitto import Mosquitto
+from runtime.transport import MqttConfig
 from schemas import ErrorCode, SamplingParams, Topics, Verdict
-from sled.mosquitto import Mosquitto
-from sled.transport import MqttConfig
 from tests.reliability.procs import forget_session
 
 PROMPT = [11, 12, 13]
@@ -101,8 +101,8 @@ async def test_publish_in_flight_when_the_broker_dies_is_sent_again_after_reconn
     import asyncio
     import time
 
-    from sled.mosquitto import Mosquitto
-    from sled.transport import MqttConfig, MqttTransport
+    from runtime.mosquitto import Mosquitto
+    from runtime.transport import MqttConfig, MqttTransport
 
     with Mosquitto.start() as broker:
         cfg = MqttConfig(host=broker.host, port=broker.port, connect_timeout_s=5, op_timeout_s=8,
@@ -129,7 +129,7 @@ async def test_a_dead_shared_verifier_does_not_keep_its_share_of_drafts(
     import asyncio
     import contextlib
 
-    from sled.transport import MqttTransport
+    from runtime.transport import MqttTransport
     from verifier_node.config import VerifierConfig
 
     def cfg(verifier: str) -> MqttConfig:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.mosquitto import Mosquitto, free_port, mosquitto_binary
+from runtime.transport import MqttConfig, MqttTransport, TransportError
 from schemas import Topics
 from sled.credentials import Credential, default_group, render_acl, write_credentials
-from sled.mosquitto import Mosquitto, free_port, mosquitto_binary
-from sled.transport import MqttConfig, MqttTransport, TransportError
 
 BROKER_DIR = Path(__file__).resolve().parents[2] / "broker"
 

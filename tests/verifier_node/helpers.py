@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from sled.transport import Transport
+from runtime.transport import Transport
 from verifier_node.config import VerifierConfig
 from verifier_node.engine import VerifyEngine
 from verifier_node.runner import TargetRunner

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from runtime.transport import Transport
 from schemas import (
     CentralizedRequest,
     DraftRequest,
@@ -26,7 +27,6 @@ from schemas import (
     decode,
     encode,
 )
-from sled.transport import Transport
 
 
 @dataclass

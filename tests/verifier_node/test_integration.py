@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from runtime.mosquitto import Mosquitto, free_port
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import DraftRequest, ErrorCode, Topics, Verdict, VerifierStatus, decode, encode
-from sled.mosquitto import Mosquitto, free_port
-from sled.transport import MqttConfig, MqttTransport
 from tests.verifier_node.helpers import greedy_truth, random_prompts, running_verifier
 from tests.verifier_node.scripted import ScriptedDevice
 from verifier_node.config import VerifierConfig

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.mosquitto import free_port
+from runtime.transport import MemoryBroker, MemoryTransport, Message, Will
 from schemas import (
     DraftRequest,
     ErrorCode,
@@ -18,8 +20,6 @@ from schemas import (
     decode,
     encode,
 )
-from sled.mosquitto import free_port
-from sled.transport import MemoryBroker, MemoryTransport, Message, Will
 from tests.verifier_node.helpers import greedy_truth, random_prompts, running_verifier
 from tests.verifier_node.scripted import ScriptedDevice
 from verifier_node.config import ConfigError, VerifierConfig, add_config_arguments, config_from_args

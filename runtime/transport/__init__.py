@@ -6,13 +6,13 @@
         async for msg in bus.messages():
             ...
 
-Errors (``sled.transport.base``)::
+Errors (``runtime.transport.base``)::
 
     TransportError            the broker could not be reached or refused an operation
     └── TransportTimeout      an operation did not finish within its timeout
 """
 
-from sled.transport.base import (
+from runtime.transport.base import (
     Message,
     Transport,
     TransportError,
@@ -20,8 +20,8 @@ from sled.transport.base import (
     Will,
     topic_matches,
 )
-from sled.transport.memory import MemoryBroker, MemoryTransport
-from sled.transport.mqtt import MqttConfig, MqttTransport
+from runtime.transport.memory import MemoryBroker, MemoryTransport
+from runtime.transport.mqtt import MqttConfig, MqttTransport
 
 __all__ = [
     "MemoryBroker",

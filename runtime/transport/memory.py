@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Self
 
-from sled.transport.base import Message, QueueMessages, TransportError, Will, topic_matches
+from runtime.transport.base import Message, QueueMessages, TransportError, Will, topic_matches
 
 
 class MemoryBroker:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sled.transport import topic_matches
+from runtime.transport import topic_matches
 
 
 @pytest.mark.parametrize(

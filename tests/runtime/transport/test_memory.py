@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sled.transport import MemoryBroker, MemoryTransport, Message, TransportError, Will
+from runtime.transport import MemoryBroker, MemoryTransport, Message, TransportError, Will
 
 
 def drain(bus: MemoryTransport) -> list[Message]:

@@ -33,9 +33,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from sled.transport.base import Message, QueueMessages, TransportError, TransportTimeout, Will
+from runtime.transport.base import Message, QueueMessages, TransportError, TransportTimeout, Will
 
-log = structlog.get_logger("sled.transport")
+log = structlog.get_logger("runtime.transport")
 
 CONNECTION_CHECK_S = 0.05  # how often a pending publish checks that its connection lives
 
@@ -92,7 +92,7 @@ class MqttConfig:
 
 
 class MqttTransport:
-    """The :class:`~sled.transport.base.Transport` over a real MQTT broker."""
+    """The :class:`~runtime.transport.base.Transport` over a real MQTT broker."""
 
     def __init__(
         self,

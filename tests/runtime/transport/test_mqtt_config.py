@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sled.transport import MqttConfig
+from runtime.transport import MqttConfig
 
 
 @pytest.mark.parametrize(
