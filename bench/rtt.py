@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from runtime.stats import percentile
 from schemas import DraftRequest, Limits, Topics, Verdict, decode, encode
 
 SESSION: Final = "a1b2c3d4e5f6"  # 12 hex digits, as devices pick them
@@ -77,16 +77,6 @@ def wire_sizes() -> tuple[int, int]:
     """Encoded bytes of a draft of 8 greedy tokens and of its verdict (msgpack)."""
     draft = sample_draft(seq=17, start=213)
     return len(encode(draft)), len(encode(sample_verdict(draft)))
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile, ``q`` in [0, 100]."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 async def measure_rtt_ms(

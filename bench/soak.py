@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.stats import percentile
 from schemas import DraftRequest, SamplingParams, SchemaError, Topics, Verdict, decode, encode
 
 
@@ -215,13 +216,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def references(
     model_dir: Path, n: int, max_new_tokens: int, seed: int
 ) -> tuple[list[tuple[list[int], list[int]]], int]:
@@ -302,7 +296,7 @@ async def soak(
         "verdicts": stats.verdicts,
         "lost": stats.lost,
         "rtt_p50_ms": round(statistics.median(stats.rtt_ms), 2) if stats.rtt_ms else 0.0,
-        "rtt_p99_ms": round(percentile(stats.rtt_ms, 0.99), 2),
+        "rtt_p99_ms": round(percentile(stats.rtt_ms, 99, empty=0.0), 2),
         "rss_mb_max": round(max(rss_values, default=0.0), 1),
         "errors": stats.errors,
         "devices": cfg.devices,

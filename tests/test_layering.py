@@ -25,7 +25,7 @@ FLOORS: dict[str, int] = {
     "sled": 3,
     "bench": 3,
 }
-_NAME_STRING = re.compile(r"(%s)(\.\w+)*" % "|".join(FLOORS))
+_NAME_STRING = re.compile(r"(" + "|".join(FLOORS) + r")(\.\w+)*")
 
 
 def imported_names(source: str, module: str) -> Iterator[tuple[int, str]]:

@@ -31,6 +31,7 @@ from typing import Literal
 
 from bench.sim.replay import ReplayDevice, Request
 from bench.sim.trace import DraftPolicy, PromptTrace
+from runtime.stats import percentile
 from runtime.transport import MqttConfig, MqttTransport
 from schemas import Topics
 from schemas.codec import decode, encode
@@ -125,13 +126,6 @@ class PointResult:
     @property
     def mean_accepted(self) -> float:
         return self.accepted / self.rounds if self.rounds else 0.0
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class _Router:
@@ -396,8 +390,8 @@ async def run_point_on(
         rounds=sum(s.rounds for s in stats),
         drafted=sum(s.drafted for s in stats),
         accepted=sum(s.accepted for s in stats),
-        latency_p50_ms=_percentile(latencies, 0.5) * 1e3,
-        latency_p99_ms=_percentile(latencies, 0.99) * 1e3,
+        latency_p50_ms=percentile(latencies, 50, empty=0.0) * 1e3,
+        latency_p99_ms=percentile(latencies, 99, empty=0.0) * 1e3,
         timeouts=sum(s.timeouts for s in stats),
         errors=(crashes + [e for s in stats for e in s.errors])[:20],
         violations=[v for s in stats for v in s.violations][:20],

@@ -11,7 +11,6 @@ from bench.rtt import (
     DRAFT8,
     TARGET_BYTES_PER_DRAFT_TOKEN,
     TARGET_VERDICT_BYTES,
-    percentile,
     run_rtt,
     sample_draft,
     sample_verdict,
@@ -38,26 +37,6 @@ def test_sample_messages_are_valid_and_consistent() -> None:
     assert decode(encode(verdict), expect=Verdict) == verdict
     assert (verdict.seq, verdict.accepted, verdict.committed) == (3, 5, 46)
     assert verdict.token == DRAFT8[5]
-
-
-@pytest.mark.parametrize(
-    ("values", "q", "expected"),
-    [
-        ([1.0], 50, 1.0),
-        ([1.0, 2.0], 50, 1.5),
-        ([3.0, 1.0, 2.0], 50, 2.0),
-        ([float(i) for i in range(1, 101)], 99, 99.01),
-        ([5.0, 1.0], 100, 5.0),
-        ([5.0, 1.0], 0, 1.0),
-    ],
-)
-def test_percentile(values: list[float], q: float, expected: float) -> None:
-    assert percentile(values, q) == pytest.approx(expected)
-
-
-def test_percentile_of_nothing() -> None:
-    with pytest.raises(ValueError):
-        percentile([], 50)
 
 
 @pytest.mark.integration
