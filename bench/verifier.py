@@ -1,6 +1,6 @@
 """Verifier benchmark: verify-round wall time vs the target forward, and centralized tokens/s.
 
-    sled bench verifier --json verifier.json            (via bench.cli)
+    sled bench verifier --json verifier.json            (via sled.cli)
     python -m bench.verifier --json verifier.json       (directly)
 
 For each batch size (default 1, 4, 8, 16) it runs verification rounds of ``--k`` draft

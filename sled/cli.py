@@ -14,88 +14,100 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from sled.cli_common import Subcommands, add_subcommands
+from sled.cli_common import add_subcommands
 
 
-def _demo() -> ModuleType:
-    from sled.demo import cli
+def _load(command: str) -> ModuleType:
+    """The module of one subcommand (``bench X`` for a benchmark), imported on first use."""
+    match command:
+        case "demo":
+            from sled.demo import cli as demo
 
-    return cli
+            return demo
+        case "edge":
+            from edge_node import cli as edge
 
+            return edge
+        case "verifier":
+            from verifier_node import cli as verifier
 
-def _edge() -> ModuleType:
-    from edge_node import cli
+            return verifier
+        case "subscribe":
+            from sled import client_cli
 
-    return cli
+            return client_cli
+        case "generate":
+            from sled import client_cli_generate
 
+            return client_cli_generate
+        case "export-drafter":
+            from edge_node import export
 
-def _verifier() -> ModuleType:
-    from verifier_node import cli
+            return export
+        case "train-demo":
+            from sled.demo import train_cli
 
-    return cli
+            return train_cli
+        case "credentials":
+            from sled import credentials
 
+            return credentials
+        case "soak":
+            from bench import soak
 
-def _subscribe() -> ModuleType:
-    from sled import client_cli
+            return soak
+        case "bench rtt":
+            from bench import rtt
 
-    return client_cli
+            return rtt
+        case "bench drafter":
+            from bench import drafter
 
+            return drafter
+        case "bench verifier":
+            from bench import verifier as bench_verifier
 
-def _generate() -> ModuleType:
-    from sled import client_cli_generate
+            return bench_verifier
+        case "bench paper":
+            from bench import paper
 
-    return client_cli_generate
-
-
-def _export_drafter() -> ModuleType:
-    from edge_node import export
-
-    return export
-
-
-def _train_demo() -> ModuleType:
-    from sled.demo import train_cli
-
-    return train_cli
-
-
-def _credentials() -> ModuleType:
-    from sled import credentials
-
-    return credentials
-
-
-def _bench() -> ModuleType:
-    from bench import cli
-
-    return cli
-
-
-def _soak() -> ModuleType:
-    from bench import soak
-
-    return soak
+            return paper
+    raise KeyError(command)
 
 
-# name -> (loader of the subcommand's module, one-line help)
-COMMANDS: Subcommands = {
-    "demo": (_demo, "run broker + verifier + 3 edge nodes on this machine and stream text"),
-    "edge": (_edge, "run an edge node (drafter + MQTT)"),
-    "verifier": (_verifier, "run the verifier node (target model + batching)"),
-    "subscribe": (_subscribe, "print a device's generated text as it arrives"),
-    "generate": (_generate, "ask a device to generate text and print it"),
-    "export-drafter": (_export_drafter, "export a Hugging Face causal LM to ONNX with KV cache"),
-    "train-demo": (_train_demo, "rebuild the demo models from the KJV corpus"),
-    "credentials": (_credentials, "create broker passwords and ACLs for devices/verifiers"),
-    "bench": (_bench, "benchmarks: rtt, drafter, verifier, paper"),
-    "soak": (_soak, "load/soak test: many simulated devices against one verifier"),
+# name -> one-line help
+COMMANDS: dict[str, str] = {
+    "demo": "run broker + verifier + 3 edge nodes on this machine and stream text",
+    "edge": "run an edge node (drafter + MQTT)",
+    "verifier": "run the verifier node (target model + batching)",
+    "subscribe": "print a device's generated text as it arrives",
+    "generate": "ask a device to generate text and print it",
+    "export-drafter": "export a Hugging Face causal LM to ONNX with KV cache",
+    "train-demo": "rebuild the demo models from the KJV corpus",
+    "credentials": "create broker passwords and ACLs for devices/verifiers",
+    "soak": "load/soak test: many simulated devices against one verifier",
+}
+# ``sled bench NAME``: one benchmark per module, ``bench/<name>.py``
+BENCHMARKS: dict[str, str] = {
+    "bench rtt": "draft -> verdict round trip over MQTT, and message sizes",
+    "bench drafter": "drafter decode-step latency (ONNX vs torch), local tokens/s",
+    "bench verifier": "verifier forward pass and batching throughput",
+    "bench paper": "reproduce the paper's evaluation: WSTGR, capacity, cost",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sled", description="SLED speculative decoding over MQTT")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_subcommands(sub, COMMANDS, run_attr="_run")
+    add_subcommands(sub, COMMANDS, _load, run_attr="_run")
+    bench = sub.add_parser("bench", help="benchmarks: rtt, drafter, verifier, paper")
+    add_subcommands(
+        bench.add_subparsers(dest="benchmark", metavar="BENCHMARK"),
+        BENCHMARKS,
+        _load,
+        run_attr="_run",
+    )
+    bench.set_defaults(_help=bench.print_help)
     return parser
 
 
@@ -104,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
-        parser.print_help()
+        getattr(args, "_help", parser.print_help)()
         return 2
     try:
         return int(args._run(args) or 0)

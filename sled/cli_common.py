@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import TypeAlias
 
 from runtime.transport import MqttConfig
 from schemas import DEFAULT_PREFIX
-
-# name -> (function importing the subcommand's module, one-line help)
-Subcommands: TypeAlias = dict[str, tuple[Callable[[], ModuleType], str]]
 
 # The project's own packages: an ImportError naming one of them means that part is not
 # in this build (an edge-only install has no bench); any other missing module is a bug.
@@ -21,22 +17,24 @@ _OWN_PACKAGES = ("schemas", "runtime", "edge_node", "verifier_node", "sled", "be
 
 def add_subcommands(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    table: Subcommands,
+    helps: Mapping[str, str],
+    load: Callable[[str], ModuleType],
     *,
     run_attr: str,
 ) -> None:
-    """One sub-parser per entry whose module imports; its ``run`` is stored as ``run_attr``.
+    """One sub-parser per name in ``helps`` whose module ``load(name)`` imports; the
+    module's ``run`` is stored as ``run_attr``.
 
     Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
     """
-    for name, (load, help_text) in table.items():
+    for name, help_text in helps.items():
         try:
-            module = load()
+            module = load(name)
         except ImportError as exc:
             if exc.name and exc.name.split(".")[0] in _OWN_PACKAGES:
                 continue  # this subcommand is not part of this build
             raise
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name.split()[-1], help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(**{run_attr: module.run})
 

@@ -86,7 +86,7 @@ def test_no_module_imports_a_higher_floor() -> None:
         ("edge_node.cli", "from verifier_node import cli", 1),  # node -> node
         ("runtime.x", "import importlib\nimportlib.import_module('sled.demo.cli')", 1),
         ("runtime.transport.mqtt", "from ..config import load_config", 0),  # same floor
-        ("sled.cli", "from edge_node import cli\nfrom bench import cli as b", 0),  # down
+        ("sled.cli", "from edge_node import cli\nfrom bench import rtt", 0),  # down
         ("edge_node.policy", "from schemas import DraftRequest\nimport numpy", 0),
         ("verifier_node.verify", '"""Mirrors ``edge_node.sampling.warp``."""', 0),  # prose
     ],
