@@ -55,20 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _random_target(hidden: int, layers: int, vocab: int, seed: int) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from runtime.models import LlamaShape, build_llama
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    heads = max(1, hidden // 64)
+    shape = LlamaShape(
+        vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=hidden * 3,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 64),
-        vocab_size=vocab,
-        max_position_embeddings=4096,
+        num_layers=layers,
+        num_heads=heads,
+        max_positions=4096,
     )
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    return build_llama(shape, seed=seed, attn_implementation="sdpa")
 
 
 def _median(xs: list[float]) -> float:

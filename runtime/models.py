@@ -26,6 +26,16 @@ from schemas import tokenizer_fingerprint
 EOS_TOKEN = "<|endoftext|>"
 """The only special token of the project's own tokenizers: bos, eos, pad and unk."""
 
+TINY_CORPUS = (
+    "In the beginning God created the heaven and the earth.",
+    "And the earth was without form, and void; and darkness was upon the face of the deep.",
+    "The quick brown fox jumps over the lazy dog while the cat sleeps in the sun.",
+    "Speculative decoding drafts tokens with a small model and verifies them with a large one.",
+    "Edge devices send token ids over MQTT to a shared verifier node.",
+    "Numbers 0123456789 and punctuation: ; , . ! ? ( ) [ ] { } - + = / \\ ' \" are tokens too.",
+)
+"""Text for the tiny tokenizer of random-weight smoke and test models."""
+
 
 # --------------------------------------------------------------------------- EOS ids
 
@@ -90,6 +100,11 @@ def train_bpe_tokenizer(texts: Sequence[str], path: Path, vocab_size: int) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))
     return path
+
+
+def tiny_tokenizer(path: Path, vocab_size: int = 512) -> Path:
+    """Train the tiny BPE tokenizer (on :data:`TINY_CORPUS`) into ``path/tokenizer.json``."""
+    return train_bpe_tokenizer(list(TINY_CORPUS) * 20, path / "tokenizer.json", vocab_size)
 
 
 def hf_tokenizer(tokenizer_json: Path, **kwargs: Any) -> Any:
@@ -224,3 +239,30 @@ def save_random_llama(
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return model
+
+
+def save_tiny_llama(
+    path: Path,
+    *,
+    vocab_size: int = 512,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """A tiny random-weight Llama with the tiny tokenizer, saved into ``path``.
+
+    Weights are scaled by 4 so greedy argmax is well separated. Returns ``path``.
+    """
+    shape = LlamaShape(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+    )
+    tokenizer_json = tiny_tokenizer(path, vocab_size)
+    save_random_llama(path, shape, tokenizer_json, seed=seed, weight_scale=4.0)
+    return path
