@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.quick:
         out = args.work_dir / "models-quick"
     else:
-        from sled.demo.run import default_models_dir
+        from sled.demo.config import default_models_dir
 
         out = default_models_dir()
     return export_main(["--models", str(out), "--threads", str(args.threads)])

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from runtime.models import special_id as special_id_of
+from sled.demo.config import default_models_dir
 from sled.demo.training.corpus import (
     BIBLE_COMMAND,
     encode_chapters,
@@ -52,8 +53,6 @@ from sled.demo.training.profiles import (
 )
 from sled.demo.training.save import dir_size_bytes, save_model, verify_saved
 
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"  # sled/demo/models
-
 
 @dataclass(frozen=True)
 class TargetRun:
@@ -72,7 +71,7 @@ def train_demo(args: argparse.Namespace) -> int:
     profile = QUICK if args.quick else FULL
     steps_target = args.steps_target if args.steps_target is not None else profile.steps_target
     steps_drafter = args.steps_drafter if args.steps_drafter is not None else profile.steps_drafter
-    default_out = args.work_dir / "models-quick" if args.quick else DEFAULT_MODELS_DIR
+    default_out = args.work_dir / "models-quick" if args.quick else default_models_dir()
     out_dir: Path = args.out if args.out is not None else default_out
     work_dir: Path = args.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
