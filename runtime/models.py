@@ -255,14 +255,8 @@ def save_tiny_llama(
 
     Weights are scaled by 4 so greedy argmax is well separated. Returns ``path``.
     """
-    shape = LlamaShape(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-    )
+    # vocab, hidden, MLP, layers, heads, kv heads
+    shape = LlamaShape(vocab_size, hidden, hidden * 2, layers, heads, kv_heads)
     tokenizer_json = tiny_tokenizer(path, vocab_size)
     save_random_llama(path, shape, tokenizer_json, seed=seed, weight_scale=4.0)
     return path

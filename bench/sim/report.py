@@ -27,6 +27,9 @@ from bench.sim.results import (
 PAPER_WSTGR_RATIO = 2.2
 PAPER_CAPACITY_RATIOS = (2.60, 2.86, 2.77)  # Pi 4B, Pi 5, Jetson (Table I)
 MAX_LISTED = 20  # violations and errors listed, at most
+# (c) plots: x key, x label, file
+SPECULATIVE_PLOT = ("max_draft", "speculative length (drafts per round)", "speculative.png")
+THRESHOLD_PLOT = ("threshold", "confidence threshold", "threshold.png")
 
 
 def _fmt(x: Any, digits: int = 1) -> str:
@@ -227,28 +230,16 @@ def _sweep_table(first: str, rows: Sequence[SweepRow], *, by_threshold: bool) ->
 
 def _speculative(out: Path, rows: Sequence[SweepRow]) -> list[str]:
     """Experiment (c), oracle target: drafts per round."""
-    png = plots.plot_speculative(
-        out,
-        rows,
-        "max_draft",
-        "speculative length (drafts per round)",
-        "speculative.png",
-        "Oracle target: per-device rate vs capacity",
-    )
+    title = "Oracle target: per-device rate vs capacity"
+    png = plots.plot_speculative(out, rows, *SPECULATIVE_PLOT, title)
     md = ["## (c) Speculative length and confidence threshold", "", f"![speculative]({png})", ""]
     return md + _sweep_table("drafts/round", rows, by_threshold=False)
 
 
 def _threshold(out: Path, rows: Sequence[SweepRow]) -> list[str]:
     """Experiment (c), demo models: confidence threshold."""
-    png = plots.plot_speculative(
-        out,
-        rows,
-        "threshold",
-        "confidence threshold",
-        "threshold.png",
-        "Demo models: per-device rate vs capacity",
-    )
+    title = "Demo models: per-device rate vs capacity"
+    png = plots.plot_speculative(out, rows, *THRESHOLD_PLOT, title)
     return [f"![threshold]({png})", "", *_sweep_table("threshold", rows, by_threshold=True)]
 
 
