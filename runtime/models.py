@@ -193,15 +193,13 @@ def build_llama(
     ids: dict[str, Any] = {}
     if special_id is not None:
         ids = {"bos_token_id": special_id, "eos_token_id": special_id, "pad_token_id": special_id}
+    same_names = ("vocab_size", "hidden_size", "intermediate_size", "tie_word_embeddings")
     config = LlamaConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_layers,
         num_attention_heads=shape.num_heads,
         num_key_value_heads=shape.num_kv_heads or shape.num_heads,
         max_position_embeddings=shape.max_positions,
-        tie_word_embeddings=shape.tie_word_embeddings,
+        **{name: getattr(shape, name) for name in same_names},
         **ids,
     )
     torch.manual_seed(seed)
