@@ -302,10 +302,10 @@ def hf_assisted(
     """
     import torch
 
-    from bench.sim.record import load_causal_lm
+    from runtime.models import load_causal_lm
 
-    target = load_causal_lm(target_dir, threads)
-    drafter = load_causal_lm(drafter_dir, threads)
+    target = load_causal_lm(target_dir, threads=threads)
+    drafter = load_causal_lm(drafter_dir, threads=threads)
     gen_cfg = {
         "do_sample": False,
         "max_new_tokens": max_new_tokens,
