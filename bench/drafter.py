@@ -56,10 +56,7 @@ def _random_llama(path: Path) -> Path:
     """A ~45M-parameter random Llama with the demo tokenizer (or a tiny BPE one)."""
     import shutil
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from sled.tiny_models import EOS, make_tokenizer
+    from runtime.models import LlamaShape, save_random_llama, tiny_tokenizer
 
     if (path / "config.json").exists():
         return path
@@ -67,28 +64,16 @@ def _random_llama(path: Path) -> Path:
     if DEMO_TOKENIZER.is_file():
         shutil.copyfile(DEMO_TOKENIZER, path / "tokenizer.json")
     else:
-        make_tokenizer(path, 512)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_file=str(path / "tokenizer.json"), eos_token=EOS, bos_token=EOS, unk_token=EOS
-    )
-    eos_id = tok.convert_tokens_to_ids(EOS)
-    assert isinstance(eos_id, int)
-    config = LlamaConfig(
-        vocab_size=len(tok),
+        tiny_tokenizer(path, 512)
+    shape = LlamaShape(
+        vocab_size=0,  # the tokenizer's
         hidden_size=512,
         intermediate_size=1536,
-        num_hidden_layers=12,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=1024,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id,
+        num_layers=12,
+        num_heads=8,
+        max_positions=1024,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
+    save_random_llama(path, shape, path / "tokenizer.json", seed=0)
     return path
 
 
@@ -142,12 +127,10 @@ def onnx_step_times(onnx_dir: Path, prompt: list[int], steps: int, threads: int)
 def torch_step_times(model_dir: Path, prompt: list[int], steps: int, threads: int) -> list[float]:
     """Seconds per cached one-token decode step in torch eager mode (DynamicCache)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=torch.float32, local_files_only=True
-    ).eval()
+    from runtime.models import load_causal_lm
+
+    model = load_causal_lm(model_dir, threads=threads)
     times = []
     with torch.inference_mode():
         for timed in (False, True):  # a warm-up pass, then the timed one

@@ -36,46 +36,31 @@ class DeviceProfile:
     source: str
 
 
+_RPI_4B_SOURCE = (
+    "llama.cpp community reports, Pi 4B 8 GB (Cortex-A72, ~6 GB/s usable memory "
+    "bandwidth): TinyLlama-1.1B Q4 roughly 4-10 tok/s, typically 40-60 % of a Pi 5; "
+    "we take 5 tok/s. Price: Pi 4B 4 GB list price; power: typical load draw."
+)
+
+_RPI_5_SOURCE = (
+    "llama.cpp community reports, Pi 5 8 GB (Cortex-A76): TinyLlama-1.1B / "
+    "Llama-3.2-1B Q4 about 8-12 tok/s; we take 10 tok/s. Price ($80) and power (8 W) "
+    "are the paper's (refs [34], [35])."
+)
+
+_JETSON_ORIN_NANO_SOURCE = (
+    "llama.cpp CUDA community benchmarks, Jetson Orin Nano (Super) 8 GB, 15-25 W "
+    "modes: ~1B Q4 models at roughly 30-60 tok/s; we take 40 tok/s. Price: developer "
+    "kit list price ($249); power: 15 W mode."
+)
+
+# name, label, draft tokens/s, price USD, power W, drafter, source
 RPI_4B: Final = DeviceProfile(
-    name="rpi4b",
-    label="Raspberry Pi 4B",
-    draft_tokens_per_s=5.0,
-    price_usd=55.0,
-    power_w=6.0,
-    drafter="drafter-1l",
-    source=(
-        "llama.cpp community reports, Pi 4B 8 GB (Cortex-A72, ~6 GB/s usable memory "
-        "bandwidth): TinyLlama-1.1B Q4 roughly 4-10 tok/s, typically 40-60 % of a Pi 5; "
-        "we take 5 tok/s. Price: Pi 4B 4 GB list price; power: typical load draw."
-    ),
+    "rpi4b", "Raspberry Pi 4B", 5.0, 55.0, 6.0, "drafter-1l", _RPI_4B_SOURCE
 )
-
-RPI_5: Final = DeviceProfile(
-    name="rpi5",
-    label="Raspberry Pi 5",
-    draft_tokens_per_s=10.0,
-    price_usd=80.0,
-    power_w=8.0,
-    drafter="drafter-2l",
-    source=(
-        "llama.cpp community reports, Pi 5 8 GB (Cortex-A76): TinyLlama-1.1B / "
-        "Llama-3.2-1B Q4 about 8-12 tok/s; we take 10 tok/s. Price ($80) and power (8 W) "
-        "are the paper's (refs [34], [35])."
-    ),
-)
-
+RPI_5: Final = DeviceProfile("rpi5", "Raspberry Pi 5", 10.0, 80.0, 8.0, "drafter-2l", _RPI_5_SOURCE)
 JETSON_ORIN_NANO: Final = DeviceProfile(
-    name="jetson",
-    label="Jetson Orin Nano",
-    draft_tokens_per_s=40.0,
-    price_usd=249.0,
-    power_w=15.0,
-    drafter="drafter-2l",
-    source=(
-        "llama.cpp CUDA community benchmarks, Jetson Orin Nano (Super) 8 GB, 15-25 W "
-        "modes: ~1B Q4 models at roughly 30-60 tok/s; we take 40 tok/s. Price: developer "
-        "kit list price ($249); power: 15 W mode."
-    ),
+    "jetson", "Jetson Orin Nano", 40.0, 249.0, 15.0, "drafter-2l", _JETSON_ORIN_NANO_SOURCE
 )
 
 PROFILES: Final[dict[str, DeviceProfile]] = {p.name: p for p in (RPI_4B, RPI_5, JETSON_ORIN_NANO)}

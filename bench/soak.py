@@ -367,10 +367,10 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="sled-soak-") as tmp:
         model_dir = args.model_dir
         if model_dir is None:
-            from sled.tiny_models import make_tiny_model
+            from runtime.models import save_tiny_llama
 
             say("building a tiny random target model")
-            model_dir = make_tiny_model("llama", Path(tmp) / "target", seed=2)
+            model_dir = save_tiny_llama(Path(tmp) / "target", seed=2)
         say(f"greedy references for {cfg.prompts} prompts")
         cases, vocab = references(model_dir, cfg.prompts, cfg.max_new_tokens, cfg.seed)
         logs = args.logs or Path(tmp)

@@ -55,24 +55,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _random_target(hidden: int, layers: int, vocab: int, seed: int) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from runtime.models import LlamaShape, build_llama
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    heads = max(1, hidden // 64)
+    shape = LlamaShape(
+        vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=hidden * 3,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 64),
-        vocab_size=vocab,
-        max_position_embeddings=4096,
+        num_layers=layers,
+        num_heads=heads,
+        max_positions=4096,
     )
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    return build_llama(shape, seed=seed, attn_implementation="sdpa")
 
 
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else 0.0
+
+
+def _round_times(round_ms: list[float], forward_ms: list[float]) -> dict[str, float]:
+    """Median round and forward time (ms) and the forward's share of the round."""
+    round_med, forward_med = _median(round_ms), _median(forward_ms)
+    return {
+        "round_ms": round(round_med, 3),
+        "forward_ms": round(forward_med, 3),
+        "forward_fraction": round(forward_med / round_med, 4) if round_med else 0.0,
+    }
 
 
 def _bench_verify(model: Any, batch: int, args: argparse.Namespace) -> dict[str, float]:
@@ -104,12 +112,8 @@ def _bench_verify(model: Any, batch: int, args: argparse.Namespace) -> dict[str,
             contexts[b] = [*contexts[b], *item.draft[: res.accepted], res.token]
         if r >= args.warmup:
             rounds.append((m.round_ms, m.forward_ms, m.prepare_ms, m.verify_ms))
-    round_ms = _median([x[0] for x in rounds])
-    forward_ms = _median([x[1] for x in rounds])
     return {
-        "round_ms": round(round_ms, 3),
-        "forward_ms": round(forward_ms, 3),
-        "forward_fraction": round(forward_ms / round_ms, 4) if round_ms else 0.0,
+        **_round_times([x[0] for x in rounds], [x[1] for x in rounds]),
         "prepare_ms": round(_median([x[2] for x in rounds]), 3),
         "verify_ms": round(_median([x[3] for x in rounds]), 3),
         "reference_forward_ms": round(_reference_forward_ms(model, batch, args), 3),
@@ -143,12 +147,8 @@ def _bench_subset(model: Any, args: argparse.Namespace, resident: int = 16) -> d
         got = round_(list(range(r % 2, resident, 2)))  # even or odd slots
         if r >= args.warmup:
             rows.append(got)
-    round_ms = _median([x[0] for x in rows])
-    forward_ms = _median([x[1] for x in rows])
     return {
-        "round_ms": round(round_ms, 3),
-        "forward_ms": round(forward_ms, 3),
-        "forward_fraction": round(forward_ms / round_ms, 4) if round_ms else 0.0,
+        **_round_times([x[0] for x in rows], [x[1] for x in rows]),
         "gather_mb_per_round": round(_median([x[2] for x in rows]) / 2**20, 3),
     }
 

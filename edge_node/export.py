@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -37,6 +36,7 @@ from edge_node.manifest import (
     past_input_names,
     present_output_names,
 )
+from runtime.models import eos_ids
 
 DEFAULT_OPSET = 17
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
@@ -50,19 +50,6 @@ def _print_progress(line: str) -> None:
 
 class ExportError(RuntimeError):
     """The source folder cannot be exported (missing files, unsupported model)."""
-
-
-def _eos_ids(src: Path, config: Any) -> list[int]:
-    found: list[int] = []
-    values: list[Any] = [getattr(config, "eos_token_id", None)]
-    gen = src / "generation_config.json"
-    if gen.is_file():
-        values.append(json.loads(gen.read_text()).get("eos_token_id"))
-    for value in values:
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, int) and v not in found:
-                found.append(v)
-    return found
 
 
 def load_torch_model(src: Path) -> Any:
@@ -280,7 +267,7 @@ def export_drafter(
         vocab_size=int(config.vocab_size),
         tokenizer_vocab_size=len(vocab),
         fingerprint=tokenizer_fingerprint(vocab),
-        eos_ids=_eos_ids(src, config),
+        eos_ids=eos_ids(src),
         dtype=dtype,
         kv_dtype="float32",
         opset=opset,

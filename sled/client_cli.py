@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from runtime.transport import MqttTransport
 from schemas import ResultChunk, ResultFinal, Topics
@@ -64,9 +66,19 @@ async def _subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run_command(
+    name: str,
+    main: Coroutine[Any, Any, int],
+    errors: tuple[type[Exception], ...],
+    status: int,
+) -> int:
+    """Run ``main``; one of ``errors`` is printed as ``sled NAME: …`` and gives ``status``."""
     try:
-        return asyncio.run(_subscribe(args))
-    except TimeoutError as exc:
-        print(f"sled subscribe: {exc}", file=sys.stderr)
-        return 0
+        return asyncio.run(main)
+    except errors as exc:
+        print(f"sled {name}: {exc}", file=sys.stderr)
+        return status
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_command("subscribe", _subscribe(args), (TimeoutError,), 0)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 
 from runtime.transport import MqttTransport, TransportError
 from schemas import ResultFinal, SamplingParams, Topics
 from sled.cli_common import add_broker_arguments, mqtt_config
 from sled.client import ResultText, SledClient
-from sled.client_cli import print_result
+from sled.client_cli import print_result, run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +52,4 @@ async def _generate(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_generate(args))
-    except TransportError as exc:
-        print(f"sled generate: {exc}", file=sys.stderr)
-        return 1
+    return run_command("generate", _generate(args), (TransportError,), 1)

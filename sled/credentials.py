@@ -47,7 +47,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypedDict
 
 from schemas import DEFAULT_PREFIX, SchemaError, Topics, check_id
 
@@ -359,6 +359,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list", action="store_true", help="print the users and roles")
 
 
+class NamedRoles(TypedDict):
+    """User names by role, as ``write_credentials`` (and compose's ``init``) take them."""
+
+    devices: list[str]
+    verifiers: list[str]
+    apps: list[str]
+
+
+def named_roles(args: argparse.Namespace) -> NamedRoles:
+    """The ``--device``/``--verifier``/``--app`` flags, by role."""
+    return {"devices": args.device, "verifiers": args.verifier, "apps": args.app}
+
+
 def run(args: argparse.Namespace) -> int:
     named = [*args.device, *args.verifier, *args.app]
     if args.password is not None and len(named) != 1:
@@ -378,9 +391,7 @@ def run(args: argparse.Namespace) -> int:
             args.password_file,
             args.acl_file,
             prefix=args.prefix,
-            devices=args.device,
-            verifiers=args.verifier,
-            apps=args.app,
+            **named_roles(args),
             remove=args.remove,
             passwords={named[0]: args.password} if args.password is not None else None,
             use_mosquitto_passwd=False if args.no_mosquitto_passwd else None,

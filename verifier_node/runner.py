@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from runtime.models import eos_ids_of
 from verifier_node.kvcache import LayerShape, SlotKVCache, SlotTable, common_prefix_len
 
 DTYPES: dict[str, torch.dtype] = {
@@ -108,7 +109,9 @@ class TargetRunner:
         self.dtype: torch.dtype = next(model.parameters()).dtype
         self.device: torch.device = next(model.parameters()).device
         self.eos_ids: frozenset[int] = frozenset(
-            eos_ids if eos_ids is not None else _eos_ids(model)
+            eos_ids
+            if eos_ids is not None
+            else eos_ids_of((getattr(model, "generation_config", None), model.config))
         )
         self.pad_id = pad_id
         self.prefill_chunk = prefill_chunk
@@ -306,12 +309,3 @@ class TargetRunner:
         )
         logits: torch.Tensor = out.logits
         return logits
-
-
-def _eos_ids(model: Any) -> list[int]:
-    """EOS ids from the generation config, else the model config."""
-    for cfg in (getattr(model, "generation_config", None), model.config):
-        eos = getattr(cfg, "eos_token_id", None) if cfg is not None else None
-        if eos is not None:
-            return [eos] if isinstance(eos, int) else list(eos)
-    return []

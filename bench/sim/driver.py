@@ -12,9 +12,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from bench.profiles import PROFILES, DeviceProfile, ServerProfile
 from bench.sim import experiments as ex
 from bench.sim.fleet import FleetConfig, FleetSession
 from bench.sim.oracle import OracleModel, build_oracle_target, oracle_params
+from bench.sim.progress import Progress
 from bench.sim.record import (
     PROMPTS,
     encode_prompts,
@@ -31,11 +31,13 @@ from bench.sim.record import (
     greedy_reference,
     record_drafter_traces,
 )
+from bench.sim.summary import summarise
 from bench.sim.trace import DraftPolicy, PromptTrace, oracle_trace
 from bench.sim.verifier_proc import VerifierProcess
+from runtime.models import tokenizer_fingerprint_of
 from runtime.mosquitto import Mosquitto
 from runtime.transport import MqttConfig
-from schemas import Topics, tokenizer_fingerprint
+from schemas import Topics
 
 DRAFTERS = ("drafter-1l", "drafter-2l")
 OFFLINE_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)  # (e), from traces: no timing
@@ -43,49 +45,6 @@ DEMO_POLICY = DraftPolicy(max_draft=8, threshold=0.1)
 """Policy for the demo drafters in (e)/(f). Their greedy confidence (max softmax over a
 4096-token vocabulary) has a median of ~0.2, so the edge node's default threshold 0.5
 would send almost no drafts; 0.1 keeps ~90 % of the drafts that would be accepted."""
-
-
-class Progress:
-    """A tqdm bar when tqdm is installed, plain lines otherwise."""
-
-    def __init__(self, total: int) -> None:
-        self.started = time.monotonic()
-        try:
-            from tqdm import tqdm
-
-            self.bar: Any = tqdm(total=total, unit="step", dynamic_ncols=True)
-        except ImportError:
-            self.bar = None
-        self.total = total
-        self.done = 0
-
-    def tick(self, what: str) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.set_description(what[:48])
-            self.bar.update(1)
-        else:
-            elapsed = time.monotonic() - self.started
-            print(f"[{self.done}/{self.total} {elapsed:5.0f}s] {what}", flush=True)
-
-    def note(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.n = self.total  # reused points and skipped probes end the run early
-            self.bar.refresh()
-            self.bar.close()
-
-
-def _fingerprint(model_dir: Path) -> str:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    return tokenizer_fingerprint(tok.get_vocab(with_added_tokens=True))
 
 
 @dataclass
@@ -173,7 +132,7 @@ class PaperRun:
         finally:
             prog.close()
         results["load_average_end"] = os.getloadavg()
-        self._summarise(results)
+        summarise(results, self.rec)
         return results
 
     # -- preparation ------------------------------------------------------------------
@@ -274,6 +233,19 @@ class PaperRun:
             instant_devices=tuple(p["instant_devices"]),
         )
 
+    def _base(self, model_dir: Path, topics: Topics, policy: DraftPolicy) -> FleetConfig:
+        """One SLED device at the profile's drafting speed, with this run's timing."""
+        return FleetConfig(
+            mode="sled",
+            devices=1,
+            draft_tokens_per_s=self.profile.draft_tokens_per_s,
+            policy=policy,
+            fingerprint=tokenizer_fingerprint_of(model_dir),
+            topics=topics,
+            warmup_s=self.plan["warmup_s"],
+            measure_s=self.plan["measure_s"],
+        )
+
     def _verifier(
         self, model_dir: Path, mqtt: MqttConfig, topics: Topics, tag: str
     ) -> VerifierProcess:
@@ -293,14 +265,7 @@ class PaperRun:
         topics = Topics(prefix="bench/oracle/sled/v1")
         oracle_dir: Path = data["oracle_dir"]
         traces = data["oracle_traces"]
-        base = FleetConfig(
-            mode="sled",
-            devices=1,
-            draft_tokens_per_s=self.profile.draft_tokens_per_s,
-            policy=DraftPolicy(self.max_draft, 0.0),
-            fingerprint=_fingerprint(oracle_dir),
-            topics=topics,
-        )
+        base = self._base(oracle_dir, topics, DraftPolicy(self.max_draft, 0.0))
         spec = self._spec()
         with (
             self._verifier(oracle_dir, mqtt, topics, "oracle") as vp,
@@ -350,14 +315,7 @@ class PaperRun:
         results["acceptance_offline"] = ex.offline_acceptance(
             traces_by, OFFLINE_THRESHOLDS, sorted({4, DEMO_POLICY.max_draft})
         )
-        base = FleetConfig(
-            mode="sled",
-            devices=1,
-            draft_tokens_per_s=self.profile.draft_tokens_per_s,
-            policy=DEMO_POLICY,
-            fingerprint=_fingerprint(target),
-            topics=topics,
-        )
+        base = self._base(target, topics, DEMO_POLICY)
         spec = self._spec()
         with (
             self._verifier(target, mqtt, topics, "demo") as vp,
@@ -381,16 +339,8 @@ class PaperRun:
             rows = []
             for prof in PROFILES.values():
                 prog.tick(f"(e) {prof.label}, {p['profile_devices']} devices")
-                cfg = FleetConfig(
-                    mode="sled",
-                    devices=p["profile_devices"],
-                    draft_tokens_per_s=prof.draft_tokens_per_s,
-                    policy=DEMO_POLICY,
-                    fingerprint=base.fingerprint,
-                    topics=topics,
-                    warmup_s=p["warmup_s"],
-                    measure_s=p["measure_s"],
-                )
+                devices, rate = p["profile_devices"], prof.draft_tokens_per_s
+                cfg = replace(base, devices=devices, draft_tokens_per_s=rate)
                 rows.append(
                     ex.measure(
                         vp,
@@ -408,16 +358,7 @@ class PaperRun:
             # (f) SLED side: one device drafting at this machine's measured drafter speed
             speed = results["drafter_speed_here"]["drafter-2l"]
             prog.tick("(f) SLED single device over MQTT")
-            cfg = FleetConfig(
-                mode="sled",
-                devices=1,
-                draft_tokens_per_s=speed,
-                policy=DEMO_POLICY,
-                fingerprint=base.fingerprint,
-                topics=topics,
-                warmup_s=p["warmup_s"],
-                measure_s=p["single_measure_s"],
-            )
+            cfg = replace(base, draft_tokens_per_s=speed, measure_s=p["single_measure_s"])
             results["sled_single"] = ex.measure(
                 vp,
                 fleet,
@@ -440,67 +381,6 @@ class PaperRun:
                 max_new_tokens=p["max_new_tokens"],
                 policy=DEMO_POLICY,
             )
-
-    # -- summary ----------------------------------------------------------------------
-    def _summarise(self, results: dict[str, Any]) -> None:
-        results["errors"] = self.rec.errors[:50]
-        hf = results.get("hf")
-        live = results.get("sled_live")
-        if live and not live["lossless"]:
-            self.rec.violations.append("live edge node output differs from the target's greedy")
-        results["violations"] = self.rec.violations[:50]
-        lossless = self.rec.lossless  # our system only; HF's own check is reported apart
-        results["lossless"] = lossless
-        results["points"] = self.rec.points
-        wc = results.get("wstgr")
-        headline: dict[str, Any] = {
-            "wstgr_ratio_16": None,
-            "capacity_sled": None,
-            "capacity_centralized": None,
-            "capacity_ratio": None,
-            "hf_assisted_latency_ratio": None,
-            "wstgr_ratio_16_server_bound": None,
-        }
-        if wc:
-            at16 = {
-                m: next((q["wstgr"] for q in wc["points"][m] if q["devices"] == 16), None)
-                for m in ("sled", "centralized")
-            }
-            if at16["sled"] is not None and at16["centralized"]:
-                headline["wstgr_ratio_16"] = at16["sled"] / at16["centralized"]
-            inst = next(
-                (q["wstgr"] for q in wc["points"].get("sled_instant", []) if q["devices"] == 16),
-                None,
-            )
-            if inst is not None and at16["centralized"]:
-                headline["wstgr_ratio_16_server_bound"] = inst / at16["centralized"]
-            cs = wc["capacity"]["sled"]["interpolated"]
-            cc = wc["capacity"]["centralized"]["interpolated"]
-            headline["capacity_sled"] = cs
-            headline["capacity_centralized"] = cc
-            headline["capacity_ratio"] = cs / cc if cc else None
-        single = results.get("sled_single")
-        if single and single["mean_rate"] > 0:
-            single["ms_per_token"] = 1e3 / single["mean_rate"]
-        if live and hf:
-            headline["hf_assisted_latency_ratio"] = (
-                live["ms_per_token"] / hf["assisted"]["ms_per_token"]
-            )
-
-        if not lossless:
-            headline = dict.fromkeys(headline)  # throughput withheld
-            for key in (
-                "wstgr",
-                "speculative",
-                "cost",
-                "threshold",
-                "profiles_live",
-                "sled_single",
-                "sled_live",
-                "points",
-            ):
-                results.pop(key, None)
-        results.update(headline)
 
 
 def _vocab_size(model_dir: Path) -> int:

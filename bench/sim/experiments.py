@@ -95,6 +95,10 @@ class SweepSpec:
     max_devices: int
     instant_devices: tuple[int, ...] = ()  # SLED points with instant drafting (server-bound)
 
+    def timed(self, base: FleetConfig, **changes: Any) -> FleetConfig:
+        """``base`` with this sweep's warm-up and measurement window, and ``changes``."""
+        return replace(base, warmup_s=self.warmup_s, measure_s=self.measure_s, **changes)
+
 
 def wstgr_and_capacity(
     verifier: VerifierProcess,
@@ -114,9 +118,7 @@ def wstgr_and_capacity(
         points: list[dict[str, Any]] = []
         for n in spec.devices:
             tick(f"(a) {mode} {n} devices")
-            cfg = replace(
-                base, mode=mode, devices=n, warmup_s=spec.warmup_s, measure_s=spec.measure_s
-            )
+            cfg = spec.timed(base, mode=mode, devices=n)
             p = measure(verifier, fleet, traces, cfg, rec, experiment="wstgr", **labels)
             points.append(p)
             table[n] = p["rates"]
@@ -127,9 +129,7 @@ def wstgr_and_capacity(
             if n_next is None:
                 break
             tick(f"(b) {mode} capacity probe {n_next} devices")
-            cfg = replace(
-                base, mode=mode, devices=n_next, warmup_s=spec.warmup_s, measure_s=spec.measure_s
-            )
+            cfg = spec.timed(base, mode=mode, devices=n_next)
             p = measure(verifier, fleet, traces, cfg, rec, experiment="capacity", **labels)
             points.append(p)
             table[n_next] = p["rates"]
@@ -140,14 +140,7 @@ def wstgr_and_capacity(
             out["points"]["sled_instant"] = []
             for n in spec.instant_devices:
                 tick(f"(a) sled, instant drafting, {n} devices")
-                cfg = replace(
-                    base,
-                    mode="sled",
-                    devices=n,
-                    draft_tokens_per_s=1e6,
-                    warmup_s=spec.warmup_s,
-                    measure_s=spec.measure_s,
-                )
+                cfg = spec.timed(base, mode="sled", devices=n, draft_tokens_per_s=1e6)
                 p = measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **labels)
                 out["points"]["sled_instant"].append(p)
         out["capacity"][mode] = {
@@ -184,14 +177,7 @@ def speculative_sweep(
                 p = reuse[key]
             else:
                 tick(f"(c) k={policy.max_draft} thr={policy.threshold:g} {n} devices")
-                cfg = replace(
-                    base,
-                    mode="sled",
-                    devices=n,
-                    policy=policy,
-                    warmup_s=spec.warmup_s,
-                    measure_s=spec.measure_s,
-                )
+                cfg = spec.timed(base, mode="sled", devices=n, policy=policy)
                 p = measure(
                     verifier,
                     fleet,
@@ -316,10 +302,10 @@ def hf_assisted(
     """
     import torch
 
-    from bench.sim.record import load_causal_lm
+    from runtime.models import load_causal_lm
 
-    target = load_causal_lm(target_dir, threads)
-    drafter = load_causal_lm(drafter_dir, threads)
+    target = load_causal_lm(target_dir, threads=threads)
+    drafter = load_causal_lm(drafter_dir, threads=threads)
     gen_cfg = {
         "do_sample": False,
         "max_new_tokens": max_new_tokens,

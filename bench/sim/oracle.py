@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.sim.record import EOS_TOKEN
+from runtime.models import LlamaShape, save_random_llama
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,40 +43,17 @@ def build_oracle_target(spec: OracleModel, tokenizer_json: Path, cache_dir: Path
     out = Path(cache_dir) / f"oracle-target-{tag}"
     if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
         return out
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_json),
-        eos_token=EOS_TOKEN,
-        bos_token=EOS_TOKEN,
-        unk_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-    )
-    eos_id = int(tokenizer.convert_tokens_to_ids(EOS_TOKEN))  # type: ignore[arg-type]
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    shape = LlamaShape(
+        vocab_size=0,  # the tokenizer's
         hidden_size=spec.hidden,
         intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
-        max_position_embeddings=spec.max_positions,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id,
-        tie_word_embeddings=False,
+        num_layers=spec.layers,
+        num_heads=spec.heads,
+        max_positions=spec.max_positions,
     )
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name and param.dim() >= 2:
-                param.mul_(spec.weight_scale)
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    model = save_random_llama(
+        out, shape, tokenizer_json, seed=spec.seed, weight_scale=spec.weight_scale
+    )
     (out / "oracle.json").write_text(
         json.dumps({**asdict(spec), "params": sum(p.numel() for p in model.parameters())})
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.sim.trace import PromptTrace
+from runtime.models import eos_ids
 
 PROMPTS: tuple[str, ...] = (
     "In the beginning God created",
@@ -66,20 +67,6 @@ def encode_prompts(tokenizer_json: Path, prompts: Sequence[str]) -> list[list[in
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     return [list(tok.encode(p, add_special_tokens=False).ids) for p in prompts]
-
-
-def eos_ids(model_dir: Path) -> list[int]:
-    """EOS ids of a model folder (config / generation config)."""
-    ids: set[int] = set()
-    for name in ("config.json", "generation_config.json"):
-        f = Path(model_dir) / name
-        if f.is_file():
-            value = json.loads(f.read_text()).get("eos_token_id")
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, list):
-                ids.update(int(v) for v in value)
-    return sorted(ids)
 
 
 def load_causal_lm(model_dir: Path, threads: int) -> Any:

@@ -92,6 +92,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", default="sled/v1", help="topic prefix (default sled/v1)")
 
 
+BROKER_FLAGS = {  # DemoConfig field -> flag
+    "broker_url": "broker",
+    "broker_kind": "embedded_broker",
+    "username": "username",
+    "password": "password",
+    "protocol": "protocol",
+    "prefix": "prefix",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -114,19 +124,13 @@ def run(args: argparse.Namespace) -> int:
     if num_prompts < 0 or args.max_new_tokens < 1:
         print("sled demo: --prompts must be >= 0 and --max-new-tokens >= 1", file=sys.stderr)
         return 2
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {field: getattr(args, flag) for field, flag in BROKER_FLAGS.items()}
     if args.verifier_threads is not None:
         kwargs["verifier_threads"] = max(1, args.verifier_threads)
     config = DemoConfig(
         models_dir=args.models or default_models_dir(),
         num_prompts=num_prompts,
         max_new_tokens=args.max_new_tokens,
-        broker_url=args.broker,
-        broker_kind=args.embedded_broker,
-        username=args.username,
-        password=args.password,
-        protocol=args.protocol,
-        prefix=args.prefix,
         log_dir=args.log_dir,
         log_level=args.log_level,
         check=not args.no_check,

@@ -29,7 +29,7 @@ import tomllib
 from pathlib import Path
 from typing import Final
 
-from sled.credentials import CredentialsError, write_credentials
+from sled.credentials import CredentialsError, named_roles, write_credentials
 
 BROKER_UID: Final = 1883  # user and group "mosquitto" in the eclipse-mosquitto image
 NODE_UID: Final = 10001  # user "sled" in edge_node/Dockerfile and verifier_node/Dockerfile
@@ -137,22 +137,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
 
 
+INIT_PATHS = ("password_file", "acl_file", "client_dir", "data_dir")  # flag = init argument
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sled.demo.compose_auth")
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.action == "init":
         try:
-            created = init(
-                password_file=args.password_file,
-                acl_file=args.acl_file,
-                client_dir=args.client_dir,
-                data_dir=args.data_dir,
-                devices=args.device,
-                verifiers=args.verifier,
-                apps=args.app,
-                prefix=args.prefix,
-            )
+            paths = {name: getattr(args, name) for name in INIT_PATHS}
+            created = init(**paths, **named_roles(args), prefix=args.prefix)
         except (CredentialsError, OSError) as exc:
             print(f"compose_auth: {exc}", file=sys.stderr)
             return 1

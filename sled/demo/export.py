@@ -121,7 +121,7 @@ def export_demo_drafter(src: Path, out: Path, *, progress: Any = print) -> float
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sled.demo.run import default_models_dir
+    from sled.demo.config import default_models_dir
 
     parser = argparse.ArgumentParser(
         prog="python -m sled.demo.export", description="export the demo drafters to ONNX"

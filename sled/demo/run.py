@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from runtime.transport import MqttConfig, MqttTransport, Transport
 from schemas import (
@@ -46,81 +44,33 @@ from schemas import (
 )
 from sled.client import SledClient
 from sled.demo.broker import BrokerInfo, embedded_broker
-from sled.demo.procs import NodeProcess, node_env, sled_command
-from sled.demo.stats import DeviceSpec, DeviceStats, summary
+from sled.demo.config import (
+    CANCEL_TIMEOUT_S,
+    DEVICES,
+    FIRST_RESULT_TIMEOUT_S,
+    PROMPTS,
+    READY_GRACE_S,
+    RESENDS,
+    TARGET_DIR,
+    VERIFIER_ID,
+    DemoConfig,
+    DemoError,
+    default_models_dir,
+    default_verifier_threads,
+)
+from sled.demo.nodes import DemoNodes
+from sled.demo.stats import DeviceStats, summary
 from sled.demo.view import REFRESH_S, LineView, View
 
-PROMPTS: tuple[str, ...] = (
-    "In the beginning God created",
-    "And God said, Let there be",
-    "The LORD is my shepherd;",
-    "Blessed are the poor in spirit:",
-    "And it came to pass, when",
-    "Now the serpent was more subtil than",
-    "For God so loved the world,",
-    "Then said Jesus unto them,",
-)
-
-DEVICES: tuple[DeviceSpec, ...] = (
-    DeviceSpec("edge-1", "drafter-1l-onnx", threshold=0.1, max_draft=4),
-    DeviceSpec("edge-2", "drafter-2l-onnx", threshold=0.05, max_draft=8),
-    DeviceSpec("edge-3", "drafter-2l-onnx", threshold=0.2, max_draft=6),
-)
-
-TARGET_DIR = "target"
-VERIFIER_ID = "demo-verifier"
-READY_GRACE_S = 0.5  # after every node is online: let edges subscribe to their req topic
-FIRST_RESULT_TIMEOUT_S = 20.0  # no first result: resend the request (once or twice)
-RESENDS = 2  # new requests after a missing first result, at most
-CANCEL_TIMEOUT_S = 5.0  # wait for cancelled background tasks to end, at most
-
-
-class DemoError(RuntimeError):
-    """The demo could not run: missing models, a node that died or never came online."""
-
-
-def default_models_dir() -> Path:
-    """The models shipped in the package: ``sled/demo/models``."""
-    return Path(__file__).resolve().parent / "models"
-
-
-def default_verifier_threads() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
-
-
-@dataclass(frozen=True, slots=True)
-class DemoConfig:
-    """Everything one demo run needs. Times are seconds."""
-
-    models_dir: Path = field(default_factory=default_models_dir)
-    num_prompts: int = len(PROMPTS)  # requests per device; 0: cycle until stopped
-    max_new_tokens: int = 48  # per request
-    prompts: tuple[str, ...] = PROMPTS
-    devices: tuple[DeviceSpec, ...] = DEVICES
-    broker_url: str | None = None  # None: embedded broker
-    broker_kind: str = "auto"  # embedded: auto, mosquitto or amqtt
-    username: str | None = None  # external broker only, used by every node
-    password: str | None = None
-    protocol: Literal["5", "3.1.1"] | None = None  # None: 5, or 3.1.1 for amqtt
-    prefix: str = DEFAULT_PREFIX
-    verifier_threads: int = field(default_factory=default_verifier_threads)
-    log_dir: Path | None = None  # None: a new temporary folder (kept, its path shown)
-    log_level: str = "warning"  # of the nodes
-    check: bool = True  # compare with the target's own greedy output at the end
-    start_timeout_s: float = 180.0  # every node online
-    request_timeout_s: float = 120.0  # silence of a running request
-
-    def check_models(self) -> None:
-        """Raise DemoError naming what is missing (and how to build it)."""
-        needed = [self.models_dir / TARGET_DIR / "config.json"]
-        needed += [self.models_dir / d.drafter / "model.onnx" for d in self.devices]
-        missing = [str(p.parent) for p in needed if not p.is_file()]
-        if missing:
-            raise DemoError(
-                "demo models not found: " + ", ".join(dict.fromkeys(missing)) + ". Rebuild "
-                "them with `sled train-demo` and `sled export-drafter MODELS/drafter-1l "
-                "MODELS/drafter-1l-onnx` (same for drafter-2l), or pass --models DIR."
-            )
+__all__ = [
+    "DEVICES",
+    "PROMPTS",
+    "Demo",
+    "DemoConfig",
+    "DemoError",
+    "default_models_dir",
+    "default_verifier_threads",
+]
 
 
 class Demo:
@@ -134,9 +84,9 @@ class Demo:
         for s in self.stats:
             s.planned = config.num_prompts
         self.by_device = {s.spec.device: s for s in self.stats}
-        self.nodes: list[NodeProcess] = []
         self.broker: BrokerInfo | None = None
         self.log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="sled-demo-"))
+        self.procs = DemoNodes(config, self.log_dir, self.view)
         self.verifier_online = asyncio.Event()
         self.wall_s = 0.0
         self.checked = False
@@ -190,9 +140,9 @@ class Demo:
                 try:
                     await self._serve(mqtt)
                 finally:
-                    await self.stop_nodes()
+                    await self.procs.stop()
         finally:
-            self.kill_nodes()
+            self.procs.kill()
         if self.config.check:
             self.view.event("checking every output against the target's own greedy output…")
             await asyncio.to_thread(self.check_lossless)
@@ -220,7 +170,7 @@ class Demo:
                 asyncio.create_task(self._watch_status(sbus), name="demo-status")
             ]
             try:
-                self.start_nodes(mqtt)
+                self.procs.start(mqtt)
                 await self._wait_ready(background[0])
                 if self.stop_requested.is_set():
                     return
@@ -245,79 +195,13 @@ class Demo:
             finally:
                 await _cancel_all(background)
 
-    # -- nodes --------------------------------------------------------------------------
-    def verifier_argv(self, mqtt: MqttConfig) -> list[str]:
-        cfg = self.config
-        argv = sled_command(
-            "verifier",
-            "--model-dir", str(cfg.models_dir / TARGET_DIR),
-            "--broker-url", mqtt.url,
-            "--mqtt-protocol", mqtt.protocol,
-            "--topic-prefix", cfg.prefix,
-            "--verifier-id", VERIFIER_ID,
-            "--threads", str(cfg.verifier_threads),
-            "--log-level", cfg.log_level,
-        )  # fmt: skip
-        return argv
-
-    def edge_argv(self, spec: DeviceSpec, mqtt: MqttConfig) -> list[str]:
-        cfg = self.config
-        argv = sled_command(
-            "edge",
-            "--device-id", spec.device,
-            "--drafter-dir", str(cfg.models_dir / spec.drafter),
-            "--broker-url", mqtt.url,
-            "--mqtt-protocol", mqtt.protocol,
-            "--topic-prefix", cfg.prefix,
-            "--threshold", str(spec.threshold),
-            "--max-draft", str(spec.max_draft),
-            "--max-new-tokens", str(cfg.max_new_tokens),
-            "--threads", "1",
-            "--log-level", cfg.log_level,
-        )  # fmt: skip
-        return argv
-
-    def _credentials(self) -> dict[str, str]:
-        """The broker login as the nodes' env variables (not flags: ``ps`` shows flags)."""
-        cfg = self.config
-        out = {}
-        if cfg.username:
-            out["SLED_USERNAME"] = cfg.username
-        if cfg.password:
-            out["SLED_PASSWORD"] = cfg.password
-        return out
-
-    def start_nodes(self, mqtt: MqttConfig) -> None:
-        """Launch the verifier and the edge nodes (from the event loop's thread)."""
-        threads = self.config.verifier_threads
-        verifier = NodeProcess(
-            "verifier",
-            self.verifier_argv(mqtt),
-            self.log_dir / "verifier.log",
-            node_env(self._credentials(), threads=threads),
-        )
-        self.nodes.append(verifier)
-        verifier.start()
-        target = self.config.models_dir / TARGET_DIR
-        self.view.event(f"verifier: target {target} (pid {verifier.pid})")
-        for spec in self.config.devices:
-            node = NodeProcess(
-                spec.device,
-                self.edge_argv(spec, mqtt),
-                self.log_dir / f"{spec.device}.log",
-                node_env(self._credentials(), threads=1),
-            )
-            self.nodes.append(node)
-            node.start()
-            self.view.event(f"{spec.device}: {spec.label} (pid {node.pid})")
-
     async def _wait_ready(self, watcher: asyncio.Task[None]) -> None:
         """Until the verifier and every edge node say online; a node exiting is an error."""
         deadline = time.monotonic() + self.config.start_timeout_s
         while not (self.verifier_online.is_set() and all(s.online for s in self.stats)):
             if self.stop_requested.is_set():
                 return
-            self._check_nodes_alive()
+            self.procs.check_alive()
             if watcher.done():
                 watcher.result()  # raises what stopped it
                 raise DemoError("lost the broker connection while waiting for the nodes")
@@ -330,7 +214,7 @@ class Demo:
                     f"(logs in {self.log_dir})"
                 )
             await asyncio.sleep(0.1)
-        took = time.monotonic() - min(n.started_s for n in self.nodes)
+        took = time.monotonic() - self.procs.first_started_s
         self.view.event(f"all nodes online in {took:.1f} s; logs in {self.log_dir}")
         if self.broker is not None:
             flags = f"--broker {self.broker.url}"
@@ -340,25 +224,9 @@ class Demo:
                 flags += f" --prefix {self.config.prefix}"
             self.view.event(f"watch from another shell: sled subscribe {flags}")
 
-    def _check_nodes_alive(self) -> None:
-        for node in self.nodes:
-            code = node.returncode
-            if code is not None:
-                raise DemoError(
-                    f"{node.name} exited with status {code}; last lines of {node.log_path}:\n"
-                    f"{node.log_tail()}"
-                )
-
-    async def stop_nodes(self) -> None:
-        """Edges first (they publish offline), then the verifier; bounded waits."""
-        edges = [n for n in self.nodes if n.name != "verifier"]
-        await asyncio.gather(*(n.stop() for n in edges))
-        await asyncio.gather(*(n.stop() for n in self.nodes if n.name == "verifier"))
-
     def kill_nodes(self) -> None:
-        """SIGKILL whatever still runs (after an interrupted stop)."""
-        for node in self.nodes:
-            node.kill()
+        """SIGKILL whatever node still runs (after an interrupted stop)."""
+        self.procs.kill()
 
     # -- messages -----------------------------------------------------------------------
     async def _watch_status(self, bus: Transport) -> None:
@@ -391,7 +259,7 @@ class Demo:
     async def _refresh(self) -> None:
         """Redraw the view; a node that exits meanwhile ends the run (DemoError)."""
         while True:
-            self._check_nodes_alive()
+            self.procs.check_alive()
             self.view.refresh()
             await asyncio.sleep(REFRESH_S)
 
@@ -421,7 +289,7 @@ class Demo:
             try:
                 await asyncio.wait_for(progress.wait(), FIRST_RESULT_TIMEOUT_S)
             except TimeoutError:
-                self._check_nodes_alive()
+                self.procs.check_alive()
                 self.view.event(f"{device}: no answer to request {request} yet, sending again")
                 if attempt == RESENDS:
                     raise DemoError(
@@ -434,7 +302,7 @@ class Demo:
             try:
                 await asyncio.wait_for(progress.wait(), self.config.request_timeout_s)
             except TimeoutError:
-                self._check_nodes_alive()
+                self.procs.check_alive()
                 raise DemoError(
                     f"{device}: request {request} silent for {self.config.request_timeout_s:g} s"
                 ) from None

@@ -1,7 +1,8 @@
 """``sled train-demo``: rebuild the demo models (target + two drafters) from the KJV corpus.
 
-A thin wrapper around :func:`sled.demo.train.main` (torch is imported only in :func:`run`);
-the flags are the training script's own, see ``python -m sled.demo.train --help``. After
+The flags are defined here, torch-free, and shared with ``python -m sled.demo.train``;
+the training itself is :mod:`sled.demo.training` (torch is imported only in
+:func:`train`). After
 training, the drafters are exported to ONNX for the edge nodes (``drafter-1l-onnx/``,
 ``drafter-2l-onnx/``, by :mod:`sled.demo.export`) unless ``--no-export``.
 """
@@ -9,6 +10,7 @@ training, the drafters are exported to ONNX for the edge nodes (``drafter-1l-onn
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def to_argv(args: argparse.Namespace) -> list[str]:
-    """The parsed flags back as an argv list for :func:`sled.demo.train.main`."""
+    """The parsed flags back as an argv list (for ``python -m sled.demo.train``)."""
     argv = ["--work-dir", str(args.work_dir), "--threads", str(args.threads)]
     argv += ["--seed", str(args.seed)]
     if args.out is not None:
@@ -73,11 +75,19 @@ def to_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def train(args: argparse.Namespace) -> int:
+    """Train the demo models with the parsed training flags; the exit status."""
+    # Spinning OpenMP workers steal the shared cores from everything else on the machine
+    # (read when torch loads its OpenMP runtime, so set before the import).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from sled.demo.training.pipeline import train_demo
+
+    return train_demo(args)
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, then export the drafters; the exit status."""
-    from sled.demo.train import main
-
-    status = main(to_argv(args))
+    status = train(args)
     if status != 0 or args.no_export:
         return status
     from sled.demo.export import main as export_main
@@ -87,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.quick:
         out = args.work_dir / "models-quick"
     else:
-        from sled.demo.run import default_models_dir
+        from sled.demo.config import default_models_dir
 
         out = default_models_dir()
     return export_main(["--models", str(out), "--threads", str(args.threads)])

@@ -37,7 +37,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from transformers import AutoModelForCausalLM
 
     from edge_node.export import export_drafter
-    from sled.tiny_models import make_tiny_model
+    from tests.tiny_models import make_tiny_model
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("replay-live")

@@ -27,7 +27,7 @@ def _torch_one_thread() -> None:
 
 def _export(family: str, root: Path, dtype: str = "fp32", **model_kwargs: int) -> TinyDrafter:
     from edge_node.export import export_drafter
-    from sled.tiny_models import make_tiny_model
+    from tests.tiny_models import make_tiny_model
 
     _torch_one_thread()
     hf_dir = root / f"{family}-hf"

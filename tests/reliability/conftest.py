@@ -45,7 +45,7 @@ def build_models(root: Path) -> Models:
     from transformers import AutoModelForCausalLM
 
     from edge_node.export import export_drafter
-    from sled.tiny_models import make_tiny_model
+    from tests.tiny_models import make_tiny_model
 
     torch.set_num_threads(1)
     target = make_tiny_model("llama", root / "target", seed=TARGET_SEED)

@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from sled.tiny_models import Family, make_tiny_model
+from tests.tiny_models import Family, make_tiny_model
 
 torch.set_num_threads(1)
 

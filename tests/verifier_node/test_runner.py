@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sled.tiny_models import Family
+from tests.tiny_models import Family
 from verifier_node.engine import VerifyEngine, WorkItem
 from verifier_node.kvcache import SlotTable, common_prefix_len
 from verifier_node.runner import RowInput, TargetRunner

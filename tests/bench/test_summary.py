@@ -1,0 +1,42 @@
+"""The end of a paper run: headline ratios, and throughput withheld when not lossless."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.sim.experiments import Recorder
+from bench.sim.summary import WITHHELD, summarise
+from tests.bench.test_report import sample_results
+
+
+def fresh() -> dict[str, Any]:
+    r = sample_results()
+    for key in ("wstgr_ratio_16", "capacity_sled", "capacity_ratio", "lossless"):
+        r.pop(key)
+    r["sled_single"].pop("ms_per_token")
+    return r
+
+
+def test_headline_from_the_points() -> None:
+    r = fresh()
+    summarise(r, Recorder(points=[{"devices": 1}]))
+    assert r["lossless"] is True and r["points"] == [{"devices": 1}]
+    assert r["wstgr_ratio_16"] == pytest.approx(160.0 / 70.0)
+    assert r["wstgr_ratio_16_server_bound"] == pytest.approx(200.0 / 70.0)
+    assert (r["capacity_sled"], r["capacity_centralized"]) == (6.5, 2.5)
+    assert r["capacity_ratio"] == pytest.approx(2.6)
+    assert r["hf_assisted_latency_ratio"] == pytest.approx(3.3 / 3.0)
+    assert r["sled_single"]["ms_per_token"] == pytest.approx(1e3 / 25.0)
+
+
+def test_a_lossy_live_run_withholds_throughput() -> None:
+    r = fresh()
+    r["sled_live"]["lossless"] = False
+    rec = Recorder()
+    summarise(r, rec)
+    assert r["lossless"] is False
+    assert r["violations"] == ["live edge node output differs from the target's greedy"]
+    assert not any(key in r for key in WITHHELD)
+    assert r["capacity_ratio"] is None and r["wstgr_ratio_16"] is None
