@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from bench.sim.replay import Outcome, ReplayDevice, Request
-from bench.sim.router import Router, start_router, stop_task
+from bench.sim.router import Router, next_verdict, start_router, stop_task
 from bench.sim.trace import AcceptanceCounts, DraftPolicy, PromptTrace
 from edge_node.policy import Event, PolicyConfig
 from runtime.stats import percentile
@@ -202,7 +202,7 @@ async def _round(
         deadline = time.monotonic() + session.timeout_s()
         event = Event.IGNORED
         while event in (Event.IGNORED, Event.BACKOFF):  # wait for an answer that counts
-            verdict = await _next_verdict(dev.inbox, deadline)
+            verdict = await next_verdict(dev.inbox, deadline)
             if verdict is None:
                 dev.stats.timeouts += 1
                 event = session.on_timeout()
@@ -214,18 +214,6 @@ async def _round(
         if event not in (Event.RESEND, Event.FALLBACK):
             return session.error or f"gave up after {session.timeouts} timeouts"
         message = replay.resend(time.monotonic())
-
-
-async def _next_verdict(inbox: asyncio.Queue[Record], deadline: float) -> Verdict | None:
-    """The next verdict in ``inbox``; None at ``deadline`` (monotonic seconds)."""
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            rec = await asyncio.wait_for(inbox.get(), remaining)
-        except TimeoutError:
-            return None
-        if isinstance(rec, Verdict):
-            return rec
-    return None
 
 
 async def _central_session(

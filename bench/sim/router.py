@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from runtime.transport import MqttTransport
 from schemas import Topics
 from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.messages import GeneratedTokens, Record, Verdict
+
+if TYPE_CHECKING:
+    from runtime.transport import Transport
 
 
 class Router:
@@ -30,24 +34,24 @@ class Router:
         self.topics = topics
         self.queues: dict[str, asyncio.Queue[Record]] = {}
         self.bad = 0
-        self._on_bad = on_bad
+        self.on_bad = on_bad
 
-    async def pump(self, bus: MqttTransport) -> None:
+    async def pump(self, bus: Transport) -> None:
         async for msg in bus.messages():
             try:
                 device = self.topics.parse(msg.topic).device
                 record = decode(msg.payload, expect=(Verdict, GeneratedTokens))
             except SchemaError as exc:
                 self.bad += 1
-                if self._on_bad is not None:
-                    self._on_bad(msg.topic, exc)
+                if self.on_bad is not None:
+                    self.on_bad(msg.topic, exc)
                 continue
             queue = self.queues.get(device or "")
             if queue is not None:
                 queue.put_nowait(record)
 
 
-async def start_router(bus: MqttTransport, topics: Topics) -> tuple[Router, asyncio.Task[None]]:
+async def start_router(bus: Transport, topics: Topics) -> tuple[Router, asyncio.Task[None]]:
     """Subscribe to every device's verdicts and route them; the router and its task."""
     router = Router(topics)
     await bus.subscribe(f"{topics.prefix}/dev/+/verdict")
@@ -60,3 +64,15 @@ async def stop_task(task: asyncio.Task[None] | None) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def next_verdict(inbox: asyncio.Queue[Record], deadline: float) -> Verdict | None:
+    """The next verdict in ``inbox``; None at ``deadline`` (``time.monotonic()`` seconds)."""
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            rec = await asyncio.wait_for(inbox.get(), remaining)
+        except TimeoutError:
+            return None
+        if isinstance(rec, Verdict):
+            return rec
+    return None
