@@ -21,51 +21,29 @@ from __future__ import annotations
 
 from typing import Final
 
-from schemas.protocol import CentralizedRequest, DraftRequest, GeneratedTokens, Verdict
-from schemas.record import (
-    DEFAULT_LIMITS,
-    FINISH_REASONS,
-    FORMATS,
-    MODES,
-    NO_TOKEN,
-    SCHEMA_VERSION,
-    Limits,
-    Record,
-    SamplingParams,
-    check_ident,
-    check_ids,
-    check_nonneg,
-    key,
-)
-from schemas.results import GenerateRequest, ResultChunk, ResultFinal
-from schemas.status import DeviceStatus, VerifierStatus
-
-__all__ = [
-    "BY_KIND",
-    "DEFAULT_LIMITS",
-    "FINISH_REASONS",
-    "FORMATS",
-    "MESSAGE_TYPES",
-    "MODES",
-    "NO_TOKEN",
-    "SCHEMA_VERSION",
-    "CentralizedRequest",
-    "DeviceStatus",
-    "DraftRequest",
-    "GenerateRequest",
-    "GeneratedTokens",
-    "Limits",
-    "Record",
-    "ResultChunk",
-    "ResultFinal",
-    "SamplingParams",
-    "Verdict",
-    "VerifierStatus",
-    "check_ident",
-    "check_ids",
-    "check_nonneg",
-    "key",
-]
+# ``X as X``: re-exported, so ``from schemas.messages import X`` keeps working
+from schemas.protocol import CentralizedRequest as CentralizedRequest
+from schemas.protocol import DraftRequest as DraftRequest
+from schemas.protocol import GeneratedTokens as GeneratedTokens
+from schemas.protocol import Verdict as Verdict
+from schemas.record import DEFAULT_LIMITS as DEFAULT_LIMITS
+from schemas.record import FINISH_REASONS as FINISH_REASONS
+from schemas.record import FORMATS as FORMATS
+from schemas.record import MODES as MODES
+from schemas.record import NO_TOKEN as NO_TOKEN
+from schemas.record import SCHEMA_VERSION as SCHEMA_VERSION
+from schemas.record import Limits as Limits
+from schemas.record import Record as Record
+from schemas.record import SamplingParams as SamplingParams
+from schemas.record import check_ident as check_ident
+from schemas.record import check_ids as check_ids
+from schemas.record import check_nonneg as check_nonneg
+from schemas.record import key as key
+from schemas.results import GenerateRequest as GenerateRequest
+from schemas.results import ResultChunk as ResultChunk
+from schemas.results import ResultFinal as ResultFinal
+from schemas.status import DeviceStatus as DeviceStatus
+from schemas.status import VerifierStatus as VerifierStatus
 
 MESSAGE_TYPES: Final[tuple[type[Record], ...]] = (
     DraftRequest,

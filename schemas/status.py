@@ -12,42 +12,45 @@ from typing import ClassVar
 from schemas.record import MODES, Limits, Record, check_choice, check_ident, check_nonneg
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatus(Record):
+    """What both nodes announce: online or not, their model and tokenizer."""
+
+    online: bool
+    model: str = ""
+    fingerprint: str = ""  # tokenizer fingerprint (schemas.tokenizer)
+    vocab_size: int = 0
+    sent_at_ns: int = 0
+
+    def check_node(self, kind: str, node_id: str, limits: Limits) -> None:
+        check_ident(f"{kind}_status.{kind}", node_id, limits)
+        check_nonneg(f"{kind}_status.vocab_size", self.vocab_size)
+
+
 @dataclass(frozen=True, slots=True)
-class DeviceStatus(Record):
+class DeviceStatus(NodeStatus):
     """Device → all on ``…/dev/{device}/status`` (retained; also the Last Will, online=False)."""
 
     KIND: ClassVar[str] = "device_status"
 
     device: str
-    online: bool
-    model: str = ""
-    fingerprint: str = ""
-    vocab_size: int = 0
     modes: list[str] = field(default_factory=list)
-    sent_at_ns: int = 0
 
     def check(self, limits: Limits) -> None:
-        check_ident("device_status.device", self.device, limits)
-        check_nonneg("device_status.vocab_size", self.vocab_size)
+        self.check_node("device", self.device, limits)
         for m in self.modes:
             check_choice("device_status.modes", m, MODES)
 
 
 @dataclass(frozen=True, slots=True)
-class VerifierStatus(Record):
+class VerifierStatus(NodeStatus):
     """Verifier → all on ``…/verifier/{id}/status`` (retained; also the Last Will)."""
 
     KIND: ClassVar[str] = "verifier_status"
 
     verifier: str
-    online: bool
-    model: str = ""
-    fingerprint: str = ""
-    vocab_size: int = 0
-    max_batch: int = 0
-    sent_at_ns: int = 0
+    max_batch: int = 0  # requests per verification batch
 
     def check(self, limits: Limits) -> None:
-        check_ident("verifier_status.verifier", self.verifier, limits)
-        check_nonneg("verifier_status.vocab_size", self.vocab_size)
+        self.check_node("verifier", self.verifier, limits)
         check_nonneg("verifier_status.max_batch", self.max_batch)
