@@ -376,15 +376,9 @@ def run(args: argparse.Namespace) -> int:
     from runtime.mosquitto import Mosquitto
     from runtime.transport import MqttConfig
 
+    flags = vars(args)  # the flags are named as SoakConfig's fields
     cfg = SoakConfig(
-        devices=args.devices,
-        minutes=args.minutes,
-        max_draft=args.max_draft,
-        wrong=args.wrong,
-        draft_ms=args.draft_ms,
-        max_new_tokens=args.max_new_tokens,
-        timeout_s=args.timeout_s,
-        seed=args.seed,
+        **{f.name: flags[f.name] for f in dataclasses.fields(SoakConfig) if f.name in flags}
     )
 
     def say(text: str) -> None:
