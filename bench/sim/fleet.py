@@ -141,12 +141,12 @@ async def _device(
     cfg = dev.cfg
     rng = random.Random(cfg.seed * 1000 + index)
     await asyncio.sleep(rng.uniform(0.0, 0.5))  # devices do not start in lockstep
-    session = _sled_session if cfg.mode == "sled" else _central_session
+    run_session = _sled_session if cfg.mode == "sled" else _central_session
     session_no = 0
     while not stop.is_set() and session_no != cfg.max_sessions:
         trace = traces[(index + session_no) % len(traces)]
         session_no += 1
-        if not await session(dev, trace, uuid.uuid4().hex[:12], stop):
+        if not await run_session(dev, trace, uuid.uuid4().hex[:12], stop):
             return
 
 
