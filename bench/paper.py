@@ -189,20 +189,15 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    same = ("models", "rate_target", "alpha", "max_draft", "threads", "max_batch", "quick")
     paper = PaperRun(
         out=out,
         cache_dir=args.cache_dir or _default_cache(),
-        models=args.models,
         plan=asdict(plan),
         profile=PROFILES[args.profile],
         server=server,
-        rate_target=args.rate_target,
-        alpha=args.alpha,
-        max_draft=args.max_draft,
-        threads=args.threads,
-        max_batch=args.max_batch,
         skip=frozenset(s.strip() for s in args.skip.split(",") if s.strip()),
-        quick=args.quick,
+        **{name: getattr(args, name) for name in same},  # flags named as PaperRun's fields
     )
     results = paper.run()
     results["runtime_s"] = time.monotonic() - started

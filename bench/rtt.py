@@ -54,9 +54,7 @@ class RttResult:
 
 def sample_draft(seq: int, start: int, draft: Sequence[int] = DRAFT8) -> DraftRequest:
     """A later request of a greedy session (no context): what a device sends each round."""
-    return DraftRequest(
-        session=SESSION, seq=seq, start=start, draft=list(draft), sent_at_ns=time.time_ns()
-    )
+    return DraftRequest.follow_up(SESSION, seq, start, list(draft), sent_at_ns=time.time_ns())
 
 
 def sample_verdict(request: DraftRequest) -> Verdict:

@@ -9,6 +9,9 @@ greedy continuation of a prompt as its drafts, with each draft token replaced by
 wrong one with probability ``--wrong``, pausing ``--draft-ms`` per token as a drafter
 would, and loops over prompts (a new session each time) until the time is up.
 
+Each device is the edge node's own drafting policy (``edge_node.policy.SledSession``)
+with a scripted drafter: the policy builds every request (opening, follow-ups, the
+context again after ``resync``), applies every verdict and times every request out.
 Every verdict is checked against the continuation (accepted count, target token,
 committed length, done): a difference counts in ``errors``. A request with no verdict
 after ``--timeout-s`` is resent (same seq, as a device does); one still unanswered
@@ -39,8 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.sim.router import Router, next_verdict, start_router, stop_task
+from edge_node.policy import Commit, DraftToken, Event, PolicyConfig, RttEstimator, SledSession
 from runtime.stats import percentile
-from schemas import DraftRequest, SamplingParams, SchemaError, Topics, Verdict, decode, encode
+from schemas import Record, SamplingParams, Topics, encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,30 +87,40 @@ class SoakStats:
             self.error_samples.append(message)
 
 
-class Router:
-    """One MQTT connection for all simulated devices; verdicts routed by device id."""
+def soak_policy(cfg: SoakConfig) -> PolicyConfig:
+    """The edge node's policy as a soak device runs it: ``max_draft`` tokens while the
+    scripted drafter knows the continuation, a fixed ``timeout_s``, no fallback."""
+    return PolicyConfig(
+        threshold=0.5,  # the scripted drafter is sure (1.0) within the continuation, else 0
+        max_draft=cfg.max_draft,
+        async_drafting=False,
+        timeout_floor_s=cfg.timeout_s,
+        timeout_ceiling_s=cfg.timeout_s,
+        fallback_after=cfg.resends + 2,  # a request is given up before that
+    )
 
-    def __init__(self, bus: Any, topics: Topics) -> None:
-        self.bus = bus
-        self.topics = topics
-        self.inboxes: dict[str, asyncio.Queue[Verdict]] = {}
 
-    async def run(self, stats: SoakStats) -> None:
-        async for msg in self.bus.messages():
-            try:
-                device = self.topics.parse(msg.topic).device
-                verdict = decode(msg.payload, expect=Verdict)
-            except SchemaError as exc:
-                stats.error(f"bad message on {msg.topic}: {exc}")
-                continue
-            inbox = self.inboxes.get(device or "")
-            if inbox is not None:
-                inbox.put_nowait(verdict)
+def draft_noisy(
+    session: SledSession, truth: Sequence[int], rng: random.Random, wrong: float, vocab: int
+) -> int:
+    """Draft the continuation ``truth`` as the policy asks, each token replaced by a
+    wrong one with probability ``wrong``; how many tokens were drafted."""
+    drafted = 0
+    while True:
+        pos = session.generated + len(session.pending)
+        if not session.should_draft(1.0 if pos < len(truth) else 0.0):
+            return drafted
+        tok = truth[pos]
+        if rng.random() < wrong:
+            tok = (tok + 1 + rng.randrange(vocab - 1)) % vocab
+        session.add_draft(DraftToken(tok))
+        drafted += 1
 
 
 async def device_loop(
     name: str,
     router: Router,
+    bus: Any,
     cases: Sequence[tuple[list[int], list[int]]],
     cfg: SoakConfig,
     stats: SoakStats,
@@ -114,95 +129,113 @@ async def device_loop(
 ) -> None:
     """Generate sessions until ``stop_at`` (monotonic seconds); see the module docstring."""
     rng = random.Random(f"{cfg.seed}-{name}")
-    inbox: asyncio.Queue[Verdict] = asyncio.Queue()
-    router.inboxes[name] = inbox
+    inbox: asyncio.Queue[Record] = asyncio.Queue()
+    router.queues[name] = inbox
     topic = router.topics.draft(name)
+    policy = soak_policy(cfg)
     while time.monotonic() < stop_at:
         prompt, truth = cases[rng.randrange(len(cases))]
-        session = uuid.uuid4().hex[:12]
+        session = SledSession(
+            session=uuid.uuid4().hex[:12],
+            prompt=prompt,
+            max_new_tokens=cfg.max_new_tokens,
+            params=SamplingParams(),
+            eos_ids=frozenset(),
+            config=policy,
+            rtt=RttEstimator(policy),
+        )
         stats.sessions += 1
-        generated, seq, with_context = 0, 0, True
-        while generated < len(truth):
-            k = min(cfg.max_draft, len(truth) - generated)
-            draft = [
-                tok if rng.random() >= cfg.wrong else (tok + 1 + rng.randrange(vocab - 1)) % vocab
-                for tok in truth[generated : generated + k]
-            ]
+        while not session.done and session.generated < len(truth):
+            k = draft_noisy(session, truth, rng, cfg.wrong, vocab)
             await asyncio.sleep(cfg.draft_ms * k / 1000)
-            start = len(prompt) + generated
-            req = DraftRequest(
-                session=session,
-                seq=seq,
-                start=start,
-                draft=draft,
-                sent_at_ns=time.time_ns(),
-                context=[*prompt, *truth[:generated]] if with_context else None,
-                prompt_len=len(prompt) if with_context else None,
-                max_new_tokens=cfg.max_new_tokens if with_context else None,
-                params=SamplingParams() if with_context else None,
-            )
-            verdict = await request(router, topic, inbox, req, cfg, stats)
-            if verdict is None:
-                stats.lost += 1
+            commit = await request(bus, topic, inbox, session, truth, cfg, stats)
+            if commit is None:
                 break  # abandon the session, as a device that gives up would
-            if verdict.code == "resync":
-                stats.resyncs += 1
-                with_context = True
-                continue
-            if verdict.code is not None:
-                stats.error(f"{name}/{session}/{seq}: {verdict.code}: {verdict.message}")
-                break
-            wrong_at = (i for i, tok in enumerate(draft) if tok != truth[generated + i])
-            accepted = next(wrong_at, k)
-            n = min(accepted + 1, len(truth) - generated)
-            want = Verdict(
-                session=session,
-                seq=seq,
-                accepted=n - 1,
-                token=truth[generated + n - 1],
-                committed=start + n,
-                done=generated + n >= len(truth),
-            )
-            got = (verdict.accepted, verdict.token, verdict.committed, verdict.done)
-            if got != (want.accepted, want.token, want.committed, want.done):
-                stats.error(f"{name}/{session}/{seq}: verdict {got} != expected {want}")
-                break
-            generated += n
-            stats.tokens += n
-            seq += 1
-            with_context = False
+            stats.tokens += len(commit.tokens)
 
 
 async def request(
-    router: Router,
+    bus: Any,
     topic: str,
-    inbox: asyncio.Queue[Verdict],
-    req: DraftRequest,
+    inbox: asyncio.Queue[Record],
+    session: SledSession,
+    truth: Sequence[int],
     cfg: SoakConfig,
     stats: SoakStats,
-) -> Verdict | None:
-    """Send ``req`` (resending on timeouts); its verdict, or None when given up."""
-    payload = encode(req)
+) -> Commit | None:
+    """One round of ``session``: send its request, resend it as the policy says (after
+    a timeout, or with the context after ``resync``); the commit, or None when the
+    request was lost or refused (counted)."""
     stats.sent += 1
-    first = time.monotonic()
-    for attempt in range(cfg.resends + 1):
-        if attempt:
+    timeouts = 0
+    while True:
+        message = session.build_request(time.monotonic(), time.time_ns())
+        await bus.publish(topic, encode(message), qos=1)
+        answer = await _answer(inbox, session, truth, stats)
+        if isinstance(answer, Commit):
+            return answer
+        if answer is None:  # timed out
+            timeouts += 1
+            if timeouts > cfg.resends:
+                stats.lost += 1
+                return None
             stats.resends += 1
-        await router.bus.publish(topic, payload, qos=1)
-        deadline = time.monotonic() + cfg.timeout_s
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                verdict = await asyncio.wait_for(inbox.get(), remaining)
-            except TimeoutError:
-                break
-            if verdict.session != req.session or verdict.seq != req.seq:
-                stats.duplicates += 1  # a late answer to an earlier resend
-                continue
-            stats.verdicts += 1
-            if attempt == 0:
-                stats.rtt_ms.append((time.monotonic() - first) * 1000)
-            return verdict
+            session.on_timeout()
+        elif answer is Event.RESEND:  # resync: a new request with the context
+            stats.resyncs += 1
+            stats.sent += 1
+        else:
+            stats.error(f"{topic}/{session.session}/{session.seq}: {session.error}")
+            return None
+
+
+async def _answer(
+    inbox: asyncio.Queue[Record], session: SledSession, truth: Sequence[int], stats: SoakStats
+) -> Commit | Event | None:
+    """The answer to the request in flight, applied by the policy; None on timeout.
+
+    A verdict that differs from what a lossless verifier answers is an error."""
+    deadline = time.monotonic() + session.timeout_s()
+    while (verdict := await next_verdict(inbox, deadline)) is not None:
+        o = session.outstanding
+        if (
+            verdict.ok
+            and o is not None
+            and (verdict.session, verdict.seq) == (session.session, o.seq)
+        ):
+            want = _expected(session, truth, o.num_drafts)
+            got = (verdict.accepted, verdict.token, verdict.committed, verdict.done)
+            if got != want:
+                session.error = f"verdict {got} != expected {want}"
+                stats.verdicts += 1
+                return Event.ERROR
+        outcome = session.on_verdict(verdict, time.monotonic())
+        if outcome is Event.IGNORED:
+            stats.duplicates += 1  # a late answer to an earlier resend
+            continue
+        if outcome is Event.BACKOFF:
+            continue
+        stats.verdicts += 1
+        if isinstance(outcome, Commit) and outcome.rtt_s is not None:
+            stats.rtt_ms.append(outcome.rtt_s * 1000)
+        return outcome
     return None
+
+
+def _expected(
+    session: SledSession, truth: Sequence[int], num_drafts: int
+) -> tuple[int, int, int, bool]:
+    """(accepted, token, committed, done) of a lossless greedy verdict for the drafts sent."""
+    generated = session.generated
+    draft = session.pending_ids[:num_drafts]
+    wrong_at = (i for i, tok in enumerate(draft) if tok != truth[generated + i])
+    n = min(next(wrong_at, len(draft)) + 1, len(truth) - generated)
+    return (
+        n - 1,
+        truth[generated + n - 1],
+        len(session.committed_ids) + n,
+        generated + n >= len(truth),
+    )
 
 
 def rss_mb(pid: int) -> float:
@@ -259,9 +292,8 @@ async def soak(
     started = time.monotonic()
     stop_at = started + cfg.minutes * 60
     async with MqttTransport(mqtt.with_(client_id=f"soak-{uuid.uuid4().hex[:8]}")) as bus:
-        router = Router(bus, topics)
-        await bus.subscribe(f"{topics.prefix}/dev/+/verdict")
-        routing = asyncio.create_task(router.run(stats), name="soak-router")
+        router, routing = await start_router(bus, topics)
+        router.on_bad = lambda topic, exc: stats.error(f"bad message on {topic}: {exc}")
 
         async def sample() -> None:
             while True:
@@ -273,7 +305,7 @@ async def soak(
         sampler = asyncio.create_task(sample(), name="soak-rss")
         fleet = [
             asyncio.create_task(
-                device_loop(f"sim-{i}", router, cases, cfg, stats, stop_at, vocab),
+                device_loop(f"sim-{i}", router, bus, cases, cfg, stats, stop_at, vocab),
                 name=f"sim-{i}",
             )
             for i in range(cfg.devices)
@@ -287,7 +319,7 @@ async def soak(
                 stats.error(f"{task.get_name()} crashed: {task.exception()!r}")
         stats.lost += stats.sent - stats.verdicts - stats.lost  # cancelled mid-request
         sampler.cancel()
-        routing.cancel()
+        await stop_task(routing)
     elapsed = time.monotonic() - started
     rss_values = [r for _, r in rss if r > 0]
     series = [(round(t), round(r, 1)) for t, r in rss[:: max(1, len(rss) // 40)]]
@@ -344,15 +376,9 @@ def run(args: argparse.Namespace) -> int:
     from runtime.mosquitto import Mosquitto
     from runtime.transport import MqttConfig
 
+    flags = vars(args)  # the flags are named as SoakConfig's fields
     cfg = SoakConfig(
-        devices=args.devices,
-        minutes=args.minutes,
-        max_draft=args.max_draft,
-        wrong=args.wrong,
-        draft_ms=args.draft_ms,
-        max_new_tokens=args.max_new_tokens,
-        timeout_s=args.timeout_s,
-        seed=args.seed,
+        **{f.name: flags[f.name] for f in dataclasses.fields(SoakConfig) if f.name in flags}
     )
 
     def say(text: str) -> None:

@@ -1,9 +1,9 @@
 """The edge node's drafting policy: pure decisions, no asyncio, MQTT or model.
 
-Terms are those of :mod:`schemas.messages` (context, draft, accepted, target token,
-committed). Here *pending* means the draft tokens the device holds after the committed
-context — sent or not yet sent, all in the drafter's KV cache — and *unverified*
-tokens are pending tokens released to the app during fallback.
+Terms are those of :mod:`schemas` (context, draft, accepted, target token, committed,
+``committed_ids``). Here *pending* means the draft tokens the device holds after the
+committed context — sent or not yet sent, all in the drafter's KV cache — and
+*unverified* tokens are pending tokens released to the app during fallback.
 
 * **Dynamic drafting** (paper eq. 1, :func:`draft_stop`): draft while the drafter's
   confidence in the next token (max probability after the warpers) is at least
@@ -176,7 +176,7 @@ class SledSession:
     config: PolicyConfig
     rtt: RttEstimator
     fingerprint: str | None = None
-    committed: list[int] = field(default_factory=list)
+    committed_ids: list[int] = field(default_factory=list)  # prompt + verified tokens
     pending: list[DraftToken] = field(default_factory=list)
     seq: int = 0
     outstanding: Outstanding | None = None
@@ -198,8 +198,8 @@ class SledSession:
     def __post_init__(self) -> None:
         if not self.prompt:
             raise ValueError("prompt must not be empty")
-        if not self.committed:
-            self.committed = list(self.prompt)
+        if not self.committed_ids:
+            self.committed_ids = list(self.prompt)
 
     # -- views -------------------------------------------------------------------
     @property
@@ -209,7 +209,7 @@ class SledSession:
     @property
     def generated(self) -> int:
         """Committed (verified) completion tokens."""
-        return len(self.committed) - self.prompt_len
+        return len(self.committed_ids) - self.prompt_len
 
     @property
     def budget_left(self) -> int:
@@ -222,7 +222,7 @@ class SledSession:
     @property
     def sequence(self) -> list[int]:
         """Committed context + pending drafts: exactly what the drafter's cache holds."""
-        return self.committed + self.pending_ids
+        return self.committed_ids + self.pending_ids
 
     @property
     def local_complete(self) -> bool:
@@ -281,7 +281,7 @@ class SledSession:
             first_sent_s, attempts = now_s, 1
         self.outstanding = Outstanding(
             seq=self.seq,
-            start=len(self.committed),
+            start=len(self.committed_ids),
             num_drafts=n,
             first_sent_s=first_sent_s,
             last_sent_s=now_s,
@@ -289,20 +289,27 @@ class SledSession:
             with_context=with_context,
             bare_sends=bare_sends,
         )
-        sampling = not self.params.greedy
-        return DraftRequest(
-            session=self.session,
-            seq=self.seq,
-            start=len(self.committed),
-            draft=[t.id for t in drafts],
-            sent_at_ns=now_ns,
-            q_ids=[t.q_ids or [] for t in drafts] if sampling else None,
-            q_probs=[t.q_probs or [] for t in drafts] if sampling else None,
-            context=list(self.committed) if with_context else None,
-            prompt_len=self.prompt_len if with_context else None,
-            max_new_tokens=self.max_new_tokens if with_context else None,
-            params=self.params if with_context else None,
-            fingerprint=self.fingerprint if with_context else None,
+        ids = [t.id for t in drafts]
+        q_ids = q_probs = None
+        if not self.params.greedy:
+            q_ids, q_probs = [t.q_ids or [] for t in drafts], [t.q_probs or [] for t in drafts]
+        if with_context:
+            return DraftRequest.opening(
+                self.session,
+                self.seq,
+                self.committed_ids,
+                ids,
+                prompt_len=self.prompt_len,
+                max_new_tokens=self.max_new_tokens,
+                params=self.params,
+                fingerprint=self.fingerprint,
+                sent_at_ns=now_ns,
+                q_ids=q_ids,
+                q_probs=q_probs,
+            )
+        start = len(self.committed_ids)
+        return DraftRequest.follow_up(
+            self.session, self.seq, start, ids, sent_at_ns=now_ns, q_ids=q_ids, q_probs=q_probs
         )
 
     def timeout_s(self) -> float:
@@ -370,7 +377,7 @@ class SledSession:
         self.drafted += o.num_drafts
         self.accepted += a
         self.rounds += 1
-        self.committed.extend(tokens)
+        self.committed_ids.extend(tokens)
         self.pending = list(kept)
         self.seq += 1
         self.outstanding = None

@@ -1,6 +1,28 @@
 """The wire contract of SLED over MQTT: messages, codec, topics, errors.
 
-This package imports nothing from the nodes; both nodes import it.
+This package imports nothing from the nodes; both nodes import it. Records by concept:
+:mod:`schemas.protocol` (device ⇄ verifier), :mod:`schemas.results` (app ⇄ device),
+:mod:`schemas.status` (presence), on the base in :mod:`schemas.record`;
+:mod:`schemas.messages` gathers them all.
+
+Terms, used with one meaning in every package:
+
+* **session** – one generation on one device, named by a session id; the verifier
+  holds its state (committed ids, KV cache) between requests.
+* **round** – one draft request and its verdict (resends of the request included).
+* **seq** – the number of a round within its session, from 0; a resend keeps it.
+* **context** – a session's committed token ids (prompt + every verified token).
+* **draft** – token ids proposed by the device's drafter after the context.
+* **accepted** – how many leading draft tokens the target agreed with (a count).
+* **target token** – the one token the target adds after the accepted drafts: the
+  **correction** (recovered) token at the first rejection, or the **bonus** token when
+  every draft was accepted.
+* **committed** – a COUNT of tokens: on the wire (``Verdict.committed``) the context
+  length after a verdict, ``start + accepted + 1``. A list of committed token ids is
+  called ``committed_ids``.
+* **pending** (edge node) – draft tokens held after the committed context, sent or not.
+* **unverified** – pending tokens released to the app in fallback, provisional until
+  the verifier speaks.
 """
 
 from schemas.codec import decode, encode, from_map, peek, to_map

@@ -1,14 +1,15 @@
 """A fleet of simulated devices driving a real verifier over a real MQTT broker.
 
 Each simulated device is one asyncio task; all of them share one MQTT connection (a
-single ``…/dev/+/verdict`` subscription, routed by device id), so the driver costs the
-machine a few percent of a core even with dozens of devices and the verifier keeps the
-CPU. Two kinds of device:
+single ``…/dev/+/verdict`` subscription, routed by device id by :class:`Router`), so
+the driver costs the machine a few percent of a core even with dozens of devices and
+the verifier keeps the CPU. Two kinds of device:
 
 * **SLED** — replays a :class:`~bench.sim.trace.PromptTrace` with
-  :class:`~bench.sim.replay.ReplayDevice` at its profile's drafting speed and sends
-  ``DraftRequest``s exactly as an edge node does (first request with the context,
-  resend on timeout with the same seq, full context after ``resync``);
+  :class:`~bench.sim.replay.ReplayDevice` at its profile's drafting speed. The
+  protocol is the edge node's own (``edge_node.policy``): the policy builds each
+  ``DraftRequest`` (opening with the context, follow-ups, resends on timeout with the
+  same seq, the context again after ``resync``) and decides what each answer means;
 * **centralized** — sends a ``CentralizedRequest`` and reads the ``GeneratedTokens``
   stream.
 
@@ -26,24 +27,18 @@ import statistics
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from bench.sim.replay import ReplayDevice, Request
-from bench.sim.trace import DraftPolicy, PromptTrace
+from bench.sim.replay import Outcome, ReplayDevice, Request
+from bench.sim.router import Router, next_verdict, start_router, stop_task
+from bench.sim.trace import AcceptanceCounts, DraftPolicy, PromptTrace
+from edge_node.policy import Event, PolicyConfig
 from runtime.stats import percentile
 from runtime.transport import MqttConfig, MqttTransport
 from schemas import Topics
-from schemas.codec import decode, encode
-from schemas.errors import SchemaError
-from schemas.messages import (
-    CentralizedRequest,
-    DraftRequest,
-    GeneratedTokens,
-    Record,
-    SamplingParams,
-    Verdict,
-)
+from schemas.codec import encode
+from schemas.messages import CentralizedRequest, GeneratedTokens, Record, SamplingParams, Verdict
 
 Mode = Literal["sled", "centralized"]
 
@@ -55,12 +50,12 @@ class FleetConfig:
     mode: Mode
     devices: int
     draft_tokens_per_s: float  # device profile (SLED only)
-    policy: DraftPolicy = field(default_factory=DraftPolicy)
+    policy: PolicyConfig = field(default_factory=DraftPolicy)  # the edge node's policy
     async_draft: bool = True
     warmup_s: float = 3.0
     measure_s: float = 10.0
     drain_s: float = 15.0  # max wait for centralized sessions still running after the window
-    verdict_timeout_s: float = 30.0  # resend after this long without an answer
+    verdict_timeout_s: float = 30.0  # resend after this long without an answer (fixed)
     fingerprint: str | None = None
     max_sessions: int | None = None  # each device stops after this many sessions
     topics: Topics = field(default_factory=Topics)
@@ -84,7 +79,7 @@ class DeviceStats:
 
 
 @dataclass(frozen=True, slots=True)
-class PointResult:
+class PointResult(AcceptanceCounts):
     """Result of one point: rates in tokens/s, latencies in milliseconds."""
 
     mode: Mode
@@ -119,209 +114,159 @@ class PointResult:
     def lossless(self) -> bool:
         return not self.violations
 
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
 
-    @property
-    def mean_accepted(self) -> float:
-        return self.accepted / self.rounds if self.rounds else 0.0
+@dataclass
+class _Device:
+    """One simulated device: its name, inbox and counters on the shared connection."""
 
+    name: str
+    cfg: FleetConfig
+    bus: MqttTransport
+    inbox: asyncio.Queue[Record]
+    stats: DeviceStats
 
-class _Router:
-    """Routes answers on ``…/dev/+/verdict`` to the device that owns the topic."""
+    async def send(self, record: Record) -> None:
+        await self.bus.publish(self.cfg.topics.draft(self.name), encode(record))
 
-    def __init__(self, topics: Topics) -> None:
-        self.topics = topics
-        self.queues: dict[str, asyncio.Queue[Record]] = {}
-        self.bad = 0
-
-    async def pump(self, bus: MqttTransport) -> None:
-        async for msg in bus.messages():
-            try:
-                device = self.topics.parse(msg.topic).device
-                record = decode(msg.payload, expect=(Verdict, GeneratedTokens))
-            except SchemaError:
-                self.bad += 1
-                continue
-            queue = self.queues.get(device or "")
-            if queue is not None:
-                queue.put_nowait(record)
+    def fail(self, session: str, problem: str) -> bool:
+        """Record a losslessness violation; False (the device stops)."""
+        self.stats.violations.append(f"{self.name} session {session}: {problem}")
+        return False
 
 
-async def _sled_device(
-    name: str,
-    index: int,
-    traces: Sequence[PromptTrace],
-    cfg: FleetConfig,
-    bus: MqttTransport,
-    inbox: asyncio.Queue[Record],
-    stats: DeviceStats,
-    stop: asyncio.Event,
+async def _device(
+    dev: _Device, index: int, traces: Sequence[PromptTrace], stop: asyncio.Event
 ) -> None:
-    topic = cfg.topics.draft(name)
-    clock = time.monotonic
+    """Run sessions over ``traces`` (a new session id each) until ``stop`` or a failure."""
+    cfg = dev.cfg
     rng = random.Random(cfg.seed * 1000 + index)
     await asyncio.sleep(rng.uniform(0.0, 0.5))  # devices do not start in lockstep
+    run_session = _sled_session if cfg.mode == "sled" else _central_session
     session_no = 0
     while not stop.is_set() and session_no != cfg.max_sessions:
         trace = traces[(index + session_no) % len(traces)]
         session_no += 1
-        session = uuid.uuid4().hex[:12]
-        dev = ReplayDevice(
-            trace, cfg.policy, tokens_per_s=cfg.draft_tokens_per_s, async_draft=cfg.async_draft
-        )
-        lp = len(trace.prompt)
-        seq, now, with_context = 0, clock(), True
-        while not dev.done and not stop.is_set():
-            req: Request = dev.next_request(now)
-            delay = req.send_at - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            verdict: Verdict | None = None
-            sent = clock()
-            while verdict is None:
-                context = list(trace.prompt) + list(trace.reference[: req.start])
-                msg = DraftRequest(
-                    session=session,
-                    seq=seq,
-                    start=lp + req.start,
-                    draft=list(req.drafts),
-                    sent_at_ns=time.time_ns(),
-                    context=context if with_context else None,
-                    prompt_len=lp if with_context else None,
-                    max_new_tokens=trace.max_new_tokens if with_context else None,
-                    params=SamplingParams() if with_context else None,
-                    fingerprint=cfg.fingerprint if with_context else None,
-                )
-                await bus.publish(topic, encode(msg))
-                verdict = await _await_verdict(inbox, session, seq, cfg.verdict_timeout_s)
-                if verdict is None:
-                    stats.timeouts += 1
-                elif verdict.code == "resync":
-                    with_context, verdict = True, None
-                elif verdict.code is not None:
-                    stats.errors.append(f"{name}: {verdict.code}: {verdict.message}")
-                    return
-            with_context = False
-            now = clock()
-            stats.latencies_s.append(now - sent)
-            out = dev.on_verdict(req, verdict.accepted, verdict.token, sent, now)
-            if not out.lossless:
-                stats.violations.append(f"{name} session {session}: {out.detail}")
-                return
-            if verdict.committed != lp + dev.committed:
-                stats.violations.append(
-                    f"{name} session {session}: committed {verdict.committed}, "
-                    f"expected {lp + dev.committed}"
-                )
-                return
-            if verdict.done != out.done:
-                stats.violations.append(
-                    f"{name} session {session}: verifier done={verdict.done} after "
-                    f"{dev.committed} of {len(trace.reference)} reference tokens"
-                )
-                return
-            stats.events.append((now, out.committed_tokens))
-            stats.verdicts.append((verdict.accepted, verdict.token))
-            stats.rounds += 1
-            stats.drafted += out.drafted
-            stats.accepted += out.accepted
-            seq += 1
-        if dev.done:
-            stats.sessions_done += 1
+        if not await run_session(dev, trace, uuid.uuid4().hex[:12], stop):
+            return
 
 
-async def _await_verdict(
-    inbox: asyncio.Queue[Record], session: str, seq: int, timeout_s: float
-) -> Verdict | None:
-    """The verdict for (session, seq); None after ``timeout_s``. Other answers are dropped."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        try:
-            rec = await asyncio.wait_for(inbox.get(), remaining)
-        except TimeoutError:
-            return None
-        if (
-            isinstance(rec, Verdict)
-            and (rec.session in (session, ""))
-            and (rec.seq == seq or rec.code is not None)
-        ):
-            return rec
-
-
-async def _central_device(
-    name: str,
-    index: int,
-    traces: Sequence[PromptTrace],
-    cfg: FleetConfig,
-    bus: MqttTransport,
-    inbox: asyncio.Queue[Record],
-    stats: DeviceStats,
-    stop: asyncio.Event,
-) -> None:
-    topic = cfg.topics.draft(name)
-    clock = time.monotonic
-    rng = random.Random(cfg.seed * 1000 + index)
-    await asyncio.sleep(rng.uniform(0.0, 0.5))
-    session_no = 0
-    while not stop.is_set() and session_no != cfg.max_sessions:
-        trace = traces[(index + session_no) % len(traces)]
-        session_no += 1
-        session = uuid.uuid4().hex[:12]
-        req = CentralizedRequest(
-            session=session,
-            prompt=list(trace.prompt),
-            max_new_tokens=trace.max_new_tokens,
-            params=SamplingParams(),
-            fingerprint=cfg.fingerprint,
-            sent_at_ns=time.time_ns(),
-        )
+async def _sled_session(
+    dev: _Device, trace: PromptTrace, session: str, stop: asyncio.Event
+) -> bool:
+    """One SLED session through the edge node's policy; False when the device must stop."""
+    cfg, stats, clock = dev.cfg, dev.stats, time.monotonic
+    timeout_s = cfg.verdict_timeout_s
+    policy = replace(cfg.policy, timeout_floor_s=timeout_s, timeout_ceiling_s=timeout_s)
+    replay = ReplayDevice(
+        trace,
+        policy,
+        tokens_per_s=cfg.draft_tokens_per_s,
+        async_draft=cfg.async_draft,
+        session=session,
+        fingerprint=cfg.fingerprint,
+    )
+    while not replay.done and not stop.is_set():
+        req = replay.next_request(clock())
+        delay = req.send_at - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
         sent = clock()
-        await bus.publish(topic, encode(req))
-        got: list[int] = []
-        first = True
-        while True:
-            try:
-                rec = await asyncio.wait_for(inbox.get(), cfg.verdict_timeout_s)
-            except TimeoutError:
-                stats.timeouts += 1
-                stats.errors.append(f"{name}: no tokens for {cfg.verdict_timeout_s:g} s")
-                return
-            if not isinstance(rec, GeneratedTokens) or rec.session != session:
+        answer = await _round(dev, replay, req, sent)
+        if isinstance(answer, str):
+            stats.errors.append(f"{dev.name}: {answer}")
+            return False
+        verdict, out = answer
+        now = clock()
+        stats.latencies_s.append(now - sent)
+        if not out.lossless:
+            return dev.fail(session, out.detail)
+        stats.events.append((now, out.committed_tokens))
+        stats.verdicts.append((verdict.accepted, verdict.token))
+        stats.rounds += 1
+        stats.drafted += out.drafted
+        stats.accepted += out.accepted
+    if replay.done:
+        stats.sessions_done += 1
+    return True
+
+
+async def _round(
+    dev: _Device, replay: ReplayDevice, req: Request, sent: float
+) -> tuple[Verdict, Outcome] | str:
+    """Send ``req`` until its verdict comes, as the policy says (resend after a timeout,
+    with the context after ``resync``); the verdict and its outcome, or why not."""
+    session = replay.session
+    message = req.message
+    while True:
+        await dev.send(replace(message, sent_at_ns=time.time_ns()))
+        deadline = time.monotonic() + session.timeout_s()
+        event = Event.IGNORED
+        while event in (Event.IGNORED, Event.BACKOFF):  # wait for an answer that counts
+            verdict = await next_verdict(dev.inbox, deadline)
+            if verdict is None:
+                dev.stats.timeouts += 1
+                event = session.on_timeout()
                 continue
-            if rec.code is not None:
-                stats.errors.append(f"{name}: {rec.code}: {rec.message}")
-                return
-            now = clock()
-            if first:
-                stats.latencies_s.append(now - sent)
-                first = False
-            new = rec.tokens[max(0, len(got) - rec.start) :] if rec.start <= len(got) else []
-            if rec.start > len(got):
-                stats.violations.append(f"{name} session {session}: gap at {len(got)}")
-                return
-            got.extend(new)
-            if got != trace.reference[: len(got)]:
-                stats.violations.append(
-                    f"{name} session {session}: centralized tokens differ from the reference "
-                    f"within the first {len(got)}"
+            answer = replay.on_answer(req, verdict, sent, time.monotonic())
+            if isinstance(answer, Outcome):
+                return verdict, answer
+            event = answer
+        if event not in (Event.RESEND, Event.FALLBACK):
+            return session.error or f"gave up after {session.timeouts} timeouts"
+        message = replay.resend(time.monotonic())
+
+
+async def _central_session(
+    dev: _Device, trace: PromptTrace, session: str, stop: asyncio.Event
+) -> bool:
+    """One centralized session; False when the device must stop."""
+    cfg, stats, clock = dev.cfg, dev.stats, time.monotonic
+    req = CentralizedRequest(
+        session=session,
+        prompt=list(trace.prompt),
+        max_new_tokens=trace.max_new_tokens,
+        params=SamplingParams(),
+        fingerprint=cfg.fingerprint,
+        sent_at_ns=time.time_ns(),
+    )
+    sent = clock()
+    await dev.send(req)
+    got: list[int] = []
+    first = True
+    while True:
+        try:
+            rec = await asyncio.wait_for(dev.inbox.get(), cfg.verdict_timeout_s)
+        except TimeoutError:
+            stats.timeouts += 1
+            stats.errors.append(f"{dev.name}: no tokens for {cfg.verdict_timeout_s:g} s")
+            return False
+        if not isinstance(rec, GeneratedTokens) or rec.session != session:
+            continue
+        if rec.code is not None:
+            stats.errors.append(f"{dev.name}: {rec.code}: {rec.message}")
+            return False
+        now = clock()
+        if first:
+            stats.latencies_s.append(now - sent)
+            first = False
+        if rec.start > len(got):
+            return dev.fail(session, f"gap at {len(got)}")
+        new = rec.tokens[len(got) - rec.start :]
+        got.extend(new)
+        if got != trace.reference[: len(got)]:
+            return dev.fail(
+                session,
+                f"centralized tokens differ from the reference within the first {len(got)}",
+            )
+        if new:
+            stats.events.append((now, len(new)))
+        if rec.done:
+            if got != trace.reference:
+                return dev.fail(
+                    session, f"done after {len(got)} of {len(trace.reference)} reference tokens"
                 )
-                return
-            if new:
-                stats.events.append((now, len(new)))
-            if rec.done:
-                if got != trace.reference:
-                    stats.violations.append(
-                        f"{name} session {session}: done after {len(got)} of "
-                        f"{len(trace.reference)} reference tokens"
-                    )
-                    return
-                stats.sessions_done += 1
-                break
+            stats.sessions_done += 1
+            return True
 
 
 async def run_point(
@@ -329,35 +274,27 @@ async def run_point(
 ) -> PointResult:
     """One point on a connection of its own (see :class:`FleetSession` for many points)."""
     async with MqttTransport(mqtt.with_(persistent=False, client_id=None)) as bus:
-        router = _Router(cfg.topics)
-        await bus.subscribe(f"{cfg.topics.prefix}/dev/+/verdict")
-        pump = asyncio.create_task(router.pump(bus), name="fleet-router")
+        router, pump = await start_router(bus, cfg.topics)
         try:
             return await run_point_on(bus, router, traces, cfg)
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await stop_task(pump)
 
 
 async def run_point_on(
-    bus: MqttTransport, router: _Router, traces: Sequence[PromptTrace], cfg: FleetConfig
+    bus: MqttTransport, router: Router, traces: Sequence[PromptTrace], cfg: FleetConfig
 ) -> PointResult:
     """Run ``cfg.devices`` simulated devices; measure after ``warmup_s`` for ``measure_s``."""
     run_tag = uuid.uuid4().hex[:6]
-    stats = [DeviceStats() for _ in range(cfg.devices)]
     stop = asyncio.Event()
-    body = _sled_device if cfg.mode == "sled" else _central_device
+    devices = [
+        _Device(f"sim-{run_tag}-{i}", cfg, bus, asyncio.Queue(), DeviceStats())
+        for i in range(cfg.devices)
+    ]
     tasks = []
-    names = []
-    for i in range(cfg.devices):
-        name = f"sim-{run_tag}-{i}"
-        names.append(name)
-        inbox: asyncio.Queue[Record] = asyncio.Queue()
-        router.queues[name] = inbox
-        tasks.append(
-            asyncio.create_task(body(name, i, traces, cfg, bus, inbox, stats[i], stop), name=name)
-        )
+    for i, dev in enumerate(devices):
+        router.queues[dev.name] = dev.inbox
+        tasks.append(asyncio.create_task(_device(dev, i, traces, stop), name=dev.name))
     t0 = time.monotonic() + cfg.warmup_s
     t1 = t0 + cfg.measure_s
     crashes: list[str] = []
@@ -378,8 +315,16 @@ async def run_point_on(
                 pass
             except Exception as exc:  # a device task crashed: report it, keep going
                 crashes.append(f"{t.get_name()}: {type(exc).__name__}: {exc}")
-        for name in names:
-            router.queues.pop(name, None)
+        for dev in devices:
+            router.queues.pop(dev.name, None)
+    return _result(cfg, [d.stats for d in devices], (t0, t1), crashes)
+
+
+def _result(
+    cfg: FleetConfig, stats: list[DeviceStats], window: tuple[float, float], crashes: list[str]
+) -> PointResult:
+    """The point's result from each device's counters; rates over ``window`` (t0, t1)."""
+    t0, t1 = window
     rates = [sum(n for ts, n in s.events if t0 <= ts < t1) / cfg.measure_s for s in stats]
     latencies = [x for s in stats for x in s.latencies_s]
     return PointResult(
@@ -417,7 +362,7 @@ class FleetSession:
         self.slack_s = slack_s
         self._runner: asyncio.Runner | None = None
         self._bus: MqttTransport | None = None
-        self._router = _Router(topics)
+        self._router = Router(topics)
         self._pump: asyncio.Task[None] | None = None
 
     def __enter__(self) -> FleetSession:
@@ -436,14 +381,10 @@ class FleetSession:
         bus = MqttTransport(self.mqtt.with_(persistent=False, client_id=None))
         await bus.__aenter__()
         self._bus = bus
-        await bus.subscribe(f"{self.topics.prefix}/dev/+/verdict")
-        self._pump = asyncio.create_task(self._router.pump(bus), name="fleet-router")
+        self._router, self._pump = await start_router(bus, self.topics)
 
     async def _close(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+        await stop_task(self._pump)
         if self._bus is not None:
             await self._bus.__aexit__(None, None, None)
 
@@ -467,21 +408,8 @@ class FleetSession:
             where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames)
             stacks.append(f"{t.get_name()}: {where}")
         task.cancel()
-        return PointResult(
-            mode=cfg.mode,
-            devices=cfg.devices,
-            window_s=cfg.measure_s,
-            rates=[0.0] * cfg.devices,
-            rounds=0,
-            drafted=0,
-            accepted=0,
-            latency_p50_ms=0.0,
-            latency_p99_ms=0.0,
-            timeouts=0,
-            errors=[f"point overran its {budget_s:.0f} s budget; tasks: " + "; ".join(stacks)],
-            violations=[],
-            sessions_done=0,
-        )
+        overran = f"point overran its {budget_s:.0f} s budget; tasks: " + "; ".join(stacks)
+        return _result(cfg, [DeviceStats() for _ in range(cfg.devices)], (0.0, 0.0), [overran])
 
 
 async def _sleep_or_fail(tasks: list[asyncio.Task[None]], duration_s: float) -> bool:

@@ -5,50 +5,39 @@ leaves the session's context equal to a prefix of the target's own greedy output
 (the *reference*). So what a device drafts next depends only on *how many* reference
 tokens are committed. A :class:`PromptTrace` stores, for every committed count ``i``,
 the drafter's greedy *chain* after ``prompt + reference[:i]`` with the confidence of
-each chain token (max softmax probability, paper eq. 1). A simulated device replays it:
-it looks up the chain at its committed count, applies the drafting policy (threshold,
-``max_draft``) and sends exactly the drafts the real device would send, at the speed
-of its device profile.
+each chain token (max softmax probability, paper eq. 1).
 
-Terms as in ``schemas.messages``: *draft*, *accepted*, *target token*, *committed*.
+A simulated device replays it through the edge node's own drafting policy
+(:class:`edge_node.policy.SledSession`): :func:`draft_from` feeds the policy the
+chain's confidences one token at a time and adds each token it asks for, so the
+threshold, ``max_draft``, EOS, budget and asynchronous-drafting rules are the
+product's, not a copy. Terms as in :mod:`schemas`.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_node.policy import DraftToken, PolicyConfig, RttEstimator, SledSession
+from schemas import SamplingParams, Verdict
 
-@dataclass(frozen=True, slots=True)
-class DraftPolicy:
-    """Dynamic drafting (paper eq. 1).
 
-    Draft while the drafter's confidence in the next token is ``>= threshold``, up to
-    ``max_draft`` tokens (the edge node's ``edge_node.policy.draft_stop``): a token
-    whose confidence is below the threshold is not sent, so a round may carry no
-    drafts at all. ``threshold = 0`` gives fixed-length drafting of ``max_draft``.
+class DraftPolicy(PolicyConfig):
+    """The edge node's :class:`~edge_node.policy.PolicyConfig`, built the benchmark's way:
+    ``DraftPolicy(max_draft, threshold)``; other knobs by keyword.
+
+    Dynamic drafting (paper eq. 1) with the benchmark's defaults: ``threshold = 0``
+    gives fixed-length drafting of ``max_draft`` tokens.
     """
 
-    max_draft: int = 4
-    threshold: float = 0.0
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if self.max_draft < 0:
-            raise ValueError("max_draft must be >= 0")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError("threshold must lie in [0, 1]")
-
-    def draft_length(self, confidences: list[float]) -> int:
-        """How many chain tokens to send, given the chain's confidences."""
-        k = 0
-        for conf in confidences[: self.max_draft]:
-            if conf < self.threshold:
-                break
-            k += 1
-        return k
+    def __init__(self, max_draft: int = 4, threshold: float = 0.0, **knobs: Any) -> None:
+        super().__init__(threshold=threshold, max_draft=max_draft, **knobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,26 +68,6 @@ class PromptTrace:
         if len(self.reference) > self.max_new_tokens:
             raise ValueError("reference longer than max_new_tokens")
 
-    @property
-    def chain_len(self) -> int:
-        return min((len(c) for c in self.chains), default=0)
-
-    def drafts(self, committed: int, policy: DraftPolicy) -> list[int]:
-        """Drafts sent with ``committed`` reference tokens already verified.
-
-        As the edge node drafts: the policy's length, never more than the generation
-        budget left (``max_new_tokens - committed``), and ending at the first EOS.
-        """
-        if committed >= len(self.reference):
-            return []
-        k = policy.draft_length(self.confidences[committed])
-        room = self.max_new_tokens - committed
-        drafts = self.chains[committed][: min(k, room)]
-        for j, tok in enumerate(drafts):
-            if tok in self.eos:
-                return drafts[: j + 1]
-        return drafts
-
     def accepted_length(self, committed: int, drafts: list[int]) -> int:
         """``accepted`` of a lossless greedy verdict for ``drafts`` (protocol rules).
 
@@ -111,15 +80,69 @@ class PromptTrace:
             a += 1
         return min(a, max(0, len(ref) - 1))
 
+    def verdict(self, session: str, seq: int, committed: int, accepted: int) -> Verdict:
+        """What a lossless greedy verifier answers when ``accepted`` of the drafts sent
+        after ``committed`` reference tokens match: the next reference token."""
+        n = committed + accepted + 1  # reference tokens committed after the verdict
+        return Verdict(
+            session=session,
+            seq=seq,
+            accepted=accepted,
+            token=self.reference[committed + accepted],
+            committed=len(self.prompt) + n,
+            done=n >= len(self.reference),
+        )
 
-@dataclass(frozen=True, slots=True)
-class AcceptanceStats:
-    """Greedy acceptance of one policy over traces (no timing involved)."""
 
+def new_session(
+    trace: PromptTrace,
+    policy: PolicyConfig,
+    *,
+    committed: int = 0,
+    session: str = "replay",
+    fingerprint: str | None = None,
+) -> SledSession:
+    """The edge node's session state for ``trace``, ``committed`` reference tokens in."""
+    return SledSession(
+        session=session,
+        prompt=list(trace.prompt),
+        max_new_tokens=trace.max_new_tokens,
+        params=SamplingParams(),
+        eos_ids=frozenset(trace.eos),
+        config=policy,
+        rtt=RttEstimator(policy),
+        fingerprint=fingerprint,
+        committed_ids=[*trace.prompt, *trace.reference[:committed]],
+    )
+
+
+def draft_from(trace: PromptTrace, session: SledSession, limit: int | None = None) -> int:
+    """Draft as the edge node does, from the recorded chain; how many tokens were drafted.
+
+    The drafter's next token after the session's pending drafts is the chain token at
+    the same offset, with its recorded confidence; the policy
+    (:meth:`SledSession.should_draft`) decides whether to draft it. At most ``limit``
+    tokens (the time the device had), and never past the recorded chain.
+    """
+    chain = trace.chains[session.generated] if session.generated < len(trace.chains) else []
+    confidences = trace.confidences[session.generated] if chain else []
+    drafted = 0
+    while limit is None or drafted < limit:
+        j = len(session.pending)
+        if j >= len(chain) or not session.should_draft(confidences[j]):
+            break
+        session.add_draft(DraftToken(chain[j]))
+        drafted += 1
+    return drafted
+
+
+class AcceptanceCounts:
+    """Rates from the ``rounds``, ``drafted`` and ``accepted`` counts of a record."""
+
+    __slots__ = ()
     rounds: int
     drafted: int
     accepted: int
-    generated: int  # committed tokens, accepted + target tokens
 
     @property
     def acceptance_rate(self) -> float:
@@ -131,26 +154,42 @@ class AcceptanceStats:
         """Mean accepted drafts per verification round."""
         return self.accepted / self.rounds if self.rounds else 0.0
 
+
+@dataclass(frozen=True, slots=True)
+class AcceptanceStats(AcceptanceCounts):
+    """Greedy acceptance of one policy over traces (no timing involved)."""
+
+    rounds: int
+    drafted: int
+    accepted: int
+    generated: int  # committed tokens, accepted + target tokens
+
     @property
     def tokens_per_round(self) -> float:
         """Mean committed tokens per round (accepted + 1 target token)."""
         return self.generated / self.rounds if self.rounds else 0.0
 
 
-def simulate_acceptance(traces: list[PromptTrace], policy: DraftPolicy) -> AcceptanceStats:
-    """Rounds of synchronous greedy speculative decoding over each trace, counted."""
+def simulate_acceptance(traces: list[PromptTrace], policy: PolicyConfig) -> AcceptanceStats:
+    """Rounds of synchronous greedy speculative decoding over each trace, counted.
+
+    Each round the edge node's policy drafts from the trace and builds the request; a
+    lossless verifier answers from the reference (:meth:`PromptTrace.verdict`).
+    """
+    sync = replace(policy, async_drafting=False)
     rounds = drafted = accepted = generated = 0
     for trace in traces:
-        pos = 0
-        while pos < len(trace.reference):
-            d = trace.drafts(pos, policy)
-            a = trace.accepted_length(pos, d)
+        session = new_session(trace, sync)
+        while not session.done and session.generated < len(trace.reference):
+            draft_from(trace, session)
+            pos = session.generated
+            request = session.build_request(0.0)
+            a = trace.accepted_length(pos, request.draft)
+            session.on_verdict(trace.verdict(session.session, request.seq, pos, a), 0.0)
             rounds += 1
-            drafted += len(d)
+            drafted += len(request.draft)
             accepted += a
-            step = min(a + 1, len(trace.reference) - pos)
-            generated += step
-            pos += step
+        generated += session.generated
     return AcceptanceStats(rounds, drafted, accepted, generated)
 
 

@@ -1,4 +1,4 @@
-"""Draft traces, drafting policy and the replay schedule, on literal traces."""
+"""Draft traces, the edge node's drafting policy on them, and the replay schedule."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from bench.sim.replay import ReplayDevice
 from bench.sim.trace import (
     DraftPolicy,
     PromptTrace,
+    draft_from,
     expected_accepted,
     load_traces,
+    new_session,
     oracle_trace,
     save_traces,
     simulate_acceptance,
 )
+from edge_node.policy import PolicyConfig, draft_stop
 
 REF = [10, 11, 12, 13, 14, 15]
 
@@ -37,29 +40,48 @@ def _trace() -> PromptTrace:
 @pytest.mark.parametrize(
     ("policy", "confs", "expected"),
     [
-        (DraftPolicy(4, 0.0), [0.1, 0.1, 0.1, 0.1, 0.1], 4),
-        (DraftPolicy(4, 0.5), [0.9, 0.8, 0.3, 0.9], 2),  # stop before the unsure token
-        (DraftPolicy(4, 0.5), [0.2, 0.9], 0),
-        (DraftPolicy(8, 0.5), [0.9, 0.9], 2),  # chain shorter than max_draft
-        (DraftPolicy(0, 0.5), [0.9], 0),
+        ((4, 0.0), [0.1, 0.1, 0.1, 0.1, 0.1], 4),
+        ((4, 0.5), [0.9, 0.8, 0.3, 0.9], 2),  # stop before the unsure token
+        ((4, 0.5), [0.2, 0.9], 0),
+        ((8, 0.5), [0.9, 0.9], 2),  # chain shorter than max_draft
+        ((0, 0.5), [0.9], 0),
     ],
 )
-def test_draft_length(policy: DraftPolicy, confs: list[float], expected: int) -> None:
-    assert policy.draft_length(confs) == expected
+def test_draft_length(policy: tuple[int, float], confs: list[float], expected: int) -> None:
+    """The edge node's eq. 1 (``draft_stop``), applied token by token as the replay does."""
+    max_draft, threshold = policy
+    k = 0
+    while (
+        k < len(confs) and draft_stop(confs[k], k, threshold=threshold, max_draft=max_draft) is None
+    ):
+        k += 1
+    assert k == expected
+    if max_draft:  # the replay's drafting through the policy agrees
+        trace = PromptTrace([1], list(range(2, 12)), [list(range(2, 2 + len(confs)))] * 10,
+                            [confs] * 10, max_new_tokens=10)  # fmt: skip
+        session = new_session(trace, DraftPolicy(max_draft, threshold))
+        assert draft_from(trace, session) == expected
+
+
+def _drafts(trace: PromptTrace, committed: int, policy: PolicyConfig) -> list[int]:
+    """What the edge node drafts with ``committed`` reference tokens verified."""
+    session = new_session(trace, policy, committed=committed)
+    draft_from(trace, session)
+    return session.pending_ids
 
 
 def test_drafts_respect_budget_and_acceptance() -> None:
     t = _trace()
-    assert t.drafts(0, DraftPolicy(4, 0.5)) == [10, 11]
+    assert _drafts(t, 0, DraftPolicy(4, 0.5)) == [10, 11]
     assert t.accepted_length(0, [10, 11, 99]) == 2
-    assert t.drafts(4, DraftPolicy(4)) == [14, 15]  # budget: 2 tokens left
+    assert _drafts(t, 4, DraftPolicy(4)) == [14, 15]  # budget: 2 tokens left
     assert t.accepted_length(4, [14, 15]) == 1  # the last one becomes the target token
-    assert t.drafts(6, DraftPolicy(4)) == []
+    assert _drafts(t, 6, DraftPolicy(4)) == []
 
 
 def test_drafts_end_at_eos() -> None:
     t = PromptTrace([1], [5, 0], [[5, 0, 7], [0, 7, 7]], [[0.9] * 3] * 2, 8, eos=[0])
-    assert t.drafts(0, DraftPolicy(4)) == [5, 0]
+    assert _drafts(t, 0, DraftPolicy(4)) == [5, 0]
     assert t.accepted_length(0, [5, 0]) == 1  # EOS accepted -> it is the target token
 
 

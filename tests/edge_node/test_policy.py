@@ -14,7 +14,7 @@ from edge_node.policy import (
     StopReason,
     draft_stop,
 )
-from schemas import SamplingParams, Verdict
+from schemas import ErrorCode, SamplingParams, Verdict
 
 EOS = 0
 PROMPT = [11, 12, 13]  # start = 3
@@ -105,7 +105,7 @@ def test_first_request_carries_context_later_ones_do_not() -> None:
     assert isinstance(out, Commit)
     assert (out.tokens, out.retract, out.accepted, out.drafted, out.kept) == ([21, 30], 0, 1, 2, 0)
     assert not out.done and out.rtt_s == pytest.approx(0.05)
-    assert s.committed == [*PROMPT, 21, 30] and s.pending == [] and s.seq == 1
+    assert s.committed_ids == [*PROMPT, 21, 30] and s.pending == [] and s.seq == 1
     draft(s, 31)
     req = s.build_request(2.0)
     assert (req.seq, req.start, req.draft, req.context) == (1, 5, [31], None)
@@ -168,7 +168,7 @@ def test_async_drafts_kept_when_all_accepted_and_target_matches() -> None:
     draft(s, 24, 25, 26)  # in flight: 24 guesses the target token, 25 26 are next drafts
     out = s.on_verdict(verdict(s, 3, 24), 0.1)
     assert isinstance(out, Commit) and out.kept == 2
-    assert s.committed == [*PROMPT, 21, 22, 23, 24]
+    assert s.committed_ids == [*PROMPT, 21, 22, 23, 24]
     assert s.pending_ids == [25, 26]
     assert s.build_request(0.2).draft == [25, 26]
 
@@ -187,7 +187,7 @@ def test_async_drafts_dropped_otherwise(accepted: int, token: int) -> None:
     draft(s, 24, 25)
     out = s.on_verdict(verdict(s, accepted, token), 0.1)
     assert isinstance(out, Commit) and out.kept == 0 and s.pending == []
-    assert s.committed == [*PROMPT, *[21, 22, 23][:accepted], token]
+    assert s.committed_ids == [*PROMPT, *[21, 22, 23][:accepted], token]
 
 
 def test_async_drafting_limit_and_switch_off() -> None:
@@ -231,7 +231,7 @@ def test_timeout_resends_same_seq_and_start_with_new_drafts() -> None:
     out = s.on_verdict(verdict(s, 2, 23), 2.1)
     assert isinstance(out, Commit)
     assert out.rtt_s is None  # Karn: no RTT sample from a resent request
-    assert s.committed == [*PROMPT, 21, 22, 23] and s.pending_ids == [24]
+    assert s.committed_ids == [*PROMPT, 21, 22, 23] and s.pending_ids == [24]
     assert s.failures == 0 and s.resends == 1 and s.timeouts == 1
 
 
@@ -242,7 +242,7 @@ def test_resync_verdict_resends_with_context_and_gives_up_eventually() -> None:
     s.on_verdict(verdict(s, 0, 5), 0.1)
     draft(s, 22)
     assert s.build_request(0.2).context is None
-    resync = Verdict(session=s.session, seq=1, code="resync", message="unknown session")
+    resync = Verdict(session=s.session, seq=1, code=ErrorCode.RESYNC, message="unknown session")
     assert s.on_verdict(resync, 0.3) is Event.RESEND
     req = s.build_request(0.3)
     assert req.seq == 1 and req.context == [*PROMPT, 5] and req.prompt_len == 3
@@ -289,7 +289,7 @@ def test_fallback_after_n_failures_then_resync() -> None:
     assert out.retract == 5  # all released unverified tokens are withdrawn
     assert out.tokens == [23, 24, 40]
     assert not s.fallback and s.failures == 0 and s.released == 0
-    assert s.committed == [*PROMPT, 21, 22, 23, 24, 40] and s.pending == []
+    assert s.committed_ids == [*PROMPT, 21, 22, 23, 24, 40] and s.pending == []
     draft(s, 41)
     assert s.build_request(5.0).context is None  # verified generation resumes
 

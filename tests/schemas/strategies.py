@@ -79,19 +79,18 @@ def draft_requests(draw: st.DrawFn) -> DraftRequest:
         q_ids, q_probs = draw(q_rows(len(draft)))
     if draw(st.booleans()):  # first request of a session: full context
         context = draw(st.lists(tokens, min_size=1, max_size=40))
-        return DraftRequest(
-            session=draw(idents),
-            seq=draw(nonneg),
-            start=len(context),
-            draft=draft,
-            sent_at_ns=draw(nonneg),
-            q_ids=q_ids,
-            q_probs=q_probs,
-            context=context,
+        return DraftRequest.opening(
+            draw(idents),
+            draw(nonneg),
+            context,
+            draft,
             prompt_len=draw(st.integers(1, len(context))),
             max_new_tokens=draw(st.integers(1, 8192)),
             params=draw(sampling),
             fingerprint=draw(st.text("0123456789abcdef", min_size=16, max_size=16)),
+            sent_at_ns=draw(nonneg),
+            q_ids=q_ids,
+            q_probs=q_probs,
         )
     return DraftRequest(
         session=draw(idents),

@@ -1,10 +1,13 @@
 """A scripted device for end-to-end tests of the verifier (not the real edge node).
 
-It follows docs/protocol.md: first request with the full context, then ``seq + 1`` with
-``start = committed``; resend on timeout (same seq and start); on ``resync`` resend
-with the full context. It drafts a *noisy copy* of the target's own greedy
-continuation (each draft token is right with probability ``1 - noise``), so accepted
-lengths vary from 0 to k while the verified output must still equal the truth.
+Its protocol is the edge node's own drafting policy (``edge_node.policy.SledSession``,
+docs/protocol.md): the policy builds the opening request with the full context, then
+follow-ups ``seq + 1`` with ``start = committed``, resends on timeout (same seq and
+start) and resends with the full context after ``resync``. Only the drafter is
+scripted: each round it drafts ``k`` tokens (``k`` random in ``[0, max_k]``) of a
+*noisy copy* of the target's own greedy continuation (each draft token is right with
+probability ``1 - noise``), so accepted lengths vary from 0 to k while the verified
+output must still equal the truth.
 """
 
 from __future__ import annotations
@@ -12,15 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
+from bench.sim.router import next_verdict
+from edge_node.policy import Commit, DraftToken, Event, PolicyConfig, RttEstimator, SledSession
 from runtime.transport import Transport
 from schemas import (
     CentralizedRequest,
     DraftRequest,
+    ErrorCode,
     GeneratedTokens,
+    Record,
     SamplingParams,
     Topics,
     Verdict,
@@ -41,40 +49,32 @@ class DeviceStats:
     errors: list[Verdict] = field(default_factory=list)
 
 
+@dataclass
 class ScriptedDevice:
-    """One device: runs its prompts one after another over ``transport``."""
+    """One device: runs its prompts one after another over ``transport``.
 
-    def __init__(
-        self,
-        transport: Transport,
-        topics: Topics,
-        device: str,
-        *,
-        vocab: int,
-        fingerprint: str | None = None,
-        noise: float = 0.3,
-        max_k: int = 5,
-        timeout_s: float = 3.0,
-        duplicate: bool = False,
-        redeliver: bool = False,
-        seed: int = 0,
-    ) -> None:
-        """``duplicate``: publish every request twice back to back; ``redeliver``: publish
-        it once more after its verdict arrived (a late broker redelivery)."""
-        self.transport = transport
-        self.topics = topics
-        self.device = device
-        self.vocab = vocab
-        self.fingerprint = fingerprint
-        self.noise = noise
-        self.max_k = max_k
-        self.timeout_s = timeout_s
-        self.duplicate = duplicate
-        self.redeliver = redeliver
-        self.rng = random.Random(seed)
-        self.stats = DeviceStats()
-        self.inbox: asyncio.Queue[Verdict | GeneratedTokens] = asyncio.Queue()
-        self._reader: asyncio.Task[None] | None = None
+    ``duplicate``: publish every request twice back to back; ``redeliver``: publish it
+    once more after its verdict arrived (a late broker redelivery).
+    """
+
+    transport: Transport
+    topics: Topics
+    device: str
+    _: KW_ONLY
+    vocab: int
+    fingerprint: str | None = None
+    noise: float = 0.3
+    max_k: int = 5
+    timeout_s: float = 3.0
+    duplicate: bool = False
+    redeliver: bool = False
+    seed: int = 0
+    stats: DeviceStats = field(default_factory=DeviceStats, init=False)
+    inbox: asyncio.Queue[Record] = field(default_factory=asyncio.Queue, init=False)
+    _reader: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
 
     async def start(self) -> None:
         await self.transport.subscribe(self.topics.verdict(self.device))
@@ -98,26 +98,31 @@ class ScriptedDevice:
             await self.transport.publish(self.topics.draft(self.device), payload)
             self.stats.publishes += 1
 
-    async def _answer(self, session: str, seq: int) -> Verdict | None:
-        """The verdict for ``(session, seq)``, or None on timeout; skips old ones."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                return None
-            try:
-                rec = await asyncio.wait_for(self.inbox.get(), left)
-            except TimeoutError:
-                return None
-            if not isinstance(rec, Verdict):
-                continue
-            if rec.session in ("", session) and rec.code is not None and rec.seq == seq:
-                return rec
-            if rec.session == session and rec.seq == seq:
-                return rec
-            if rec.session == session and rec.seq < seq:
-                self.stats.duplicate_verdicts += 1
+    def _draft(self, sess: SledSession, truth: Sequence[int]) -> None:
+        """Draft ``k`` tokens (random in ``[0, max_k]``) as far as the policy allows.
+
+        Greedy: the truth token, or with probability ``noise`` a random one. Sampling:
+        a token drawn from a made-up truncated distribution q (the truth token 0.6 and
+        two others 0.3 / 0.1), sent as ``q_ids``/``q_probs`` like a real drafter's top-K.
+        """
+        k = self.rng.randrange(0, self.max_k + 1)
+        for i in range(k):
+            if not sess.should_draft(1.0):  # the budget is full
+                return
+            pos = sess.generated + i
+            good = truth[pos] if pos < len(truth) else 1
+            if not sess.params.greedy:
+                ids = [good]
+                while len(ids) < 3:
+                    other = self.rng.randrange(1, self.vocab)
+                    if other not in ids:
+                        ids.append(other)
+                tok = self.rng.choices(ids, weights=[0.6, 0.3, 0.1])[0]
+                sess.add_draft(DraftToken(tok, ids, [0.6, 0.3, 0.1]))
+            elif self.rng.random() >= self.noise:
+                sess.add_draft(DraftToken(good))
+            else:
+                sess.add_draft(DraftToken(self.rng.randrange(1, self.vocab)))
 
     async def generate(
         self,
@@ -129,79 +134,67 @@ class ScriptedDevice:
         session: str | None = None,
         max_timeouts: int = 20,
     ) -> list[int]:
-        """Generate with speculative rounds; returns the committed completion.
-
-        With sampling ``params`` every draft token is drawn from a made-up truncated
-        distribution q (the truth token 0.6 and two others 0.3 / 0.1), sent as
-        ``q_ids``/``q_probs``, like a real drafter's top-K.
-        """
-        session = session or uuid.uuid4().hex[:12]
-        sampling = params is not None and not params.greedy
-        committed = list(prompt)
-        seq = 0
-        with_context = True
+        """Generate with speculative rounds; returns the committed completion."""
+        policy = PolicyConfig(
+            threshold=0.5,  # the script decides k; the policy adds max_draft and the budget
+            max_draft=max(1, self.max_k),
+            async_drafting=False,
+            timeout_floor_s=self.timeout_s,
+            timeout_ceiling_s=self.timeout_s,
+            fallback_after=max_timeouts + 1,  # never: the device has no local generation
+            max_resyncs=max_timeouts,
+        )
+        sess = SledSession(
+            session=session or uuid.uuid4().hex[:12],
+            prompt=list(prompt),
+            max_new_tokens=max_new_tokens,
+            params=params or SamplingParams(),
+            eos_ids=frozenset(),
+            config=policy,
+            rtt=RttEstimator(policy),
+            fingerprint=self.fingerprint,
+        )
         timeouts = 0
-        while True:
-            pos = len(committed) - len(prompt)
-            k = self.rng.randrange(0, self.max_k + 1)
-            q_ids: list[list[int]] | None = [] if sampling else None
-            q_probs: list[list[float]] | None = [] if sampling else None
-            draft = []
-            for i in range(k):
-                good = truth[pos + i] if pos + i < len(truth) else 1
-                if q_ids is not None and q_probs is not None:
-                    ids = [good]
-                    while len(ids) < 3:
-                        other = self.rng.randrange(1, self.vocab)
-                        if other not in ids:
-                            ids.append(other)
-                    q_ids.append(ids)
-                    q_probs.append([0.6, 0.3, 0.1])
-                    draft.append(self.rng.choices(ids, weights=[0.6, 0.3, 0.1])[0])
-                elif self.rng.random() >= self.noise:
-                    draft.append(good)
-                else:
-                    draft.append(self.rng.randrange(1, self.vocab))
-            req = DraftRequest(
-                session=session,
-                seq=seq,
-                start=len(committed),
-                draft=draft,
-                context=list(committed) if with_context else None,
-                prompt_len=len(prompt) if with_context else None,
-                max_new_tokens=max_new_tokens if with_context else None,
-                params=(params or SamplingParams()) if with_context else None,
-                fingerprint=self.fingerprint if with_context else None,
-                q_ids=q_ids,
-                q_probs=q_probs,
-            )
+        while not sess.done:
+            self._draft(sess, truth)
             self.stats.requests += 1
-            while True:  # send, resend on timeout
+            commit: Commit | None = None
+            while commit is None:  # send; resend on timeout and after resync
+                req = sess.build_request(time.monotonic())
                 await self._send(req)
-                verdict = await self._answer(session, seq)
-                if verdict is not None:
-                    break
-                self.stats.timeouts += 1
-                timeouts += 1
-                assert timeouts <= max_timeouts, f"{self.device}: verifier never answered"
-            if verdict.code == "resync":
-                self.stats.resyncs += 1
-                with_context = True
-                continue
-            if verdict.code is not None:
-                self.stats.errors.append(verdict)
-                raise AssertionError(f"{self.device}: error verdict {verdict}")
+                outcome = await self._answer(sess)
+                if outcome is None:
+                    self.stats.timeouts += 1
+                    timeouts += 1
+                    assert timeouts <= max_timeouts, f"{self.device}: verifier never answered"
+                    sess.on_timeout()
+                elif outcome is Event.RESEND:
+                    self.stats.resyncs += 1
+                elif isinstance(outcome, Commit):
+                    commit = outcome
+                else:
+                    raise AssertionError(f"{self.device}: {sess.error}")
             if self.redeliver:
                 await self.transport.publish(self.topics.draft(self.device), encode(req))
                 self.stats.publishes += 1
-            assert verdict.committed == len(committed) + verdict.accepted + 1
-            committed += [*draft[: verdict.accepted], verdict.token]
-            self.stats.drafted += len(draft)
-            self.stats.accepted += verdict.accepted
-            seq += 1
-            with_context = False
-            if verdict.done:
-                return committed[len(prompt) :]
+            self.stats.drafted += commit.drafted
+            self.stats.accepted += commit.accepted
+        return sess.committed_ids[len(prompt) :]
+
+    async def _answer(self, sess: SledSession) -> Commit | Event | None:
+        """The policy's reading of the answer to the request in flight; None on timeout."""
+        deadline = time.monotonic() + sess.timeout_s()
+        while (verdict := await next_verdict(self.inbox, deadline)) is not None:
+            outcome = sess.on_verdict(verdict, time.monotonic())
+            if verdict.code is not None and verdict.code != ErrorCode.RESYNC:
+                self.stats.errors.append(verdict)
+            if outcome is Event.IGNORED:
+                if verdict.session == sess.session and verdict.seq < sess.seq:
+                    self.stats.duplicate_verdicts += 1
+                continue
+            if outcome is not Event.BACKOFF:
+                return outcome
+        return None
 
     async def centralized(
         self, prompt: Sequence[int], max_new_tokens: int, *, params: SamplingParams | None = None
