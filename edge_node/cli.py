@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from edge_node.config import ConfigError, add_config_arguments, config_from_args
+from edge_node.config import add_config_arguments
 
 if TYPE_CHECKING:
     from edge_node.config import EdgeConfig
@@ -39,12 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_node.config import EdgeConfig
     from runtime.logs import configure
 
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    config = EdgeConfig.from_cli(args, "error")
+    if config is None:
         return 2
     configure(config.log_level, json=config.log_json)
     from schemas import DEFAULT_LIMITS, SamplingParams

@@ -13,21 +13,19 @@ Each field documents its unit; see ``sled edge --help`` for the list.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, ClassVar
 
 from edge_node.policy import PolicyConfig
-from runtime.config import ConfigError, field_names, load_config
+from runtime.broker import BrokerConfig
+from runtime.config import ConfigError, Loadable, doc
 from runtime.config import add_config_arguments as _add_config_arguments
-from runtime.config import config_from_args as _config_from_args
-from schemas import MODES, SchemaError, Topics, check_id
+from schemas import MODES, SchemaError, check_id
 
-PROTOCOLS: Final = ("5", "3.1.1")
+if TYPE_CHECKING:
+    from runtime.transport import MqttConfig
 
 
 def _default_device_id() -> str:
@@ -35,36 +33,17 @@ def _default_device_id() -> str:
     return f"edge-{host}"
 
 
-def doc(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
-
-
 @dataclass(frozen=True, slots=True)
-class EdgeConfig:
-    """Everything an edge node needs. Times carry their unit in the name."""
+class EdgeConfig(BrokerConfig, Loadable):
+    """Everything an edge node needs: the broker fields of
+    :class:`~runtime.broker.BrokerConfig`, then these. Times carry their unit in the name."""
+
+    TABLE: ClassVar[str] = "edge"
 
     device_id: str = field(
         default_factory=_default_device_id,
         metadata=doc("device id in topics (1-64 of A-Z a-z 0-9 _ . -); default edge-HOSTNAME"),
     )
-    broker_url: str = field(
-        default="mqtt://127.0.0.1:1883",
-        metadata=doc("MQTT broker, mqtt://host:port or mqtts://host:port (TLS)"),
-    )
-    username: str | None = field(default=None, metadata=doc("broker user name"))
-    password: str | None = field(default=None, metadata=doc("broker password"))
-    mqtt_protocol: str = field(
-        default="5", metadata=doc("MQTT protocol version: 5 or 3.1.1", choices=PROTOCOLS)
-    )
-    topic_prefix: str = field(default="sled/v1", metadata=doc("topic prefix"))
-    client_id: str | None = field(
-        default=None,
-        metadata=doc("MQTT client id, stable for a persistent session; default sled-edge-DEVICE"),
-    )
-    keepalive_s: int = field(
-        default=30, metadata=doc("MQTT keepalive, seconds (Last Will after ~1.5x of silence)")
-    )
-    tls_ca: str | None = field(default=None, metadata=doc("CA file (PEM) for mqtts://"))
     drafter_dir: str | None = field(
         default=None, metadata=doc("exported drafter folder (sled export-drafter)")
     )
@@ -111,15 +90,13 @@ class EdgeConfig:
     def __post_init__(self) -> None:
         try:
             check_id("device", self.device_id)
-            Topics(self.topic_prefix)
         except SchemaError as exc:
             raise ConfigError(str(exc)) from exc
-        if self.mqtt_protocol not in PROTOCOLS:
-            raise ConfigError(f"mqtt_protocol must be 5 or 3.1.1, got {self.mqtt_protocol!r}")
+        BrokerConfig.__post_init__(self)
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.threads < 1 or self.max_new_tokens < 1 or self.keepalive_s < 1:
-            raise ConfigError("threads, max_new_tokens and keepalive_s must be >= 1")
+        if self.threads < 1 or self.max_new_tokens < 1:
+            raise ConfigError("threads and max_new_tokens must be >= 1")
         try:
             self.policy()
         except ValueError as exc:
@@ -137,41 +114,8 @@ class EdgeConfig:
             fallback_after=self.fallback_after,
         )
 
-    def mqtt(self) -> Any:
-        """The transport's ``MqttConfig`` (imported here: aiomqtt is a runtime dependency)."""
-        from runtime.transport import MqttConfig
-
-        return MqttConfig.from_url(
-            self.broker_url,
-            username=self.username,
-            password=self.password,
-            client_id=self.client_id or f"sled-edge-{self.device_id}",
-            protocol=self.mqtt_protocol,
-            keepalive_s=self.keepalive_s,
-            tls_ca=self.tls_ca,
-        )
-
-    @property
-    def topics(self) -> Topics:
-        return Topics(self.topic_prefix)
-
-    def with_(self, **changes: Any) -> EdgeConfig:
-        return dataclasses.replace(self, **changes)
-
-    # -- loading -----------------------------------------------------------------------
-    @classmethod
-    def load(
-        cls,
-        flags: Mapping[str, Any] | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        toml_path: Path | str | None = None,
-    ) -> EdgeConfig:
-        """Merge defaults < TOML < env < flags (``None`` flags count as not given)."""
-        return load_config(cls, flags, env=env, toml_path=toml_path, table="edge")
-
-
-_FIELD_NAMES: Final = field_names(EdgeConfig)
+    def mqtt(self) -> MqttConfig:
+        return self.broker(f"sled-edge-{self.device_id}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,4 +124,4 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
-    return _config_from_args(EdgeConfig, args, "edge")
+    return EdgeConfig.from_args(args)

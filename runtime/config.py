@@ -7,9 +7,11 @@ Precedence, highest first: command-line flag, environment variable, TOML file, d
 * TOML ``max_batch = 8``        (top level or under ``[<table>]``; file from ``--config``
   or ``SLED_CONFIG``)
 
-The record is a frozen dataclass whose fields carry ``metadata={"help": …}`` (and
-optionally ``"choices"``); its ``__post_init__`` validates values and raises
-:class:`ConfigError`. Used by both nodes, so flags and variables mean the same everywhere.
+The record is a frozen dataclass whose fields carry ``metadata=doc(…)`` (a help text,
+optionally ``choices``); its ``__post_init__`` validates values and raises
+:class:`ConfigError`. :class:`Loadable` gives it ``load`` and ``with_``. Used by both
+nodes (on top of ``runtime.broker.BrokerConfig``), so flags and variables mean the same
+everywhere.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, Self, TypeVar
 
 ENV_PREFIX: Final = "SLED_"
 
@@ -30,6 +33,11 @@ C = TypeVar("C")
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field and its source."""
+
+
+def doc(text: str, **extra: Any) -> dict[str, Any]:
+    """A field's metadata: its help text (with the unit) and e.g. ``choices``."""
+    return {"help": text, **extra}
 
 
 def field_names(cls: type[Any]) -> frozenset[str]:
@@ -141,3 +149,41 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Any], title:
 def config_from_args(cls: type[C], args: argparse.Namespace, table: str) -> C:
     flags = {name: getattr(args, name, None) for name in field_names(cls)}
     return load_config(cls, flags, toml_path=getattr(args, "config", None), table=table)
+
+
+class Loadable:
+    """``load`` and ``with_`` for a node's frozen config dataclass (a mixin, no fields).
+
+    ``TABLE`` names the TOML table the node reads (``[edge]``, ``[verifier]``).
+    """
+
+    __slots__ = ()
+    TABLE: ClassVar[str]
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        toml_path: Path | str | None = None,
+    ) -> Self:
+        """Merge defaults < TOML < env < flags (``None`` flags count as not given)."""
+        return load_config(cls, flags, env=env, toml_path=toml_path, table=cls.TABLE)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Self:
+        """The record from parsed ``--flags`` (see :func:`add_config_arguments`)."""
+        return config_from_args(cls, args, cls.TABLE)
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace, prefix: str) -> Self | None:
+        """:meth:`from_args`, or None after printing ``prefix: why`` (the CLI exits 2)."""
+        try:
+            return cls.from_args(args)
+        except ConfigError as exc:
+            print(f"{prefix}: {exc}", file=sys.stderr)
+            return None
+
+    def with_(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]

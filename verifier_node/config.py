@@ -13,53 +13,32 @@ Each field documents its unit; ``sled verifier --help`` lists them all.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
-from runtime.config import ConfigError, field_names, load_config
+from runtime.broker import BrokerConfig
+from runtime.config import ConfigError, Loadable, doc
 from runtime.config import add_config_arguments as _add_config_arguments
-from runtime.config import config_from_args as _config_from_args
-from runtime.transport import MqttConfig
-from schemas import SchemaError, Topics, check_id
+from schemas import SchemaError, check_id
 
-PROTOCOLS: Final = ("5", "3.1.1")
+if TYPE_CHECKING:
+    from runtime.transport import MqttConfig
+
 DTYPE_NAMES: Final = ("float32", "bfloat16", "float16")
 
 
-def doc(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
-
-
 @dataclass(frozen=True, slots=True)
-class VerifierConfig:
-    """Everything a verifier node needs. Units are in the names or the docs."""
+class VerifierConfig(BrokerConfig, Loadable):
+    """Everything a verifier node needs: the broker fields of
+    :class:`~runtime.broker.BrokerConfig`, then these. Units are in the names or the docs."""
+
+    TABLE: ClassVar[str] = "verifier"
 
     verifier_id: str = field(
         default="verifier-1",
         metadata=doc("verifier id in topics and status (1-64 of A-Z a-z 0-9 _ . -)"),
     )
-    broker_url: str = field(
-        default="mqtt://127.0.0.1:1883",
-        metadata=doc("MQTT broker, mqtt://[user:pass@]host:port or mqtts://host:port (TLS)"),
-    )
-    username: str | None = field(default=None, metadata=doc("broker user name"))
-    password: str | None = field(default=None, metadata=doc("broker password"))
-    mqtt_protocol: str = field(
-        default="5", metadata=doc("MQTT protocol version: 5 or 3.1.1", choices=PROTOCOLS)
-    )
-    topic_prefix: str = field(default="sled/v1", metadata=doc("topic prefix"))
-    client_id: str | None = field(
-        default=None,
-        metadata=doc("MQTT client id (persistent session); default sled-verifier-ID"),
-    )
-    keepalive_s: int = field(
-        default=30, metadata=doc("MQTT keepalive, seconds (Last Will after ~1.5x of silence)")
-    )
-    tls_ca: str | None = field(default=None, metadata=doc("CA file (PEM) for mqtts://"))
     share_group: str | None = field(
         default=None,
         metadata=doc("MQTT v5 shared-subscription group when several verifiers share load"),
@@ -101,17 +80,15 @@ class VerifierConfig:
     def __post_init__(self) -> None:
         try:
             check_id("verifier", self.verifier_id)
-            Topics(self.topic_prefix)
             if self.share_group is not None:
                 check_id("share group", self.share_group)
         except SchemaError as exc:
             raise ConfigError(str(exc)) from exc
-        if self.mqtt_protocol not in PROTOCOLS:
-            raise ConfigError(f"mqtt_protocol must be 5 or 3.1.1, got {self.mqtt_protocol!r}")
+        BrokerConfig.__post_init__(self)
         if self.dtype not in DTYPE_NAMES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
-        if self.max_batch < 1 or self.prefill_chunk < 1 or self.keepalive_s < 1:
-            raise ConfigError("max_batch, prefill_chunk and keepalive_s must be >= 1")
+        if self.max_batch < 1 or self.prefill_chunk < 1:
+            raise ConfigError("max_batch and prefill_chunk must be >= 1")
         if self.threads < 0 or self.metrics_port < 0:
             raise ConfigError("threads and metrics_port must be >= 0")
         if not self.max_wait_ms >= 0:
@@ -129,42 +106,14 @@ class VerifierConfig:
     def kv_budget_bytes(self) -> int:
         return int(self.kv_budget_mb * 1024 * 1024)
 
-    @property
-    def topics(self) -> Topics:
-        return Topics(self.topic_prefix)
-
     def mqtt(self) -> MqttConfig:
-        return MqttConfig.from_url(
-            self.broker_url,
-            username=self.username,
-            password=self.password,
-            client_id=self.client_id or f"sled-verifier-{self.verifier_id}",
-            protocol=self.mqtt_protocol,
-            keepalive_s=self.keepalive_s,
-            tls_ca=self.tls_ca,
+        return self.broker(
+            f"sled-verifier-{self.verifier_id}",
             # In a $share group a persistent session outlives a dead verifier, and the broker
             # keeps handing it its share of the drafts, queued for nobody. Without a group
             # the session persists, so drafts queue while the verifier restarts.
             persistent=self.share_group is None,
         )
-
-    def with_(self, **changes: Any) -> VerifierConfig:
-        return dataclasses.replace(self, **changes)
-
-    # -- loading ----------------------------------------------------------------------
-    @classmethod
-    def load(
-        cls,
-        flags: Mapping[str, Any] | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        toml_path: Path | str | None = None,
-    ) -> VerifierConfig:
-        """Merge defaults < TOML < env < flags (``None`` flags count as not given)."""
-        return load_config(cls, flags, env=env, toml_path=toml_path, table="verifier")
-
-
-FIELD_NAMES: Final = field_names(VerifierConfig)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,4 +122,4 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> VerifierConfig:
-    return _config_from_args(VerifierConfig, args, "verifier")
+    return VerifierConfig.from_args(args)
