@@ -15,7 +15,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from edge_node.config import add_config_arguments
 
@@ -24,14 +24,21 @@ if TYPE_CHECKING:
     from schemas import SamplingParams
 
 
+# --prompt's sampling flags: (flag, type, default, help), one per SamplingParams field
+SAMPLING_FLAGS: Final = (
+    ("--temperature", float, 0.0, "0 = greedy (default)"),
+    ("--top-k", int, 0, "top-k warper, 0 = off"),
+    ("--top-p", float, 1.0, "top-p warper, 1 = off"),
+    ("--seed", int, 0, "sampling seed"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt", default=None, help="generate once for this prompt, print the text and exit"
     )
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=0, help="top-k warper, 0 = off")
-    parser.add_argument("--top-p", type=float, default=1.0, help="top-p warper, 1 = off")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    for flag, kind, default, text in SAMPLING_FLAGS:
+        parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument(
         "--stats", action="store_true", help="with --prompt: print the final record to stderr"
     )
