@@ -32,6 +32,7 @@ class RoundMetrics:
     kv_bytes: int  # allocated by the KV cache after the round
     forward: ForwardStats = field(default_factory=ForwardStats)  # zeros: nothing scored
 
+    # The two timings bench/verifier.py reads by these names (elsewhere: m.forward.…).
     @property
     def forward_ms(self) -> float:
         return self.forward.forward_ms
