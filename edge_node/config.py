@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from edge_node.policy import PolicyConfig
 from runtime.broker import BrokerConfig
-from runtime.config import ConfigError, Loadable, doc
+from runtime.config import ConfigError, Loadable, doc, setting
 from runtime.config import add_config_arguments as _add_config_arguments
 from schemas import MODES, SchemaError, check_id
 
@@ -44,48 +44,29 @@ class EdgeConfig(BrokerConfig, Loadable):
         default_factory=_default_device_id,
         metadata=doc("device id in topics (1-64 of A-Z a-z 0-9 _ . -); default edge-HOSTNAME"),
     )
-    drafter_dir: str | None = field(
-        default=None, metadata=doc("exported drafter folder (sled export-drafter)")
+    drafter_dir: str | None = setting(None, "exported drafter folder (sled export-drafter)")
+    threads: int = setting(1, "onnxruntime intra-op threads")
+    mode: str = setting("sled", "default serving mode: sled, local or centralized", choices=MODES)
+    max_new_tokens: int = setting(64, "default generation budget per request, tokens")
+    threshold: float = setting(  # demo drafter-2l: 0.5 drafts almost nothing (see README)
+        0.1, "dynamic drafting: draft while next-token confidence >= this (0..1)"
     )
-    threads: int = field(default=1, metadata=doc("onnxruntime intra-op threads"))
-    mode: str = field(
-        default="sled",
-        metadata=doc("default serving mode: sled, local or centralized", choices=MODES),
+    max_draft: int = setting(8, "draft tokens per verification round (1..64)")
+    async_drafting: bool = setting(True, "keep drafting while a verification is in flight")
+    timeout_floor_ms: float = setting(200.0, "shortest verification timeout, milliseconds")
+    timeout_ceiling_ms: float = setting(
+        5000.0, "longest verification timeout (and the first), milliseconds"
     )
-    max_new_tokens: int = field(
-        default=64, metadata=doc("default generation budget per request, tokens")
+    timeout_multiplier: float = setting(3.0, "verification timeout = this x round-trip EWMA")
+    fallback_after: int = setting(3, "consecutive timeouts before generating locally (fallback)")
+    centralized_timeout_ms: float = setting(
+        30000.0, "centralized mode: longest wait for the next tokens, milliseconds"
     )
-    threshold: float = field(
-        default=0.1,  # demo drafter-2l: 0.5 drafts almost nothing (see README)
-        metadata=doc("dynamic drafting: draft while next-token confidence >= this (0..1)"),
+    status_wait_ms: float = setting(
+        300.0, "wait at start for retained verifier status (fingerprint), milliseconds"
     )
-    max_draft: int = field(default=8, metadata=doc("draft tokens per verification round (1..64)"))
-    async_drafting: bool = field(
-        default=True, metadata=doc("keep drafting while a verification is in flight")
-    )
-    timeout_floor_ms: float = field(
-        default=200.0, metadata=doc("shortest verification timeout, milliseconds")
-    )
-    timeout_ceiling_ms: float = field(
-        default=5000.0,
-        metadata=doc("longest verification timeout (and the first), milliseconds"),
-    )
-    timeout_multiplier: float = field(
-        default=3.0, metadata=doc("verification timeout = this x round-trip EWMA")
-    )
-    fallback_after: int = field(
-        default=3, metadata=doc("consecutive timeouts before generating locally (fallback)")
-    )
-    centralized_timeout_ms: float = field(
-        default=30000.0,
-        metadata=doc("centralized mode: longest wait for the next tokens, milliseconds"),
-    )
-    status_wait_ms: float = field(
-        default=300.0,
-        metadata=doc("wait at start for retained verifier status (fingerprint), milliseconds"),
-    )
-    log_level: str = field(default="info", metadata=doc("log level: debug, info, warning"))
-    log_json: bool = field(default=False, metadata=doc("log JSON lines instead of text"))
+    log_level: str = setting("info", "log level: debug, info, warning")
+    log_json: bool = setting(False, "log JSON lines instead of text")
 
     def __post_init__(self) -> None:
         try:

@@ -8,10 +8,10 @@ and TOML keys (``broker_url``) on both nodes, with the same defaults and checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from runtime.config import ConfigError, doc
+from runtime.config import ConfigError, setting
 from schemas import SchemaError, Topics
 
 if TYPE_CHECKING:
@@ -24,27 +24,21 @@ PROTOCOLS: Final = ("5", "3.1.1")
 class BrokerConfig:
     """Where the broker is and how to log in. Times carry their unit in the name."""
 
-    broker_url: str = field(
-        default="mqtt://127.0.0.1:1883",
-        metadata=doc("MQTT broker, mqtt://[user:pass@]host:port or mqtts://host:port (TLS)"),
+    broker_url: str = setting(
+        "mqtt://127.0.0.1:1883",
+        "MQTT broker, mqtt://[user:pass@]host:port or mqtts://host:port (TLS)",
     )
-    username: str | None = field(default=None, metadata=doc("broker user name"))
-    password: str | None = field(default=None, metadata=doc("broker password"))
-    mqtt_protocol: str = field(
-        default="5", metadata=doc("MQTT protocol version: 5 or 3.1.1", choices=PROTOCOLS)
+    username: str | None = setting(None, "broker user name")
+    password: str | None = setting(None, "broker password")
+    mqtt_protocol: str = setting("5", "MQTT protocol version: 5 or 3.1.1", choices=PROTOCOLS)
+    topic_prefix: str = setting("sled/v1", "topic prefix")
+    client_id: str | None = setting(
+        None,
+        "MQTT client id, stable for a persistent session; "
+        "default sled-edge-DEVICE or sled-verifier-ID",
     )
-    topic_prefix: str = field(default="sled/v1", metadata=doc("topic prefix"))
-    client_id: str | None = field(
-        default=None,
-        metadata=doc(
-            "MQTT client id, stable for a persistent session; "
-            "default sled-edge-DEVICE or sled-verifier-ID"
-        ),
-    )
-    keepalive_s: int = field(
-        default=30, metadata=doc("MQTT keepalive, seconds (Last Will after ~1.5x of silence)")
-    )
-    tls_ca: str | None = field(default=None, metadata=doc("CA file (PEM) for mqtts://"))
+    keepalive_s: int = setting(30, "MQTT keepalive, seconds (Last Will after ~1.5x of silence)")
+    tls_ca: str | None = setting(None, "CA file (PEM) for mqtts://")
 
     def __post_init__(self) -> None:
         try:

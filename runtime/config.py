@@ -7,8 +7,8 @@ Precedence, highest first: command-line flag, environment variable, TOML file, d
 * TOML ``max_batch = 8``        (top level or under ``[<table>]``; file from ``--config``
   or ``SLED_CONFIG``)
 
-The record is a frozen dataclass whose fields carry ``metadata=doc(…)`` (a help text,
-optionally ``choices``); its ``__post_init__`` validates values and raises
+The record is a frozen dataclass whose fields are declared with :func:`setting` (a
+default and a help text with the unit, optionally ``choices``); its ``__post_init__`` validates values and raises
 :class:`ConfigError`. :class:`Loadable` gives it ``load`` and ``with_``. Used by both
 nodes (on top of ``runtime.broker.BrokerConfig``), so flags and variables mean the same
 everywhere.
@@ -38,6 +38,11 @@ class ConfigError(ValueError):
 def doc(text: str, **extra: Any) -> dict[str, Any]:
     """A field's metadata: its help text (with the unit) and e.g. ``choices``."""
     return {"help": text, **extra}
+
+
+def setting(default: Any, text: str, **extra: Any) -> Any:
+    """A config field: its default and :func:`doc` (``x: int = setting(3, "x, seconds")``)."""
+    return dataclasses.field(default=default, metadata=doc(text, **extra))
 
 
 def field_names(cls: type[Any]) -> frozenset[str]:

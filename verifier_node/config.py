@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from runtime.broker import BrokerConfig
-from runtime.config import ConfigError, Loadable, doc
+from runtime.config import ConfigError, Loadable, setting
 from runtime.config import add_config_arguments as _add_config_arguments
 from schemas import SchemaError, check_id
 
@@ -35,47 +35,34 @@ class VerifierConfig(BrokerConfig, Loadable):
 
     TABLE: ClassVar[str] = "verifier"
 
-    verifier_id: str = field(
-        default="verifier-1",
-        metadata=doc("verifier id in topics and status (1-64 of A-Z a-z 0-9 _ . -)"),
+    verifier_id: str = setting(
+        "verifier-1", "verifier id in topics and status (1-64 of A-Z a-z 0-9 _ . -)"
     )
-    share_group: str | None = field(
-        default=None,
-        metadata=doc("MQTT v5 shared-subscription group when several verifiers share load"),
+    share_group: str | None = setting(
+        None, "MQTT v5 shared-subscription group when several verifiers share load"
     )
-    model_dir: str | None = field(
-        default=None,
-        metadata=doc("target model: a local Hugging Face model directory (no hub access)"),
+    model_dir: str | None = setting(
+        None, "target model: a local Hugging Face model directory (no hub access)"
     )
-    dtype: str = field(
-        default="float32",
-        metadata=doc("target weights and KV dtype (float32 on CPU)", choices=DTYPE_NAMES),
+    dtype: str = setting(
+        "float32", "target weights and KV dtype (float32 on CPU)", choices=DTYPE_NAMES
     )
-    threads: int = field(default=0, metadata=doc("torch intra-op threads (0: torch default)"))
-    max_batch: int = field(default=16, metadata=doc("requests per verification batch, at most"))
-    max_wait_ms: float = field(
-        default=5.0,
-        metadata=doc(
-            "longest wait of the oldest queued request before a batch fires, milliseconds "
-            "(inf: static batching, wait for max_batch or every active session)"
-        ),
+    threads: int = setting(0, "torch intra-op threads (0: torch default)")
+    max_batch: int = setting(16, "requests per verification batch, at most")
+    max_wait_ms: float = setting(
+        5.0,
+        "longest wait of the oldest queued request before a batch fires, milliseconds "
+        "(inf: static batching, wait for max_batch or every active session)",
     )
-    kv_budget_mb: float = field(
-        default=1024.0, metadata=doc("KV cache memory budget, MiB (LRU eviction beyond)")
+    kv_budget_mb: float = setting(1024.0, "KV cache memory budget, MiB (LRU eviction beyond)")
+    prefill_chunk: int = setting(512, "longest prompt piece per prefill forward, tokens")
+    session_idle_s: float = setting(
+        120.0, "forget a session idle this long, seconds (last verdict kept until then)"
     )
-    prefill_chunk: int = field(
-        default=512, metadata=doc("longest prompt piece per prefill forward, tokens")
-    )
-    session_idle_s: float = field(
-        default=120.0,
-        metadata=doc("forget a session idle this long, seconds (last verdict kept until then)"),
-    )
-    metrics_port: int = field(default=0, metadata=doc("Prometheus metrics HTTP port (0: off)"))
-    metrics_addr: str = field(
-        default="0.0.0.0", metadata=doc("address the metrics endpoint listens on")
-    )
-    log_level: str = field(default="info", metadata=doc("log level: debug, info, warning"))
-    log_json: bool = field(default=False, metadata=doc("log JSON lines instead of text"))
+    metrics_port: int = setting(0, "Prometheus metrics HTTP port (0: off)")
+    metrics_addr: str = setting("0.0.0.0", "address the metrics endpoint listens on")
+    log_level: str = setting("info", "log level: debug, info, warning")
+    log_json: bool = setting(False, "log JSON lines instead of text")
 
     def __post_init__(self) -> None:
         try:
