@@ -47,12 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_node.config import EdgeConfig
-    from runtime.logs import configure
 
     config = EdgeConfig.from_cli(args, "error")
     if config is None:
         return 2
-    configure(config.log_level, json=config.log_json)
+    config.configure_logs()
     from schemas import DEFAULT_LIMITS, SamplingParams
 
     params = SamplingParams(

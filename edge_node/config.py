@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from edge_node.policy import PolicyConfig
-from runtime.broker import BrokerConfig
-from runtime.config import ConfigError, Loadable, doc, setting
+from runtime.config import ConfigError, NodeConfig, check_config_id, doc, setting
 from runtime.config import add_config_arguments as _add_config_arguments
-from schemas import MODES, SchemaError, check_id
+from schemas import MODES
 
 if TYPE_CHECKING:
     from runtime.transport import MqttConfig
@@ -34,9 +33,9 @@ def _default_device_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class EdgeConfig(BrokerConfig, Loadable):
-    """Everything an edge node needs: the broker fields of
-    :class:`~runtime.broker.BrokerConfig`, then these. Times carry their unit in the name."""
+class EdgeConfig(NodeConfig):
+    """Everything an edge node needs: :class:`~runtime.config.NodeConfig` (the broker
+    connection, logging), then these. Times carry their unit in the name."""
 
     TABLE: ClassVar[str] = "edge"
 
@@ -65,17 +64,10 @@ class EdgeConfig(BrokerConfig, Loadable):
     status_wait_ms: float = setting(
         300.0, "wait at start for retained verifier status (fingerprint), milliseconds"
     )
-    log_level: str = setting("info", "log level: debug, info, warning")
-    log_json: bool = setting(False, "log JSON lines instead of text")
 
     def __post_init__(self) -> None:
-        try:
-            check_id("device", self.device_id)
-        except SchemaError as exc:
-            raise ConfigError(str(exc)) from exc
-        BrokerConfig.__post_init__(self)
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_config_id("device", self.device_id)
+        NodeConfig.__post_init__(self)
         if self.threads < 1 or self.max_new_tokens < 1:
             raise ConfigError("threads and max_new_tokens must be >= 1")
         try:

@@ -25,7 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime import logs
     from verifier_node.config import VerifierConfig
 
     config = VerifierConfig.from_cli(args, "sled verifier")
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if not config.model_dir:
         print("sled verifier: no target model; pass --model-dir DIR", file=sys.stderr)
         return 2
-    logs.configure(config.log_level, json=config.log_json)
+    config.configure_logs()
     return asyncio.run(_serve_until_signal(config))
 
 

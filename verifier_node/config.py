@@ -17,10 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from runtime.broker import BrokerConfig
-from runtime.config import ConfigError, Loadable, setting
+from runtime.config import ConfigError, NodeConfig, check_config_id, setting
 from runtime.config import add_config_arguments as _add_config_arguments
-from schemas import SchemaError, check_id
 
 if TYPE_CHECKING:
     from runtime.transport import MqttConfig
@@ -29,9 +27,9 @@ DTYPE_NAMES: Final = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True, slots=True)
-class VerifierConfig(BrokerConfig, Loadable):
-    """Everything a verifier node needs: the broker fields of
-    :class:`~runtime.broker.BrokerConfig`, then these. Units are in the names or the docs."""
+class VerifierConfig(NodeConfig):
+    """Everything a verifier node needs: :class:`~runtime.config.NodeConfig` (the broker
+    connection, logging), then these. Units are in the names or the docs."""
 
     TABLE: ClassVar[str] = "verifier"
 
@@ -61,19 +59,12 @@ class VerifierConfig(BrokerConfig, Loadable):
     )
     metrics_port: int = setting(0, "Prometheus metrics HTTP port (0: off)")
     metrics_addr: str = setting("0.0.0.0", "address the metrics endpoint listens on")
-    log_level: str = setting("info", "log level: debug, info, warning")
-    log_json: bool = setting(False, "log JSON lines instead of text")
 
     def __post_init__(self) -> None:
-        try:
-            check_id("verifier", self.verifier_id)
-            if self.share_group is not None:
-                check_id("share group", self.share_group)
-        except SchemaError as exc:
-            raise ConfigError(str(exc)) from exc
-        BrokerConfig.__post_init__(self)
-        if self.dtype not in DTYPE_NAMES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        check_config_id("verifier", self.verifier_id)
+        if self.share_group is not None:
+            check_config_id("share group", self.share_group)
+        NodeConfig.__post_init__(self)
         if self.max_batch < 1 or self.prefill_chunk < 1:
             raise ConfigError("max_batch and prefill_chunk must be >= 1")
         if self.threads < 0 or self.metrics_port < 0:
