@@ -12,8 +12,10 @@ Pure torch, no I/O. Terms, used the same way everywhere in the verifier:
 * **target** token – the recovered or the bonus token: every verification yields
   exactly one, so a round commits ``accepted + 1`` tokens.
 
-``p`` is the target's distribution after the sampling warpers, ``q`` the drafter's
-(truncated, renormalised) distribution the draft token was sampled from.
+``p`` is the target's distribution after the sampling warpers
+(:mod:`verifier_node.warpers`), ``q`` the drafter's (truncated, renormalised)
+distribution the draft token was sampled from. A batch is a list of
+:class:`~verifier_node.rows.Row` (:func:`verify_batch`).
 
 Layout: a batch of ``batch`` sessions is padded to the longest draft ``max_k``::
 
