@@ -15,23 +15,30 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from edge_node.config import ConfigError, add_config_arguments, config_from_args
+from edge_node.config import add_config_arguments
 
 if TYPE_CHECKING:
     from edge_node.config import EdgeConfig
     from schemas import SamplingParams
 
 
+# --prompt's sampling flags: (flag, type, default, help), one per SamplingParams field
+SAMPLING_FLAGS: Final = (
+    ("--temperature", float, 0.0, "0 = greedy (default)"),
+    ("--top-k", int, 0, "top-k warper, 0 = off"),
+    ("--top-p", float, 1.0, "top-p warper, 1 = off"),
+    ("--seed", int, 0, "sampling seed"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt", default=None, help="generate once for this prompt, print the text and exit"
     )
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=0, help="top-k warper, 0 = off")
-    parser.add_argument("--top-p", type=float, default=1.0, help="top-p warper, 1 = off")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    for flag, kind, default, text in SAMPLING_FLAGS:
+        parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument(
         "--stats", action="store_true", help="with --prompt: print the final record to stderr"
     )
@@ -39,14 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.logs import configure
+    from edge_node.config import EdgeConfig
 
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    config = EdgeConfig.from_cli(args, "error")
+    if config is None:
         return 2
-    configure(config.log_level, json=config.log_json)
+    config.configure_logs()
     from schemas import DEFAULT_LIMITS, SamplingParams
 
     params = SamplingParams(

@@ -13,21 +13,18 @@ Each field documents its unit; see ``sled edge --help`` for the list.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, ClassVar
 
 from edge_node.policy import PolicyConfig
-from runtime.config import ConfigError, field_names, load_config
+from runtime.config import ConfigError, NodeConfig, check_config_id, doc, setting
 from runtime.config import add_config_arguments as _add_config_arguments
-from runtime.config import config_from_args as _config_from_args
-from schemas import MODES, SchemaError, Topics, check_id
+from schemas import MODES
 
-PROTOCOLS: Final = ("5", "3.1.1")
+if TYPE_CHECKING:
+    from runtime.transport import MqttConfig
 
 
 def _default_device_id() -> str:
@@ -35,91 +32,44 @@ def _default_device_id() -> str:
     return f"edge-{host}"
 
 
-def doc(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
-
-
 @dataclass(frozen=True, slots=True)
-class EdgeConfig:
-    """Everything an edge node needs. Times carry their unit in the name."""
+class EdgeConfig(NodeConfig):
+    """Everything an edge node needs: :class:`~runtime.config.NodeConfig` (the broker
+    connection, logging), then these. Times carry their unit in the name."""
+
+    TABLE: ClassVar[str] = "edge"
 
     device_id: str = field(
         default_factory=_default_device_id,
         metadata=doc("device id in topics (1-64 of A-Z a-z 0-9 _ . -); default edge-HOSTNAME"),
     )
-    broker_url: str = field(
-        default="mqtt://127.0.0.1:1883",
-        metadata=doc("MQTT broker, mqtt://host:port or mqtts://host:port (TLS)"),
+    drafter_dir: str | None = setting(None, "exported drafter folder (sled export-drafter)")
+    threads: int = setting(1, "onnxruntime intra-op threads")
+    mode: str = setting("sled", "default serving mode: sled, local or centralized", choices=MODES)
+    max_new_tokens: int = setting(64, "default generation budget per request, tokens")
+    threshold: float = setting(  # demo drafter-2l: 0.5 drafts almost nothing (see README)
+        0.1, "dynamic drafting: draft while next-token confidence >= this (0..1)"
     )
-    username: str | None = field(default=None, metadata=doc("broker user name"))
-    password: str | None = field(default=None, metadata=doc("broker password"))
-    mqtt_protocol: str = field(
-        default="5", metadata=doc("MQTT protocol version: 5 or 3.1.1", choices=PROTOCOLS)
+    max_draft: int = setting(8, "draft tokens per verification round (1..64)")
+    async_drafting: bool = setting(True, "keep drafting while a verification is in flight")
+    timeout_floor_ms: float = setting(200.0, "shortest verification timeout, milliseconds")
+    timeout_ceiling_ms: float = setting(
+        5000.0, "longest verification timeout (and the first), milliseconds"
     )
-    topic_prefix: str = field(default="sled/v1", metadata=doc("topic prefix"))
-    client_id: str | None = field(
-        default=None,
-        metadata=doc("MQTT client id, stable for a persistent session; default sled-edge-DEVICE"),
+    timeout_multiplier: float = setting(3.0, "verification timeout = this x round-trip EWMA")
+    fallback_after: int = setting(3, "consecutive timeouts before generating locally (fallback)")
+    centralized_timeout_ms: float = setting(
+        30000.0, "centralized mode: longest wait for the next tokens, milliseconds"
     )
-    keepalive_s: int = field(
-        default=30, metadata=doc("MQTT keepalive, seconds (Last Will after ~1.5x of silence)")
+    status_wait_ms: float = setting(
+        300.0, "wait at start for retained verifier status (fingerprint), milliseconds"
     )
-    tls_ca: str | None = field(default=None, metadata=doc("CA file (PEM) for mqtts://"))
-    drafter_dir: str | None = field(
-        default=None, metadata=doc("exported drafter folder (sled export-drafter)")
-    )
-    threads: int = field(default=1, metadata=doc("onnxruntime intra-op threads"))
-    mode: str = field(
-        default="sled",
-        metadata=doc("default serving mode: sled, local or centralized", choices=MODES),
-    )
-    max_new_tokens: int = field(
-        default=64, metadata=doc("default generation budget per request, tokens")
-    )
-    threshold: float = field(
-        default=0.1,  # demo drafter-2l: 0.5 drafts almost nothing (see README)
-        metadata=doc("dynamic drafting: draft while next-token confidence >= this (0..1)"),
-    )
-    max_draft: int = field(default=8, metadata=doc("draft tokens per verification round (1..64)"))
-    async_drafting: bool = field(
-        default=True, metadata=doc("keep drafting while a verification is in flight")
-    )
-    timeout_floor_ms: float = field(
-        default=200.0, metadata=doc("shortest verification timeout, milliseconds")
-    )
-    timeout_ceiling_ms: float = field(
-        default=5000.0,
-        metadata=doc("longest verification timeout (and the first), milliseconds"),
-    )
-    timeout_multiplier: float = field(
-        default=3.0, metadata=doc("verification timeout = this x round-trip EWMA")
-    )
-    fallback_after: int = field(
-        default=3, metadata=doc("consecutive timeouts before generating locally (fallback)")
-    )
-    centralized_timeout_ms: float = field(
-        default=30000.0,
-        metadata=doc("centralized mode: longest wait for the next tokens, milliseconds"),
-    )
-    status_wait_ms: float = field(
-        default=300.0,
-        metadata=doc("wait at start for retained verifier status (fingerprint), milliseconds"),
-    )
-    log_level: str = field(default="info", metadata=doc("log level: debug, info, warning"))
-    log_json: bool = field(default=False, metadata=doc("log JSON lines instead of text"))
 
     def __post_init__(self) -> None:
-        try:
-            check_id("device", self.device_id)
-            Topics(self.topic_prefix)
-        except SchemaError as exc:
-            raise ConfigError(str(exc)) from exc
-        if self.mqtt_protocol not in PROTOCOLS:
-            raise ConfigError(f"mqtt_protocol must be 5 or 3.1.1, got {self.mqtt_protocol!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.threads < 1 or self.max_new_tokens < 1 or self.keepalive_s < 1:
-            raise ConfigError("threads, max_new_tokens and keepalive_s must be >= 1")
+        check_config_id("device", self.device_id)
+        NodeConfig.__post_init__(self)
+        if self.threads < 1 or self.max_new_tokens < 1:
+            raise ConfigError("threads and max_new_tokens must be >= 1")
         try:
             self.policy()
         except ValueError as exc:
@@ -137,41 +87,8 @@ class EdgeConfig:
             fallback_after=self.fallback_after,
         )
 
-    def mqtt(self) -> Any:
-        """The transport's ``MqttConfig`` (imported here: aiomqtt is a runtime dependency)."""
-        from runtime.transport import MqttConfig
-
-        return MqttConfig.from_url(
-            self.broker_url,
-            username=self.username,
-            password=self.password,
-            client_id=self.client_id or f"sled-edge-{self.device_id}",
-            protocol=self.mqtt_protocol,
-            keepalive_s=self.keepalive_s,
-            tls_ca=self.tls_ca,
-        )
-
-    @property
-    def topics(self) -> Topics:
-        return Topics(self.topic_prefix)
-
-    def with_(self, **changes: Any) -> EdgeConfig:
-        return dataclasses.replace(self, **changes)
-
-    # -- loading -----------------------------------------------------------------------
-    @classmethod
-    def load(
-        cls,
-        flags: Mapping[str, Any] | None = None,
-        *,
-        env: Mapping[str, str] | None = None,
-        toml_path: Path | str | None = None,
-    ) -> EdgeConfig:
-        """Merge defaults < TOML < env < flags (``None`` flags count as not given)."""
-        return load_config(cls, flags, env=env, toml_path=toml_path, table="edge")
-
-
-_FIELD_NAMES: Final = field_names(EdgeConfig)
+    def mqtt(self) -> MqttConfig:
+        return self.broker(f"sled-edge-{self.device_id}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,4 +97,4 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
-    return _config_from_args(EdgeConfig, args, "edge")
+    return EdgeConfig.from_args(args)

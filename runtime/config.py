@@ -7,9 +7,13 @@ Precedence, highest first: command-line flag, environment variable, TOML file, d
 * TOML ``max_batch = 8``        (top level or under ``[<table>]``; file from ``--config``
   or ``SLED_CONFIG``)
 
-The record is a frozen dataclass whose fields carry ``metadata={"help": …}`` (and
-optionally ``"choices"``); its ``__post_init__`` validates values and raises
-:class:`ConfigError`. Used by both nodes, so flags and variables mean the same everywhere.
+Each node's record (``edge_node.config.EdgeConfig``,
+``verifier_node.config.VerifierConfig``) is a frozen dataclass built on
+:class:`NodeConfig`: the broker connection (:class:`BrokerConfig`, with its
+``MqttConfig`` builder) and logging are the same fields, flags, ``SLED_*`` variables,
+TOML keys and defaults on both nodes. Fields are declared with :func:`setting` (a
+default and a help text with the unit, optionally ``choices``); ``__post_init__``
+validates values and raises :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -17,19 +21,54 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import tomllib
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeVar
+
+from schemas import SchemaError, Topics, check_id
+
+if TYPE_CHECKING:
+    from runtime.transport import MqttConfig
 
 ENV_PREFIX: Final = "SLED_"
+PROTOCOLS: Final = ("5", "3.1.1")
 
 C = TypeVar("C")
 
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field and its source."""
+
+
+def doc(text: str, **extra: Any) -> dict[str, Any]:
+    """A field's metadata: its help text (with the unit) and e.g. ``choices``."""
+    return {"help": text, **extra}
+
+
+def setting(default: Any, text: str, **extra: Any) -> Any:
+    """A config field: its default and :func:`doc` (``x: int = setting(3, "x, seconds")``)."""
+    return dataclasses.field(default=default, metadata=doc(text, **extra))
+
+
+def check_choices(record: Any) -> None:
+    """Every field declared with ``choices`` holds one of them (flags, env and TOML alike)."""
+    for f in dataclasses.fields(record):
+        choices = f.metadata.get("choices")
+        value = getattr(record, f.name)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_config_id(kind: str, value: str) -> None:
+    """An id used in topics (``check_id``), as a :class:`ConfigError`."""
+    try:
+        check_id(kind, value)
+    except SchemaError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def field_names(cls: type[Any]) -> frozenset[str]:
@@ -141,3 +180,103 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Any], title:
 def config_from_args(cls: type[C], args: argparse.Namespace, table: str) -> C:
     flags = {name: getattr(args, name, None) for name in field_names(cls)}
     return load_config(cls, flags, toml_path=getattr(args, "config", None), table=table)
+
+
+# -- the records both nodes share ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Where the broker is and how to log in. Times carry their unit in the name."""
+
+    broker_url: str = setting(
+        "mqtt://127.0.0.1:1883",
+        "MQTT broker, mqtt://[user:pass@]host:port or mqtts://host:port (TLS)",
+    )
+    username: str | None = setting(None, "broker user name")
+    password: str | None = setting(None, "broker password")
+    mqtt_protocol: str = setting("5", "MQTT protocol version: 5 or 3.1.1", choices=PROTOCOLS)
+    topic_prefix: str = setting("sled/v1", "topic prefix")
+    client_id: str | None = setting(
+        None,
+        "MQTT client id, stable for a persistent session; "
+        "default sled-edge-DEVICE or sled-verifier-ID",
+    )
+    keepalive_s: int = setting(30, "MQTT keepalive, seconds (Last Will after ~1.5x of silence)")
+    tls_ca: str | None = setting(None, "CA file (PEM) for mqtts://")
+
+    def __post_init__(self) -> None:
+        """Checks the broker fields and every field's ``choices`` (a node's fields too)."""
+        try:
+            Topics(self.topic_prefix)
+        except SchemaError as exc:
+            raise ConfigError(str(exc)) from exc
+        check_choices(self)
+        if self.keepalive_s < 1:
+            raise ConfigError(f"keepalive_s must be >= 1, got {self.keepalive_s}")
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def broker(self, default_client_id: str, *, persistent: bool = True) -> MqttConfig:
+        """The transport's ``MqttConfig``; ``client_id`` falls back to ``default_client_id``.
+
+        ``runtime.transport`` is imported here: aiomqtt is needed to connect, not to
+        read a config (``--help`` stays light).
+        """
+        from runtime.transport import MqttConfig
+
+        return MqttConfig.from_url(
+            self.broker_url,
+            username=self.username,
+            password=self.password,
+            client_id=self.client_id or default_client_id,
+            protocol=self.mqtt_protocol,
+            keepalive_s=self.keepalive_s,
+            tls_ca=self.tls_ca,
+            persistent=persistent,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig(BrokerConfig):
+    """A node's config: the broker connection, logging, and loading from flags, env and
+    TOML. ``TABLE`` names the TOML table the node reads (``[edge]``, ``[verifier]``)."""
+
+    TABLE: ClassVar[str]
+
+    log_level: str = setting("info", "log level: debug, info, warning")
+    log_json: bool = setting(False, "log JSON lines instead of text")
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        toml_path: Path | str | None = None,
+    ) -> Self:
+        """Merge defaults < TOML < env < flags (``None`` flags count as not given)."""
+        return load_config(cls, flags, env=env, toml_path=toml_path, table=cls.TABLE)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Self:
+        """The record from parsed ``--flags`` (see :func:`add_config_arguments`)."""
+        return config_from_args(cls, args, cls.TABLE)
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace, prefix: str) -> Self | None:
+        """:meth:`from_args`, or None after printing ``prefix: why`` (the CLI exits 2)."""
+        try:
+            return cls.from_args(args)
+        except ConfigError as exc:
+            print(f"{prefix}: {exc}", file=sys.stderr)
+            return None
+
+    def with_(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+    def configure_logs(self) -> None:
+        """structlog at ``log_level`` (JSON lines with ``log_json``), for this process."""
+        from runtime.logs import configure
+
+        configure(self.log_level, json=self.log_json)

@@ -25,18 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime import logs
-    from verifier_node.config import ConfigError, config_from_args
+    from verifier_node.config import VerifierConfig
 
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"sled verifier: {exc}", file=sys.stderr)
+    config = VerifierConfig.from_cli(args, "sled verifier")
+    if config is None:
         return 2
     if not config.model_dir:
         print("sled verifier: no target model; pass --model-dir DIR", file=sys.stderr)
         return 2
-    logs.configure(config.log_level, json=config.log_json)
+    config.configure_logs()
     return asyncio.run(_serve_until_signal(config))
 
 

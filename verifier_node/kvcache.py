@@ -114,22 +114,12 @@ class SlotKVCache(Cache):
         keep_idx = torch.tensor(list(keep), dtype=torch.int64, device=self.device)
         new_keys, new_values = [], []
         for layer, shape in enumerate(self.shapes):
-            k = torch.zeros(
-                num_slots,
-                shape.kv_heads,
-                capacity,
-                shape.k_dim,
-                dtype=self.dtype,
-                device=self.device,
-            )
-            v = torch.zeros(
-                num_slots,
-                shape.kv_heads,
-                capacity,
-                shape.v_dim,
-                dtype=self.dtype,
-                device=self.device,
-            )
+            k, v = (
+                torch.zeros(
+                    (num_slots, shape.kv_heads, capacity, dim), dtype=self.dtype, device=self.device
+                )
+                for dim in (shape.k_dim, shape.v_dim)
+            )  # [num_slots, kv_heads, capacity, k_dim or v_dim]
             if len(keep) and copy_len:
                 k[: len(keep), :, :copy_len] = self.keys[layer][keep_idx, :, :copy_len]
                 v[: len(keep), :, :copy_len] = self.values[layer][keep_idx, :, :copy_len]

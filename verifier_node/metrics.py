@@ -73,12 +73,12 @@ class VerifierMetrics:
     def observe_round(self, m: RoundMetrics) -> None:
         self.batch_size.observe(m.batch_size)
         self.round_seconds.observe(m.round_ms / 1e3)
-        self.forward_seconds.observe(m.forward_ms / 1e3)
+        self.forward_seconds.observe(m.forward.forward_ms / 1e3)
         self.draft_tokens.inc(m.num_draft_tokens)
         self.accepted_tokens.inc(m.num_accepted)
         self.kv_bytes.set(m.kv_bytes)
-        if m.evicted:
-            self.evictions.inc(m.evicted)
+        if m.forward.evicted:
+            self.evictions.inc(m.forward.evicted)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Start the HTTP endpoint (a daemon thread) on ``port``."""

@@ -28,6 +28,7 @@ import torch
 
 from runtime.models import eos_ids_of
 from verifier_node.kvcache import LayerShape, SlotKVCache, SlotTable, common_prefix_len
+from verifier_node.rows import Row
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -40,40 +41,31 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 @dataclass(frozen=True, slots=True)
-class RowInput:
-    """One session's part of a forward: score ``extra`` after ``context``."""
-
-    key: Hashable
-    context: Sequence[int]  # committed ids (>= 1)
-    extra: Sequence[int] = ()  # draft ids (may be empty)
-
-
-@dataclass(frozen=True, slots=True)
 class ForwardStats:
     """Timings (ms) and counts of one :meth:`TargetRunner.score` call."""
 
-    prepare_ms: float  # cache bookkeeping, resizing, input tensors
-    prefill_ms: float  # forwards that re-prefill new / evicted sessions
-    forward_ms: float  # the batch's scoring forward (model call)
-    num_rows: int
-    num_new: int  # tokens per row in the scoring forward (padded)
-    num_prefill_tokens: int  # ids re-prefilled (not counting padding)
-    num_rolled_back: int  # cached tokens dropped (rejected drafts, divergence)
-    evicted: int  # sessions evicted to fit this batch
-    resized: bool  # cache tensors were reallocated
-    kv_bytes: int  # bytes allocated by the KV cache
-    kv_view: bool  # attention read the cache as a view (no gather copy)
+    prepare_ms: float = 0.0  # cache bookkeeping, resizing, input tensors
+    prefill_ms: float = 0.0  # forwards that re-prefill new / evicted sessions
+    forward_ms: float = 0.0  # the batch's scoring forward (model call)
+    num_rows: int = 0
+    num_new: int = 0  # tokens per row in the scoring forward (padded)
+    num_prefill_tokens: int = 0  # ids re-prefilled (not counting padding)
+    num_rolled_back: int = 0  # cached tokens dropped (rejected drafts, divergence)
+    evicted: int = 0  # sessions evicted to fit this batch
+    resized: bool = False  # cache tensors were reallocated
+    kv_bytes: int = 0  # bytes allocated by the KV cache
+    kv_view: bool = False  # attention read the cache as a view (no gather copy)
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreOutput:
     """Logits in *slot order*: ``logits[j]`` belongs to ``rows[order[j]]`` (no reorder copy)."""
 
-    logits: torch.Tensor  # [batch, max_extra + 1, vocab] float32
+    logits: torch.Tensor  # [batch, max_k + 1, vocab] float32
     order: list[int]  # [batch] input row of each logits row
     stats: ForwardStats
 
-    def row(self, b: int) -> torch.Tensor:  # [max_extra + 1, vocab]
+    def row(self, b: int) -> torch.Tensor:  # [max_k + 1, vocab]
         """The logits of input row ``b``."""
         return self.logits[self.order.index(b)]
 
@@ -178,20 +170,20 @@ class TargetRunner:
 
     # -- scoring ----------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, rows: Sequence[RowInput]) -> ScoreOutput:
-        """Logits ``[batch, max_extra + 1, vocab]``: for input row ``b`` (logits row
+    def score(self, rows: Sequence[Row]) -> ScoreOutput:
+        """Logits ``[batch, max_k + 1, vocab]``: for input row ``b`` (logits row
         ``order.index(b)``), position ``j`` predicts the token after
-        ``context_b + extra_b[:j]``; positions past ``len(extra_b)`` are padding.
+        ``context_b + draft_b[:j]``; positions past ``len(draft_b)`` are padding.
         """
         t0 = time.perf_counter()
         assert rows, "empty batch"
         keys = [r.key for r in rows]
         assert len(set(keys)) == len(keys), "a session appears twice in one batch"
-        num_new = 1 + max(len(r.extra) for r in rows)
+        num_new = 1 + max(len(r.draft) for r in rows)
         for r in rows:
             assert len(r.context) >= 1, f"{r.key}: empty context"
-            assert len(r.context) + len(r.extra) <= self.max_positions, (
-                f"{r.key}: {len(r.context) + len(r.extra)} tokens exceed the model's "
+            assert len(r.context) + len(r.draft) <= self.max_positions, (
+                f"{r.key}: {len(r.context) + len(r.draft)} tokens exceed the model's "
                 f"{self.max_positions} positions"
             )
 
@@ -245,7 +237,7 @@ class TargetRunner:
 
         # 4. The scoring forward, rows in slot order (a contiguous run reads a view).
         order = sorted(range(len(rows)), key=lambda b: residents[b].slot)
-        inputs = [[rows[b].context[-1], *rows[b].extra] for b in order]
+        inputs = [[rows[b].context[-1], *rows[b].draft] for b in order]
         t3 = time.perf_counter()
         logits = self._forward(
             [residents[b].slot for b in order],
@@ -257,7 +249,7 @@ class TargetRunner:
         t4 = time.perf_counter()
         view = self.cache._contiguous is not None
         for b in order:
-            residents[b].tokens.extend([rows[b].context[-1], *rows[b].extra])
+            residents[b].tokens.extend([rows[b].context[-1], *rows[b].draft])
         logits = logits.float()
         t5 = time.perf_counter()
         stats = ForwardStats(

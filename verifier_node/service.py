@@ -2,9 +2,11 @@
 
 Wiring (all I/O of the verifier lives here)::
 
-    transport.messages() ──decode──▶ SessionTable / CentralTable ──▶ Batcher
+    transport.messages() ──decode──▶ SessionTable / CentralTable ──Row──▶ Batcher
                                         │ reply (duplicate, resync, error)
-    worker: Batcher.take() ──▶ VerifyEngine.run (one torch thread) ──▶ verdicts (QoS 1)
+    worker: Batcher.take() ──▶ VerifyEngine.run (one torch thread) ──Outcome──▶ verdicts
+
+A request is one :class:`~verifier_node.rows.Row` from admission to its verdict (QoS 1).
 
 * Subscribes to every device's draft topic (``$share/<group>/…`` with a share group).
 * Publishes a retained :class:`~schemas.VerifierStatus` (online) as the transport's
@@ -23,15 +25,13 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import structlog
 
-from runtime.transport import Message, MqttTransport, Transport, Will
+from runtime.transport import Message, Transport
 from schemas import (
-    DEFAULT_LIMITS,
     CentralizedRequest,
     Channel,
     DraftRequest,
@@ -40,100 +40,23 @@ from schemas import (
     Limits,
     Record,
     SchemaError,
-    VerifierStatus,
     decode,
     encode,
-    peek,
-    tokenizer_fingerprint,
 )
-from schemas.messages import check_ident
 from verifier_node.batching import Batcher, Queued
+from verifier_node.central import CentralTable
 from verifier_node.config import VerifierConfig
-from verifier_node.engine import ItemResult, RoundMetrics, VerifyEngine, WorkItem
+from verifier_node.engine import RoundMetrics, VerifyEngine
 from verifier_node.metrics import VerifierMetrics
-from verifier_node.sessions import (
-    Action,
-    CentralTable,
-    SessionKey,
-    SessionTable,
-    error_verdict,
-)
-from verifier_node.verify import round_seed
+from verifier_node.node import load_target, make_mqtt_transport, model_fingerprint, status_record
+from verifier_node.rows import Mode, Outcome, Row, RowKey
+from verifier_node.sessions import Action, SessionTable, error_verdict, reply_to_bad_input
 
 log = structlog.get_logger("verifier_node")
 
 IDLE_WAKE_S = 1.0  # the worker re-checks the queue at least this often (seconds)
 STATUS_TIMEOUT_S = 2.0  # publishing the offline status on a clean stop (seconds)
 EXPIRE_EVERY_S = 5.0  # session expiry sweep period, at most (seconds)
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A queued request: one SLED verification or one centralized decode step."""
-
-    mode: Literal["sled", "central"]
-    key: SessionKey
-    request: DraftRequest | None = None  # SLED only
-
-    @property
-    def cache_key(self) -> tuple[str, str, str]:
-        return (self.mode, *self.key)
-
-
-def model_fingerprint(model_dir: str | Path) -> str | None:
-    """The target tokenizer's fingerprint (``tokenizer.json`` in the model dir)."""
-    path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
-        return None
-    from tokenizers import Tokenizer
-
-    return tokenizer_fingerprint(Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True))
-
-
-def status_record(
-    config: VerifierConfig,
-    *,
-    online: bool,
-    model: str = "",
-    fingerprint: str | None = None,
-    vocab_size: int = 0,
-) -> VerifierStatus:
-    return VerifierStatus(
-        verifier=config.verifier_id,
-        online=online,
-        model=model,
-        fingerprint=fingerprint or "",
-        vocab_size=vocab_size,
-        max_batch=config.max_batch,
-        sent_at_ns=time.time_ns(),
-    )
-
-
-def make_mqtt_transport(
-    config: VerifierConfig, online: VerifierStatus, offline: VerifierStatus
-) -> MqttTransport:
-    """The MQTT transport with the retained online status as birth and offline as Will."""
-    topic = config.topics.verifier_status(config.verifier_id)
-    return MqttTransport(
-        config.mqtt(),
-        will=Will(topic, encode(offline), retain=True),
-        birth=Message(topic, encode(online), retain=True),
-    )
-
-
-def _peek(payload: bytes) -> tuple[str, int, str]:
-    """Best effort ``(session, seq, kind)`` of a payload that failed to decode."""
-    body = peek(payload)
-    if body is None:
-        return "", 0, ""
-    raw_session, seq, kind = body.get("s"), body.get("q"), body.get("k")
-    session = raw_session if isinstance(raw_session, str) else ""
-    try:
-        check_ident("s", session, DEFAULT_LIMITS)
-    except SchemaError:
-        session = ""
-    seq = seq if type(seq) is int and 0 <= seq < 2**63 else 0
-    return session, seq, kind if isinstance(kind, str) else ""
 
 
 class VerifierService:
@@ -162,7 +85,7 @@ class VerifierService:
         self.eos_ids = engine.runner.eos_ids
         self.sessions = SessionTable(idle_s=config.session_idle_s, fingerprint=fingerprint)
         self.central = CentralTable(idle_s=config.session_idle_s, fingerprint=fingerprint)
-        self.batcher: Batcher[Job] = Batcher(config.max_batch, config.batch_wait_ms)
+        self.batcher: Batcher[Row] = Batcher(config.max_batch, config.batch_wait_ms)
         self.batches = 0  # rounds run
         self.ready = asyncio.Event()  # set once subscribed
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sled-torch")
@@ -247,10 +170,8 @@ class VerifierService:
         adm = self.sessions.admit(device, record, now)
         blog = log.bind(device=device, session=record.session, seq=record.seq)
         if adm.action is Action.VERIFY:
-            key = (device, record.session)
-            self.batcher.add(key, Job("sled", key, record), now)
-            self._wake.set()
-            self._count("queued")
+            assert adm.row is not None
+            self._queue(adm.row, now)
             if adm.reason in ("new", "rebuilt"):
                 blog.info("session." + adm.reason, start=record.start, k=len(record.draft))
         elif adm.action is Action.REPLY:
@@ -266,7 +187,7 @@ class VerifierService:
 
     def _admit_central(self, device: str, req: CentralizedRequest, now: float) -> None:
         got = self.central.admit(device, req, now)
-        blog = log.bind(device=device, session=req.session, mode="centralized")
+        blog = log.bind(device=device, session=req.session, mode=Mode.CENTRALIZED.value)
         if got is None:
             self._count("duplicate")
             blog.info("verifier.drop", reason="duplicate")
@@ -275,36 +196,26 @@ class VerifierService:
             self._count(got.code or "error")
             blog.warning("verifier.reply", code=got.code)
         else:
-            key = (device, req.session)
-            self.batcher.add(("central", *key), Job("central", key), now)
-            self._wake.set()
-            self._count("queued")
+            self._queue(got.row(), now)
             blog.info("session.new", prompt=len(req.prompt), max_new_tokens=req.max_new_tokens)
         self._gauge_sessions()
 
+    def _queue(self, row: Row, now: float) -> None:
+        self.batcher.add(row.key, row, now)
+        self._wake.set()
+        self._count("queued")
+
     def _reply_bad_input(self, device: str, payload: bytes, exc: SchemaError) -> None:
-        session, seq, kind = _peek(payload)
+        reply = reply_to_bad_input(payload, exc)
         log.warning(
             "verifier.bad_request",
             device=device,
-            session=session,
-            seq=seq,
+            session=reply.session,
+            seq=reply.seq,
             code=exc.code.value,
             error=exc.message,
         )
         self._count(exc.code.value)
-        reply: Record
-        if kind == CentralizedRequest.KIND:
-            reply = GeneratedTokens(
-                session=session,
-                seq=0,
-                tokens=[],
-                done=True,
-                code=exc.code.value,
-                message=exc.message,
-            )
-        else:
-            reply = error_verdict(session, seq, exc.code, exc.message)
         self._publish([(device, reply)])
 
     # -- the worker -------------------------------------------------------------------
@@ -324,84 +235,59 @@ class VerifierService:
                 continue
             await self._run_batch(self.batcher.take(), loop)
 
-    def _work_item(self, job: Job) -> WorkItem:
-        if job.mode == "sled":
-            s = self.sessions.get(job.key)
-            req = job.request
-            assert s is not None and req is not None
-            return WorkItem(
-                key=job.cache_key,
-                context=list(s.committed),
-                draft=req.draft,
-                params=s.params,
-                seed=round_seed(s.params.seed, s.session, req.start),
-                q_ids=req.q_ids,
-                q_probs=req.q_probs,
-            )
-        c = self.central.get(job.key)
-        assert c is not None
-        return WorkItem(
-            key=job.cache_key,
-            context=list(c.tokens),
-            draft=(),
-            params=c.params,
-            seed=round_seed(c.params.seed, job.key[1], len(c.tokens)),
-        )
-
     async def _run_batch(
-        self, batch: Sequence[Queued[Job]], loop: asyncio.AbstractEventLoop
+        self, batch: Sequence[Queued[Row]], loop: asyncio.AbstractEventLoop
     ) -> None:
         started = self.clock()
-        jobs = [q.item for q in batch]
+        rows = [q.item for q in batch]
         queue_us = [int((started - q.arrived_s) * 1e6) for q in batch]
         for us in queue_us:
             self.metrics.queue_wait.observe(us / 1e6)
-        items = [self._work_item(j) for j in jobs]
         self.batches += 1
         blog = log.bind(batch=self.batches)
         try:
-            results, m = await loop.run_in_executor(self._executor, self.engine.run, items)
+            outcomes, m = await loop.run_in_executor(self._executor, self.engine.run, rows)
         except Exception as exc:
-            blog.exception("verifier.round_failed", size=len(jobs))
-            failed = ItemResult(error=ErrorCode.INTERNAL, message=f"verification failed: {exc}")
-            results, m = [failed] * len(jobs), None
+            blog.exception("verifier.round_failed", size=len(rows))
+            failed = Outcome(error=ErrorCode.INTERNAL, message=f"verification failed: {exc}")
+            outcomes, m = [failed] * len(rows), None
         if m is not None:
             self.metrics.observe_round(m)
             blog.debug("verifier.round", **asdict(m))
         now = self.clock()
         out: list[tuple[str, Record]] = []
-        for job, res, wait_us in zip(jobs, results, queue_us, strict=True):
-            if job.mode == "sled":
-                out.append(self._finish_sled(job, res, m, wait_us, now))
+        for row, outcome, wait_us in zip(rows, outcomes, queue_us, strict=True):
+            key = row.key
+            assert isinstance(key, RowKey)
+            if key.mode is Mode.SLED:
+                out.append(self._finish_sled(key, row, outcome, m, wait_us, now))
             else:
-                out.append(self._finish_central(job, res, now))
+                out.append(self._finish_central(key, outcome, now))
         self._publish(out)
         self._gauge_sessions()
 
     def _finish_sled(
-        self, job: Job, res: ItemResult, m: RoundMetrics | None, queue_us: int, now: float
+        self,
+        key: RowKey,
+        row: Row,
+        outcome: Outcome,
+        m: RoundMetrics | None,
+        queue_us: int,
+        now: float,
     ) -> tuple[str, Record]:
-        req = job.request
-        assert req is not None
-        device, session = job.key
-        if res.error is not None:
-            self.sessions.abort(job.key, req.seq)
-            self._count(res.error.value)
-            log.warning(
-                "verifier.verify_failed",
-                device=device,
-                session=session,
-                seq=req.seq,
-                code=res.error.value,
-                error=res.message,
-            )
-            return device, error_verdict(session, req.seq, res.error, res.message)
+        device, session = key.session_key
+        blog = log.bind(device=device, session=session, seq=row.seq)
+        if outcome.error is not None:
+            self.sessions.abort(key.session_key, row.seq)
+            self._count(outcome.error.value)
+            blog.warning("verifier.verify_failed", code=outcome.error.value, error=outcome.message)
+            return device, error_verdict(session, row.seq, outcome.error, outcome.message)
         verdict, stop = self.sessions.complete(
-            job.key,
-            req.seq,
-            req.draft,
-            res.accepted,
-            res.token,
+            key.session_key,
+            row.seq,
+            row.draft,
+            outcome.accepted,
+            outcome.token,
             eos_ids=self.eos_ids,
             now_s=now,
             queue_us=queue_us,
@@ -410,13 +296,10 @@ class VerifierService:
         self._count("verified")
         self.metrics.accepted_length.observe(verdict.accepted)
         if verdict.done:
-            self._release(job.cache_key)
-            s = self.sessions.get(job.key)
-            log.info(
+            self._release(key)
+            s = self.sessions.get(key.session_key)
+            blog.info(
                 "session.done",
-                device=device,
-                session=session,
-                seq=req.seq,
                 finish=stop.finish,
                 generated=s.generated if s else 0,
                 rounds=s.rounds if s else 0,
@@ -424,34 +307,36 @@ class VerifierService:
             )
         return device, verdict
 
-    def _finish_central(self, job: Job, res: ItemResult, now: float) -> tuple[str, Record]:
-        device, session = job.key
-        c = self.central.get(job.key)
+    def _finish_central(self, key: RowKey, outcome: Outcome, now: float) -> tuple[str, Record]:
+        device, session = key.session_key
+        c = self.central.get(key.session_key)
         assert c is not None
-        if res.error is not None:
+        if outcome.error is not None:
             c.done = True
-            self._release(job.cache_key)
+            self._release(key)
             return device, GeneratedTokens(
                 session=session,
                 seq=c.chunk_seq,
                 tokens=[],
                 start=c.generated,
                 done=True,
-                code=res.error.value,
-                message=res.message,
+                code=outcome.error.value,
+                message=outcome.message,
             )
-        chunk = self.central.complete(job.key, res.token, eos_ids=self.eos_ids, now_s=now)
+        chunk = self.central.complete(
+            key.session_key, outcome.token, eos_ids=self.eos_ids, now_s=now
+        )
         self.metrics.generated_tokens.inc()
         if chunk.done:
-            self._release(job.cache_key)
+            self._release(key)
             log.info("session.done", device=device, session=session, generated=c.generated)
         else:  # continuous batching: back in the queue for its next token
-            self.batcher.add(("central", *job.key), job, now)
+            self.batcher.add(key, c.row(), now)
         return device, chunk
 
-    def _release(self, cache_key: tuple[str, str, str]) -> None:
+    def _release(self, key: RowKey) -> None:
         """Free a session's KV on the worker thread (after any round in flight)."""
-        self._executor.submit(self.engine.release, cache_key)
+        self._executor.submit(self.engine.release, key)
 
     # -- expiry -----------------------------------------------------------------------
     async def _expire(self) -> None:
@@ -460,10 +345,10 @@ class VerifierService:
             await asyncio.sleep(period)
             now = self.clock()
             for key in self.sessions.expire(now):
-                self._release(("sled", *key))
+                self._release(Mode.SLED.key(key))
                 log.info("session.expired", device=key[0], session=key[1])
             for key in self.central.expire(now):
-                self._release(("central", *key))
+                self._release(Mode.CENTRALIZED.key(key))
             self._gauge_sessions()
 
     # -- output -----------------------------------------------------------------------
@@ -494,24 +379,14 @@ class VerifierService:
         self.metrics.requests.labels(outcome=outcome).inc()
 
     def _gauge_sessions(self) -> None:
-        self.metrics.sessions.labels(mode="sled").set(self.sessions.num_active)
-        self.metrics.sessions.labels(mode="centralized").set(self.central.num_active)
+        self.metrics.sessions.labels(mode=Mode.SLED.value).set(self.sessions.num_active)
+        self.metrics.sessions.labels(mode=Mode.CENTRALIZED.value).set(self.central.num_active)
 
 
 async def serve(config: VerifierConfig) -> None:
     """Load the target, connect, and serve until cancelled."""
-    from verifier_node.runner import TargetRunner
-
-    if not config.model_dir:
-        raise ValueError("no target model: set --model-dir (or SLED_MODEL_DIR)")
-    runner = await asyncio.to_thread(
-        TargetRunner.load,
-        config.model_dir,
-        dtype=config.dtype,
-        threads=config.threads,
-        kv_budget_bytes=config.kv_budget_bytes,
-        prefill_chunk=config.prefill_chunk,
-    )
+    runner = await asyncio.to_thread(load_target, config)
+    assert config.model_dir is not None
     fingerprint = model_fingerprint(config.model_dir)
     if fingerprint is None:
         log.warning("verifier.no_tokenizer", model_dir=config.model_dir)

@@ -1,8 +1,9 @@
 """Sessions and idempotency (pure): what the verifier does with each request.
 
 Sessions are keyed by ``(device, session)``, the device id coming from the topic. A
-session always keeps its committed token ids (prompt + every verified token); the
-target KV cache lives in the runner and may be evicted, the ids never are.
+session always keeps its ``committed_ids`` (prompt + every verified token; the wire's
+``committed`` is their count); the target KV cache lives in the runner and may be
+evicted, the ids never are.
 
 Per request (docs/protocol.md, "Verifier rules per request"), in this order:
 
@@ -23,7 +24,8 @@ Error and ``resync`` verdicts are never stored, so a resend of the same seq with
 full context is verified, not answered with the old error. A finished session keeps
 its last verdict for duplicates until it has been idle ``idle_s`` seconds.
 
-Centralized sessions (the paper's baseline) live in :class:`CentralTable`.
+Centralized sessions (the paper's baseline) live in :mod:`verifier_node.central`.
+:func:`reply_to_bad_input` answers a request that did not decode.
 
 Times are seconds of a monotonic clock passed in by the caller.
 """
@@ -35,28 +37,21 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from schemas import (
+    DEFAULT_LIMITS,
     CentralizedRequest,
     DraftRequest,
     ErrorCode,
     GeneratedTokens,
     SamplingParams,
+    SchemaError,
     Verdict,
+    peek,
 )
-
-SessionKey = tuple[str, str]  # (device id from the topic, session id)
+from schemas.messages import check_ident
+from verifier_node.rows import Mode, Outcome, Row, SessionKey, round_seed
 
 
 # -- stop rules -------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """A verification outcome after the EOS and budget rules."""
-
-    accepted: int  # draft tokens committed
-    token: int  # the target token committed after them
-    done: bool  # the session ended (EOS or max_new_tokens)
-    finish: str | None  # "stop" (EOS), "length" (budget) or None
-
-
 def apply_stop_rules(
     draft: Sequence[int],
     accepted: int,
@@ -65,7 +60,7 @@ def apply_stop_rules(
     eos_ids: Collection[int],
     generated: int,
     max_new_tokens: int,
-) -> Stop:
+) -> Outcome:
     """Cut ``draft[:accepted] + [token]`` at the first EOS and at the token budget.
 
     * EOS inside the accepted drafts: ``draft[j]`` is EOS with ``j < accepted`` →
@@ -78,19 +73,19 @@ def apply_stop_rules(
     room = max_new_tokens - generated
     assert room >= 1, f"no budget left ({generated} of {max_new_tokens} generated)"
     assert 0 <= accepted <= len(draft)
-    committed = [*draft[:accepted], token]
-    cut = len(committed)
-    for i, tok in enumerate(committed):
+    new_ids = [*draft[:accepted], token]
+    cut = len(new_ids)
+    for i, tok in enumerate(new_ids):
         if tok in eos_ids:
             cut = i + 1
             break
     cut = min(cut, room)
-    last = committed[cut - 1]
+    last = new_ids[cut - 1]
     if last in eos_ids:
-        return Stop(cut - 1, last, True, "stop")
+        return Outcome(cut - 1, last, True, "stop")
     if cut == room:
-        return Stop(cut - 1, last, True, "length")
-    return Stop(cut - 1, last, False, None)
+        return Outcome(cut - 1, last, True, "length")
+    return Outcome(cut - 1, last, False, None)
 
 
 # -- SLED sessions ------------------------------------------------------------------------
@@ -99,7 +94,7 @@ class Session:
     """State of one SLED session."""
 
     key: SessionKey
-    committed: list[int]  # prompt + verified tokens
+    committed_ids: list[int]  # prompt + verified tokens
     prompt_len: int
     max_new_tokens: int
     params: SamplingParams
@@ -122,7 +117,20 @@ class Session:
 
     @property
     def generated(self) -> int:
-        return len(self.committed) - self.prompt_len
+        return len(self.committed_ids) - self.prompt_len
+
+    def row(self, req: DraftRequest) -> Row:
+        """The verification of ``req``, admitted: its drafts extend the committed ids."""
+        return Row(
+            key=Mode.SLED.key(self.key),
+            context=list(self.committed_ids),
+            draft=req.draft,
+            params=self.params,
+            seed=round_seed(self.params.seed, self.session, req.start),
+            q_ids=req.q_ids,
+            q_probs=req.q_probs,
+            seq=req.seq,
+        )
 
 
 class Action(StrEnum):
@@ -138,11 +146,43 @@ class Admission:
     action: Action
     reason: str
     session: Session | None = None  # VERIFY
+    row: Row | None = None  # VERIFY: the request to queue
     verdict: Verdict | None = None  # REPLY
 
 
 def error_verdict(session: str, seq: int, code: ErrorCode, message: str) -> Verdict:
     return Verdict(session=session, seq=max(seq, 0), code=code.value, message=message)
+
+
+def reply_to_bad_input(payload: bytes, exc: SchemaError) -> Verdict | GeneratedTokens:
+    """The error a device gets for a request that did not decode: a verdict, or a final
+    chunk for a centralized request; its session and seq as far as they can be read."""
+    session, seq, kind = _peek(payload)
+    if kind == CentralizedRequest.KIND:
+        return GeneratedTokens(
+            session=session,
+            seq=0,
+            tokens=[],
+            done=True,
+            code=exc.code.value,
+            message=exc.message,
+        )
+    return error_verdict(session, seq, exc.code, exc.message)
+
+
+def _peek(payload: bytes) -> tuple[str, int, str]:
+    """Best effort ``(session, seq, kind)`` of a payload that failed to decode."""
+    body = peek(payload)
+    if body is None:
+        return "", 0, ""
+    raw_session, seq, kind = body.get("s"), body.get("q"), body.get("k")
+    session = raw_session if isinstance(raw_session, str) else ""
+    try:
+        check_ident("s", session, DEFAULT_LIMITS)
+    except SchemaError:
+        session = ""
+    seq = seq if type(seq) is int and 0 <= seq < 2**63 else 0
+    return session, seq, kind if isinstance(kind, str) else ""
 
 
 @dataclass
@@ -195,11 +235,11 @@ class SessionTable:
             )
         if req.seq != s.last_seq + 1:
             return self._resync(req, f"seq {req.seq} after {s.last_seq}")
-        if req.start != len(s.committed):
-            return self._resync(req, f"start {req.start} but {len(s.committed)} committed")
+        if req.start != len(s.committed_ids):
+            return self._resync(req, f"start {req.start} but {len(s.committed_ids)} committed")
         s.pending_seq = req.seq
         s.last_active_s = now_s
-        return Admission(Action.VERIFY, "next", session=s)
+        return Admission(Action.VERIFY, "next", session=s, row=s.row(req))
 
     def _resync(self, req: DraftRequest, why: str) -> Admission:
         verdict = error_verdict(req.session, req.seq, ErrorCode.RESYNC, f"resync: {why}")
@@ -232,7 +272,7 @@ class SessionTable:
         old = self._sessions.get(key)
         s = Session(
             key=key,
-            committed=list(req.context),
+            committed_ids=list(req.context),
             prompt_len=req.prompt_len,
             max_new_tokens=req.max_new_tokens,
             params=req.params or SamplingParams(),
@@ -242,7 +282,8 @@ class SessionTable:
         if old is not None:  # keep the counters across a resync
             s.rounds, s.drafted, s.accepted = old.rounds, old.drafted, old.accepted
         self._sessions[key] = s
-        return Admission(Action.VERIFY, "rebuilt" if old is not None else "new", session=s)
+        reason = "rebuilt" if old is not None else "new"
+        return Admission(Action.VERIFY, reason, session=s, row=s.row(req))
 
     def complete(
         self,
@@ -256,7 +297,7 @@ class SessionTable:
         now_s: float,
         queue_us: int = 0,
         verify_us: int = 0,
-    ) -> tuple[Verdict, Stop]:
+    ) -> tuple[Verdict, Outcome]:
         """Commit a verification result; the verdict is stored for duplicates."""
         s = self._sessions[key]
         assert s.pending_seq == seq, f"{key}: completing seq {seq}, pending {s.pending_seq}"
@@ -268,9 +309,9 @@ class SessionTable:
             generated=s.generated,
             max_new_tokens=s.max_new_tokens,
         )
-        start = len(s.committed)
-        s.committed.extend(draft[: stop.accepted])
-        s.committed.append(stop.token)
+        start = len(s.committed_ids)
+        s.committed_ids.extend(draft[: stop.accepted])
+        s.committed_ids.append(stop.token)
         verdict = Verdict(
             session=s.session,
             seq=seq,
@@ -301,103 +342,6 @@ class SessionTable:
             k
             for k, s in self._sessions.items()
             if s.pending_seq is None and now_s - s.last_active_s >= self.idle_s
-        ]
-        for k in gone:
-            del self._sessions[k]
-        return gone
-
-
-# -- centralized sessions -----------------------------------------------------------------
-@dataclass(slots=True)
-class CentralSession:
-    """A session of the centralized baseline: the verifier generates every token."""
-
-    key: SessionKey
-    tokens: list[int]  # prompt + generated
-    prompt_len: int
-    max_new_tokens: int
-    params: SamplingParams
-    last_active_s: float
-    chunk_seq: int = 0  # seq of the next GeneratedTokens chunk
-    done: bool = False
-
-    @property
-    def generated(self) -> int:
-        return len(self.tokens) - self.prompt_len
-
-
-@dataclass
-class CentralTable:
-    """All centralized sessions; a duplicate request for a known session is ignored."""
-
-    idle_s: float
-    fingerprint: str | None = None
-    _sessions: dict[SessionKey, CentralSession] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def get(self, key: SessionKey) -> CentralSession | None:
-        return self._sessions.get(key)
-
-    @property
-    def num_active(self) -> int:
-        return sum(1 for s in self._sessions.values() if not s.done)
-
-    def admit(
-        self, device: str, req: CentralizedRequest, now_s: float
-    ) -> CentralSession | GeneratedTokens | None:
-        """A new session, an error chunk (tokenizer mismatch), or None (duplicate)."""
-        key = (device, req.session)
-        if key in self._sessions:
-            self._sessions[key].last_active_s = now_s
-            return None
-        if (
-            self.fingerprint is not None
-            and req.fingerprint is not None
-            and req.fingerprint != self.fingerprint
-        ):
-            return GeneratedTokens(
-                session=req.session,
-                seq=0,
-                tokens=[],
-                done=True,
-                code=ErrorCode.TOKENIZER_MISMATCH.value,
-                message=f"drafter tokenizer {req.fingerprint} differs from the target's "
-                f"{self.fingerprint}",
-            )
-        s = CentralSession(
-            key=key,
-            tokens=list(req.prompt),
-            prompt_len=len(req.prompt),
-            max_new_tokens=req.max_new_tokens,
-            params=req.params,
-            last_active_s=now_s,
-        )
-        self._sessions[key] = s
-        return s
-
-    def complete(
-        self, key: SessionKey, token: int, *, eos_ids: Collection[int], now_s: float
-    ) -> GeneratedTokens:
-        """Append one generated token; the chunk to stream."""
-        s = self._sessions[key]
-        start = s.generated
-        s.tokens.append(token)
-        s.done = token in eos_ids or s.generated >= s.max_new_tokens
-        s.last_active_s = now_s
-        chunk = GeneratedTokens(
-            session=key[1], seq=s.chunk_seq, tokens=[token], start=start, done=s.done
-        )
-        s.chunk_seq += 1
-        return chunk
-
-    def expire(self, now_s: float) -> list[SessionKey]:
-        """Forget finished sessions idle for ``idle_s`` (running ones keep generating)."""
-        gone = [
-            k
-            for k, s in self._sessions.items()
-            if s.done and now_s - s.last_active_s >= self.idle_s
         ]
         for k in gone:
             del self._sessions[k]

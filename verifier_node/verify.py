@@ -12,8 +12,10 @@ Pure torch, no I/O. Terms, used the same way everywhere in the verifier:
 * **target** token – the recovered or the bonus token: every verification yields
   exactly one, so a round commits ``accepted + 1`` tokens.
 
-``p`` is the target's distribution after the sampling warpers, ``q`` the drafter's
-(truncated, renormalised) distribution the draft token was sampled from.
+``p`` is the target's distribution after the sampling warpers
+(:mod:`verifier_node.warpers`), ``q`` the drafter's (truncated, renormalised)
+distribution the draft token was sampled from. A batch is a list of
+:class:`~verifier_node.rows.Row` (:func:`verify_batch`).
 
 Layout: a batch of ``batch`` sessions is padded to the longest draft ``max_k``::
 
@@ -33,12 +35,14 @@ Speculative sampling (Leviathan et al. 2023; Chen et al. 2023):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import torch
+
+from verifier_node.rows import Row
+from verifier_node.warpers import apply_warpers
 
 PLACEHOLDER_TOKEN_ID: Final = -1  # padding in draft_token_ids and output_token_ids
 
@@ -112,120 +116,6 @@ def greedy_verify(
     return _assemble(draft_token_ids, num_accepted, target_token_ids)
 
 
-# -- sampling warpers -----------------------------------------------------------------
-CANDIDATES: Final = 64  # first candidate set for top-p without top-k (grows x4 if short)
-
-
-def apply_warpers(
-    logits: torch.Tensor,  # [num_rows, vocab]
-    temperature: torch.Tensor,  # [num_rows], > 0
-    top_k: torch.Tensor,  # [num_rows], 0 = off
-    top_p: torch.Tensor,  # [num_rows], 1.0 = off
-) -> torch.Tensor:  # [num_rows, vocab] float32 probabilities, rows sum to 1
-    """Temperature → top-k → top-p, each renormalised: the device's definitions.
-
-    Mirrors ``edge_node.sampling.warp`` (without its cap at 64 entries, which only
-    concerns q):
-
-    * temperature: ``softmax(logits / temperature)``;
-    * top-k: keep exactly the ``k`` most probable tokens, ties broken by lower id;
-    * top-p: walking by descending probability (ties by lower id), keep a token while
-      the mass *before* it is ``< top_p`` (the first token always stays).
-
-    Only tokens that can survive are sorted (a full-vocabulary sort costs milliseconds
-    per row on CPU): the first ``C`` tokens in (probability desc, id asc) order are
-    found exactly with one top-k on the logits (same order as the probabilities) and a
-    tie check, ``C = k`` with top-k, else 64, 256, … until the top-p mass is reached.
-    Kept probabilities and the top-p walk are float64, like the device; only the
-    softmax denominator is a float32 sum (needed only without top-k: it cancels out
-    in the top-k renormalisation).
-    """
-    assert logits.dim() == 2, f"logits must be [num_rows, vocab], got {tuple(logits.shape)}"
-    num_rows, vocab = logits.shape
-    for name, t in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
-        assert t.shape == (num_rows,), f"{name} must be [{num_rows}], got {tuple(t.shape)}"
-    device = logits.device
-    logits = logits.float()
-    temperature = temperature.float().to(device)
-    k = top_k.to(device).long()
-    k = torch.where((k > 0) & (k < vocab), k, 0)  # 0: no top-k
-    p = top_p.to(device).double()
-    warped = (k > 0) | (p < 1.0)
-    if not bool(warped.any()):
-        return torch.softmax(logits / temperature[:, None], dim=-1)
-    if bool(warped.all()):
-        return _truncate(logits, temperature, k, p)
-    probs = torch.softmax(logits / temperature[:, None], dim=-1)
-    rows = warped.nonzero().squeeze(1)  # [num_warped]
-    probs[rows] = _truncate(logits[rows], temperature[rows], k[rows], p[rows])
-    return probs
-
-
-def _first_candidates(scaled: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids and logits of the first ``count`` tokens by (logit desc, id asc), exactly.
-
-    ``scaled``: [rows, vocab] logits → ids, values: [rows, count]. ``topk`` picks an arbitrary
-    subset of tokens tied at the cut; rows where the token after the cut ties with the
-    last one taken are redone exactly (lowest ids among the tied).
-    """
-    rows, vocab = scaled.shape
-    if count >= vocab:
-        ids = torch.arange(vocab, device=scaled.device).expand(rows, vocab)
-    else:
-        top_values, top_ids = scaled.topk(count + 1, dim=-1)  # [rows, count + 1], sorted
-        ids = top_ids[:, :count]
-        ragged = (top_values[:, count] == top_values[:, count - 1]).nonzero().squeeze(1)
-        if len(ragged):
-            ids = ids.clone()
-            for r in ragged.tolist():
-                threshold = top_values[r, count - 1]
-                above = (scaled[r] > threshold).nonzero().squeeze(1)
-                tied = (scaled[r] == threshold).nonzero().squeeze(1)[: count - len(above)]
-                ids[r] = torch.cat([above, tied])
-        ids = ids.sort(dim=-1).values  # ascending ids
-    values = scaled.gather(1, ids)
-    values, order = values.sort(dim=-1, descending=True, stable=True)  # ties keep id order
-    return ids.gather(1, order), values
-
-
-def _truncate(
-    logits: torch.Tensor,  # [rows, vocab] float32
-    temperature: torch.Tensor,  # [rows] > 0
-    k: torch.Tensor,  # [rows], 0 = off
-    p: torch.Tensor,  # [rows] float64, 1.0 = off
-) -> torch.Tensor:  # [rows, vocab] float32 probabilities
-    """Top-k / top-p on the candidates only. Dividing by a positive temperature keeps
-    the order, so candidates come from the raw logits; the softmax denominator cancels
-    under top-k and is summed over the vocabulary only for rows without it."""
-    vocab = logits.shape[1]
-    t = temperature.double()[:, None]  # [rows, 1]
-    peak = logits.amax(dim=-1, keepdim=True).double()  # [rows, 1]
-    norm = torch.ones_like(peak)
-    no_k = (k == 0).nonzero().squeeze(1)
-    if len(no_k):  # float32 sum (~1e-7 relative) of exp((l - peak) / t)
-        scaled = (logits[no_k] - peak[no_k].float()) / temperature[no_k, None]
-        norm[no_k] = torch.exp(scaled).sum(dim=-1, keepdim=True).double()
-    count = min(vocab, max(int(k.max()), CANDIDATES))
-    while True:
-        ids, values = _first_candidates(logits, count)  # [rows, count]
-        probs = torch.exp((values.double() - peak) / t) / norm  # float64, desc order
-        rank = torch.arange(count, device=logits.device)[None, :]
-        in_k = (k[:, None] == 0) | (rank < k[:, None])
-        mass_k = torch.where(k > 0, (probs * in_k).sum(dim=-1), 1.0)  # device: 1.0 if no k
-        kept = probs * in_k / mass_k[:, None]
-        before = kept.cumsum(dim=-1) - kept  # mass strictly before each token
-        keep = in_k & ((before < p[:, None]) | (rank == 0) | (p[:, None] >= 1.0))
-        # Without top-k the cut may lie past the candidates: the mass taken must reach p.
-        short = (k == 0) & (kept.sum(dim=-1) < p)
-        if count == vocab or not bool(short.any()):
-            break
-        count = min(vocab, 4 * count)
-    kept = torch.where(keep, kept, 0.0)
-    kept = kept / kept.sum(dim=-1, keepdim=True)
-    out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
-    return out.scatter_(1, ids, kept.float())
-
-
 def argmax(x: torch.Tensor) -> torch.Tensor:  # [...] int64
     """``x.argmax(-1)`` (first maximum); numpy's SIMD argmax on CPU float tensors.
 
@@ -252,17 +142,6 @@ def dense_draft_probs(
 
 
 # -- randomness -------------------------------------------------------------------------
-def round_seed(seed: int, session: str, start: int) -> int:
-    """The seed of one verification round: a function of (seed, session, start) only.
-
-    A session's random numbers therefore do not depend on which other sessions share
-    its batch, on evictions, or on a verifier restart: the same seed and drafts give
-    the same output. ``start`` grows every round, so no round reuses another's stream.
-    """
-    digest = hashlib.blake2b(f"{seed}\x00{session}\x00{start}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
 @dataclass(frozen=True, slots=True)
 class RandomDraws:
     """The random numbers one batch of speculative sampling consumes."""
@@ -347,28 +226,7 @@ def rejection_sample(
     return _assemble(draft_token_ids, num_accepted, target_token_ids)
 
 
-# -- a mixed batch from plain values ------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class RowSpec:
-    """One session's part of a batch, as plain values.
-
-    ``temperature == 0`` is greedy. ``q_ids``/``q_probs`` (one row per draft token) are
-    the device's truncated draft distributions; without them q is one-hot on the draft.
-    """
-
-    draft: Sequence[int]
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    q_ids: Sequence[Sequence[int]] | None = None
-    q_probs: Sequence[Sequence[float]] | None = None
-    generator: torch.Generator | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
+# -- a mixed batch of rows -------------------------------------------------------------
 def pad_drafts(drafts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(draft_token_ids [batch, max_k], num_draft_tokens [batch])`` from lists."""
     max_k = max((len(d) for d in drafts), default=0)
@@ -379,7 +237,7 @@ def pad_drafts(drafts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Ten
     return ids, torch.tensor([len(d) for d in drafts], dtype=torch.int64)
 
 
-def _sparse_q(rows: Sequence[RowSpec], max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _sparse_q(rows: Sequence[Row], max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(q_ids, q_probs)`` each ``[batch, max_k, top]``; one-hot where none was sent."""
     top = max(
         (len(ids) for r in rows if r.q_ids is not None for ids in r.q_ids),
@@ -401,9 +259,14 @@ def _sparse_q(rows: Sequence[RowSpec], max_k: int) -> tuple[torch.Tensor, torch.
 
 def verify_batch(
     target_logits: torch.Tensor,  # [batch, >= max_k + 1, vocab]
-    rows: Sequence[RowSpec],
+    rows: Sequence[Row],
 ) -> VerifyOutput:
-    """Verify a batch that mixes greedy and sampling sessions of different draft lengths."""
+    """Verify a batch that mixes greedy and sampling sessions of different draft lengths.
+
+    Row ``b`` is verified against ``target_logits[b]`` with its own sampling parameters
+    (``params.temperature == 0``: greedy) and, when sampling, a generator seeded with
+    its ``seed``; ``q_ids``/``q_probs`` are its drafts' distributions (one-hot without).
+    """
     assert target_logits.dim() == 3 and target_logits.shape[0] == len(rows)
     draft_token_ids, num_draft_tokens = pad_drafts([r.draft for r in rows])
     batch, max_k = draft_token_ids.shape
@@ -429,16 +292,15 @@ def verify_batch(
         s_logits = target_logits if n == batch else target_logits[s]  # no copy if all
         target_probs = apply_warpers(
             s_logits.reshape(n * (max_k + 1), vocab),
-            torch.tensor([r.temperature for r in srows]).repeat_interleave(max_k + 1),
-            torch.tensor([r.top_k for r in srows]).repeat_interleave(max_k + 1),
-            torch.tensor([r.top_p for r in srows]).repeat_interleave(max_k + 1),
+            torch.tensor([r.params.temperature for r in srows]).repeat_interleave(max_k + 1),
+            torch.tensor([r.params.top_k for r in srows]).repeat_interleave(max_k + 1),
+            torch.tensor([r.params.top_p for r in srows]).repeat_interleave(max_k + 1),
         ).reshape(n, max_k + 1, vocab)
         q_ids, q_probs = _sparse_q(srows, max_k)
-        gens = [r.generator for r in srows]
         draws = RandomDraws.draw(
             [len(r.draft) for r in srows],
             max_k,
-            None if all(g is None for g in gens) else [g or torch.Generator() for g in gens],
+            [torch.Generator().manual_seed(r.seed) for r in srows],
         )
         res = rejection_sample(
             draft_token_ids[s],

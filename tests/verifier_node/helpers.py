@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM
 from runtime.transport import Transport
 from verifier_node.config import VerifierConfig
 from verifier_node.engine import VerifyEngine
+from verifier_node.node import model_fingerprint, status_record
 from verifier_node.runner import TargetRunner
-from verifier_node.service import VerifierService, model_fingerprint, status_record
+from verifier_node.service import VerifierService
 
 
 @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ from schemas import DraftRequest, ErrorCode, Topics, Verdict, VerifierStatus, de
 from tests.verifier_node.helpers import greedy_truth, random_prompts, running_verifier
 from tests.verifier_node.scripted import ScriptedDevice
 from verifier_node.config import VerifierConfig
-from verifier_node.service import make_mqtt_transport
+from verifier_node.node import make_mqtt_transport
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.tiny_models import Family
-from verifier_node.engine import VerifyEngine, WorkItem
+from verifier_node.engine import VerifyEngine
 from verifier_node.kvcache import SlotTable, common_prefix_len
-from verifier_node.runner import RowInput, TargetRunner
+from verifier_node.rows import Row
+from verifier_node.runner import TargetRunner
 
 TOL = 1e-4  # float32 logits, batched vs unbatched
 
@@ -35,7 +36,7 @@ def test_batched_scoring_matches_full_recompute(tiny_dirs: dict[Family, Path], f
     for round_ in range(4):
         keys = rng.sample(sorted(contexts), rng.randrange(1, 6))  # a changing subset
         drafts = {k: [rng.randrange(1, 400) for _ in range(rng.randrange(0, 6))] for k in keys}
-        out = runner.score([RowInput(k, contexts[k], drafts[k]) for k in keys])
+        out = runner.score([Row(k, contexts[k], drafts[k]) for k in keys])
         for b, k in enumerate(keys):
             n = len(drafts[k]) + 1
             ref = reference_logits(model, contexts[k], drafts[k])
@@ -56,7 +57,7 @@ def test_eviction_and_reprefill_are_transparent(llama_dir: Path) -> None:
     for round_ in range(6):
         keys = [f"s{(2 * round_) % 4}", f"s{(2 * round_ + 1) % 4}"]
         drafts = {k: [rng.randrange(1, 400) for _ in range(3)] for k in keys}
-        out = runner.score([RowInput(k, contexts[k], drafts[k]) for k in keys])
+        out = runner.score([Row(k, contexts[k], drafts[k]) for k in keys])
         assert runner.kv_bytes <= 2 * 64 * probe.cache.bytes_per_token
         for b, k in enumerate(keys):
             ref = reference_logits(model, contexts[k], drafts[k])
@@ -69,7 +70,7 @@ def test_capacity_grows_and_long_prompts_prefill_in_chunks(llama_dir: Path) -> N
     model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa")
     runner = TargetRunner(model, prefill_chunk=16)
     short, long = [3, 4, 5], list(range(1, 150))
-    out = runner.score([RowInput("a", short, [7]), RowInput("b", long, [8, 9])])
+    out = runner.score([Row("a", short, [7]), Row("b", long, [8, 9])])
     assert out.stats.num_prefill_tokens == (len(short) - 1) + (len(long) - 1)
     assert runner.cache.capacity >= len(long) + 2
     assert (out.row(1)[:3] - reference_logits(model, long, [8, 9])).abs().max() < TOL
@@ -98,7 +99,7 @@ def greedy_session_loop(
                 pos = len(contexts[k]) - len(prompts[k])
                 # noisy copy of the true continuation
                 noisy = [truth[k][pos + i] if d < 300 else d for i, d in enumerate(drafts[k])]
-                items.append(WorkItem(k, list(contexts[k]), noisy))
+                items.append(Row(k, list(contexts[k]), noisy))
             results, _ = engine.run(items)
             for item, res in zip(items, results, strict=True):
                 log[item.key].append((res.accepted, res.token))
@@ -141,7 +142,7 @@ def test_sampling_rounds_are_batch_independent(llama_dir: Path) -> None:
 
     params = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, seed=3)
     items = [
-        WorkItem(f"s{i}", [5 + i, 6, 7 + i] * (i + 1), [8, 9, 10][: i % 4], params, seed=100 + i)
+        Row(f"s{i}", [5 + i, 6, 7 + i] * (i + 1), [8, 9, 10][: i % 4], params, seed=100 + i)
         for i in range(5)
     ]
     together, _ = VerifyEngine(TargetRunner(model)).run(items)
@@ -177,6 +178,6 @@ def test_common_prefix_len() -> None:
 def test_bfloat16_target_runs(llama_dir: Path) -> None:
     runner = TargetRunner.load(llama_dir, dtype="bfloat16", threads=1)
     assert runner.dtype == torch.bfloat16 and runner.cache.bytes_per_token > 0
-    out = runner.score([RowInput("a", [3, 4, 5], [6, 7]), RowInput("b", [8], [])])
+    out = runner.score([Row("a", [3, 4, 5], [6, 7]), Row("b", [8], [])])
     assert out.logits.dtype == torch.float32 and out.logits.shape[:2] == (2, 3)
     assert torch.isfinite(out.logits).all()

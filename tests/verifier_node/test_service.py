@@ -24,7 +24,7 @@ from tests.verifier_node.helpers import greedy_truth, random_prompts, running_ve
 from tests.verifier_node.scripted import ScriptedDevice
 from verifier_node.config import ConfigError, VerifierConfig, add_config_arguments, config_from_args
 from verifier_node.metrics import VerifierMetrics
-from verifier_node.service import model_fingerprint
+from verifier_node.node import model_fingerprint
 
 VOCAB = 400  # prompts and noise stay below the tiny vocabulary (~512)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from schemas import CentralizedRequest, DraftRequest, ErrorCode, GeneratedTokens, SamplingParams
+from verifier_node.central import CentralTable
 from verifier_node.sessions import (
     Action,
-    CentralTable,
     SessionTable,
     apply_stop_rules,
 )
@@ -77,7 +77,7 @@ def test_first_request_then_next() -> None:
     assert (v0.accepted, v0.token, v0.committed, v0.done) == (1, 9, 5, False)
     v1 = verify(t, nxt(1, start=5, draft=[3]), accepted=1, token=4)
     assert v1.committed == 7
-    assert t.get(("dev", "s1")).committed == [*PROMPT, 1, 9, 3, 4]
+    assert t.get(("dev", "s1")).committed_ids == [*PROMPT, 1, 9, 3, 4]
 
 
 def test_duplicate_gets_the_stored_verdict_and_no_verification() -> None:
@@ -145,7 +145,7 @@ def test_context_request_rebuilds_a_known_session() -> None:
     )
     adm = t.admit("dev", req, 0.0)
     assert adm.action is Action.VERIFY and adm.reason == "rebuilt"
-    assert adm.session.committed == ctx
+    assert adm.session.committed_ids == ctx
 
 
 def test_tokenizer_mismatch() -> None:

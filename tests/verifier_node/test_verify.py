@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from schemas import SamplingParams
+from verifier_node.rows import Row, round_seed
 from verifier_node.verify import (
     PLACEHOLDER_TOKEN_ID,
     RandomDraws,
-    RowSpec,
-    apply_warpers,
     dense_draft_probs,
     greedy_verify,
     pad_drafts,
     rejection_sample,
-    round_seed,
     verify_batch,
 )
+from verifier_node.warpers import apply_warpers
 
 torch.set_num_threads(1)
 
@@ -247,13 +247,14 @@ def test_rejection_sampling_is_deterministic_for_a_seed(k: int, batch_size: int)
 
     def run(seed: int) -> list[list[int]]:
         rows = [
-            RowSpec(
+            Row(
+                f"s{b}",
+                (),
                 drafts[b],
-                temperature=0.8,
-                top_k=5,
+                SamplingParams(temperature=0.8, top_k=5),
+                seed=round_seed(seed, f"s{b}", 10),
                 q_ids=[list(range(VOCAB))] * k,
                 q_probs=q_probs[b].tolist(),
-                generator=torch.Generator().manual_seed(round_seed(seed, f"s{b}", 10)),
             )
             for b in range(batch_size)
         ]
@@ -268,9 +269,9 @@ def test_per_session_result_does_not_depend_on_batch() -> None:
     logits = torch.randn(3, 5, VOCAB, generator=gen)
     specs = [([1, 2, 3, 4], 1.0), ([5], 0.0), ([2, 2], 0.7)]
 
-    def row(b: int) -> RowSpec:
+    def row(b: int) -> Row:
         draft, temp = specs[b]
-        return RowSpec(draft, temperature=temp, generator=torch.Generator().manual_seed(b))
+        return Row(b, (), draft, SamplingParams(temperature=temp), seed=b)
 
     together = verify_batch(logits, [row(0), row(1), row(2)]).rows()
     alone = [verify_batch(logits[b : b + 1], [row(b)]).rows()[0] for b in range(3)]

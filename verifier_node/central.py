@@ -1,0 +1,121 @@
+"""Centralized sessions (pure): the paper's baseline, the verifier generates every token.
+
+A request opens a session keyed by ``(device, session)``; the service then decodes it
+one token per round with continuous batching (:meth:`CentralSession.row` is its next
+step) and streams each token as a :class:`~schemas.GeneratedTokens` chunk. A duplicate
+request for a known session is ignored. Times are seconds of a monotonic clock passed
+in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from schemas import CentralizedRequest, ErrorCode, GeneratedTokens, SamplingParams
+from verifier_node.rows import Mode, Row, SessionKey, round_seed
+
+
+@dataclass(slots=True)
+class CentralSession:
+    """A session of the centralized baseline: the verifier generates every token."""
+
+    key: SessionKey
+    committed_ids: list[int]  # prompt + generated
+    prompt_len: int
+    max_new_tokens: int
+    params: SamplingParams
+    last_active_s: float
+    chunk_seq: int = 0  # seq of the next GeneratedTokens chunk
+    done: bool = False
+
+    @property
+    def generated(self) -> int:
+        return len(self.committed_ids) - self.prompt_len
+
+    def row(self) -> Row:
+        """The next decode step: no drafts, the target token is the next token."""
+        return Row(
+            key=Mode.CENTRALIZED.key(self.key),
+            context=list(self.committed_ids),
+            params=self.params,
+            seed=round_seed(self.params.seed, self.key[1], len(self.committed_ids)),
+        )
+
+
+@dataclass
+class CentralTable:
+    """All centralized sessions; a duplicate request for a known session is ignored."""
+
+    idle_s: float
+    fingerprint: str | None = None
+    _sessions: dict[SessionKey, CentralSession] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, key: SessionKey) -> CentralSession | None:
+        return self._sessions.get(key)
+
+    @property
+    def num_active(self) -> int:
+        return sum(1 for s in self._sessions.values() if not s.done)
+
+    def admit(
+        self, device: str, req: CentralizedRequest, now_s: float
+    ) -> CentralSession | GeneratedTokens | None:
+        """A new session, an error chunk (tokenizer mismatch), or None (duplicate)."""
+        key = (device, req.session)
+        if key in self._sessions:
+            self._sessions[key].last_active_s = now_s
+            return None
+        if (
+            self.fingerprint is not None
+            and req.fingerprint is not None
+            and req.fingerprint != self.fingerprint
+        ):
+            return GeneratedTokens(
+                session=req.session,
+                seq=0,
+                tokens=[],
+                done=True,
+                code=ErrorCode.TOKENIZER_MISMATCH.value,
+                message=f"drafter tokenizer {req.fingerprint} differs from the target's "
+                f"{self.fingerprint}",
+            )
+        s = CentralSession(
+            key=key,
+            committed_ids=list(req.prompt),
+            prompt_len=len(req.prompt),
+            max_new_tokens=req.max_new_tokens,
+            params=req.params,
+            last_active_s=now_s,
+        )
+        self._sessions[key] = s
+        return s
+
+    def complete(
+        self, key: SessionKey, token: int, *, eos_ids: Collection[int], now_s: float
+    ) -> GeneratedTokens:
+        """Append one generated token; the chunk to stream."""
+        s = self._sessions[key]
+        start = s.generated
+        s.committed_ids.append(token)
+        s.done = token in eos_ids or s.generated >= s.max_new_tokens
+        s.last_active_s = now_s
+        chunk = GeneratedTokens(
+            session=key[1], seq=s.chunk_seq, tokens=[token], start=start, done=s.done
+        )
+        s.chunk_seq += 1
+        return chunk
+
+    def expire(self, now_s: float) -> list[SessionKey]:
+        """Forget finished sessions idle for ``idle_s`` (running ones keep generating)."""
+        gone = [
+            k
+            for k, s in self._sessions.items()
+            if s.done and now_s - s.last_active_s >= self.idle_s
+        ]
+        for k in gone:
+            del self._sessions[k]
+        return gone
