@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
@@ -39,7 +39,7 @@ from edge_node.config import EdgeConfig
 from edge_node.drafter import Drafter, DrafterError
 from edge_node.errors import EdgeError, TokenizerMismatch
 from edge_node.modes import centralized, local, sled
-from edge_node.modes.base import Clock, Inbox, Mode, Sleep, within
+from edge_node.modes.base import Clock, Inbox, Link, Mode, Sleep, within
 from edge_node.policy import RttEstimator
 from edge_node.results import Result, ResultStream
 from runtime.transport import Message, MqttTransport, Transport, TransportError, Will
@@ -71,16 +71,20 @@ MODE_RUNS: dict[str, Mode] = {"sled": sled.run, "local": local.run, "centralized
 
 
 class EdgeNode:
-    """One edge device on the bus: drafter + policy + transport."""
+    """One edge device on the bus: drafter + policy + transport.
+
+    ``drafter`` and ``transport`` default to those the config names (made on start);
+    ``clock`` (monotonic seconds) and ``sleep`` time every wait, so tests can fake them.
+    """
 
     def __init__(
         self,
         config: EdgeConfig,
         *,
-        drafter: Drafter | None = None,
-        transport: Transport | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        drafter: Drafter | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.config = config
         self.clock = clock  # monotonic seconds, for durations and timeouts
@@ -381,12 +385,15 @@ class EdgeNode:
         async with self._compute_lock:
             return await asyncio.to_thread(fn, *args)
 
-    @contextlib.contextmanager
-    def inbox(self, session: str) -> Iterator[Inbox]:
-        """The queue the router puts ``session``'s verdicts in, while the block lasts."""
+    @contextlib.asynccontextmanager
+    async def link(self, request: str) -> AsyncIterator[Link]:
+        """A new session with the verifier (its tokenizer checked first) while the block
+        lasts: the router puts the session's verdicts in ``link.inbox``."""
+        await self.check_verifier()
+        session = uuid.uuid4().hex[:12]
         self._inboxes[session] = inbox = Inbox()
         try:
-            yield inbox
+            yield Link(session, inbox, self.log.bind(request=request, session=session))
         finally:
             self._inboxes.pop(session, None)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from edge_node.config import EdgeConfig
@@ -19,6 +20,15 @@ Clock = Callable[[], float]  # monotonic seconds
 Sleep = Callable[[float], Awaitable[None]]  # asyncio.sleep, or a test's fake
 Incoming = Verdict | GeneratedTokens  # what the verifier sends a session
 Inbox = asyncio.Queue[Incoming]
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One session's line to the verifier: its id, its inbox, a logger bound to both."""
+
+    session: str
+    inbox: Inbox
+    log: Any
 
 
 class Node(Protocol):
@@ -43,11 +53,11 @@ class Node(Protocol):
     def publish_soon(self, topic: str, payload: bytes, what: str) -> None:
         """Publish without waiting for the broker."""
 
-    async def check_verifier(self) -> None:
-        """Raise TokenizerMismatch if an online verifier has another tokenizer."""
+    def link(self, request: str) -> AbstractAsyncContextManager[Link]:
+        """A new session with the verifier, while the block lasts.
 
-    def inbox(self, session: str) -> AbstractContextManager[Inbox]:
-        """The queue of the verifier's messages for ``session``, while the block lasts."""
+        Raises TokenizerMismatch if an online verifier has another tokenizer.
+        """
         ...
 
 

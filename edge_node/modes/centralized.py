@@ -6,7 +6,6 @@ silences in a row end the generation with an error. Waits run on the node's cloc
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 from edge_node.modes.base import Node, next_message
@@ -17,33 +16,29 @@ from schemas import CentralizedRequest, GeneratedTokens, GenerateRequest, encode
 async def run(
     node: Node, stream: ResultStream, req: GenerateRequest, prompt_ids: list[int]
 ) -> AsyncIterator[Result]:
-    await node.check_verifier()
-    drafter = node.drafter
-    session_id = uuid.uuid4().hex[:12]
-    log = node.log.bind(request=req.request, session=session_id)
-    request = CentralizedRequest(
-        session=session_id,
-        prompt=prompt_ids,
-        max_new_tokens=req.max_new_tokens,
-        params=req.params,
-        fingerprint=drafter.fingerprint,
-        sent_at_ns=stream.wall_ns(),
-    )
-    payload, topic = encode(request), node.topics.draft(node.device)
-    timeout_s = node.config.centralized_timeout_ms / 1000
-    silences = 0
-    with node.inbox(session_id) as inbox:
-        node.publish_soon(topic, payload, f"central-{session_id}")
+    async with node.link(req.request) as link:
+        request = CentralizedRequest(
+            session=link.session,
+            prompt=prompt_ids,
+            max_new_tokens=req.max_new_tokens,
+            params=req.params,
+            fingerprint=node.drafter.fingerprint,
+            sent_at_ns=stream.wall_ns(),
+        )
+        payload, topic = encode(request), node.topics.draft(node.device)
+        timeout_s = node.config.centralized_timeout_ms / 1000
+        silences = 0
+        node.publish_soon(topic, payload, f"central-{link.session}")
         while True:
-            msg = await next_message(node, inbox, node.clock() + timeout_s)
+            msg = await next_message(node, link.inbox, node.clock() + timeout_s)
             if msg is None:
                 silences += 1
-                log.warning("edge.centralized_timeout", silences=silences)
+                link.log.warning("edge.centralized_timeout", silences=silences)
                 if silences >= node.policy.fallback_after:
                     error = f"verifier sent nothing for {silences} x {timeout_s:g} s"
                     yield stream.final("error", error=error)
                     return
-                node.publish_soon(topic, payload, f"central-{session_id}")
+                node.publish_soon(topic, payload, f"central-{link.session}")
                 continue
             if not isinstance(msg, GeneratedTokens):
                 continue
@@ -53,12 +48,12 @@ async def run(
                 return
             have = len(stream.verified)
             if msg.start > have:
-                log.warning("edge.centralized_gap", start=msg.start, have=have)
+                link.log.warning("edge.centralized_gap", start=msg.start, have=have)
                 continue
             fresh = msg.tokens[have - msg.start :]
             if fresh:
                 yield stream.chunk(fresh, verified=True)
             if msg.done:
                 last = stream.verified[-1] if stream.verified else None
-                yield stream.final("stop" if last in drafter.eos_ids else "length")
+                yield stream.final("stop" if last in node.drafter.eos_ids else "length")
                 return

@@ -7,7 +7,6 @@ work (prefill, decode steps, re-sync) runs in the node's worker thread.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,32 +18,24 @@ from edge_node.policy import Commit, DraftToken, Event, SledSession
 from edge_node.results import Result, ResultStream
 from edge_node.sampling import next_distribution, sample
 from edge_node.sled_steps import Draft, Release, Send, SledSteps, Verified, WaitUntil
-from schemas import GenerateRequest, encode
+from schemas import DraftRequest, GenerateRequest, encode
 
 
 async def run(
     node: Node, stream: ResultStream, req: GenerateRequest, prompt_ids: list[int]
 ) -> AsyncIterator[Result]:
-    await node.check_verifier()
-    drafter = node.drafter
-    session_id = uuid.uuid4().hex[:12]
-    log = node.log.bind(request=req.request, session=session_id)
-    state = drafter.new_state()
-    logits = await node.compute(drafter.feed, state, prompt_ids)
-    sess = SledSession(
-        session=session_id,
-        prompt=prompt_ids,
-        max_new_tokens=req.max_new_tokens,
-        params=req.params,
-        eos_ids=drafter.eos_ids,
-        config=node.policy,
-        rtt=node.rtt,
-        fingerprint=drafter.fingerprint,
-    )
-    steps = SledSteps(sess)
-    rng = np.random.default_rng(req.params.seed)
-    draft_topic = node.topics.draft(node.device)
-    with node.inbox(session_id) as inbox:
+    async with node.link(req.request) as link:
+        drafter = node.drafter
+        state = drafter.new_state()
+        logits = await node.compute(drafter.feed, state, prompt_ids)
+        sess = SledSession(
+            link.session, prompt_ids, req.max_new_tokens, req.params,  # the request's
+            eos_ids=drafter.eos_ids, fingerprint=drafter.fingerprint,  # the drafter's
+            config=node.policy, rtt=node.rtt,  # the device's
+        )  # fmt: skip
+        steps = SledSteps(sess)
+        rng = np.random.default_rng(req.params.seed)
+        draft_topic = node.topics.draft(node.device)
         while True:
             step = steps.next_step(node.clock(), stream.wall_ns())
             if isinstance(step, Draft):
@@ -54,13 +45,13 @@ async def run(
                 steps.drafted(num_drafted)
             elif isinstance(step, Send):
                 request = step.request
-                log.debug("edge.draft_sent", seq=request.seq, start=request.start,
-                          drafts=len(request.draft), context=request.context is not None,
-                          attempt=sess.outstanding.attempts if sess.outstanding else 0)  # fmt: skip
-                node.publish_soon(draft_topic, encode(request), f"draft-{session_id}-{request.seq}")
+                _log_sent(link.log, sess, request)
+                node.publish_soon(
+                    draft_topic, encode(request), f"draft-{link.session}-{request.seq}"
+                )
             elif isinstance(step, WaitUntil):
-                msg = await next_message(node, inbox, step.deadline_s)
-                _log_outcome(log, sess, msg, steps.received(msg, node.clock()))
+                msg = await next_message(node, link.inbox, step.deadline_s)
+                _log_outcome(link.log, sess, msg, steps.received(msg, node.clock()))
             elif isinstance(step, Release):
                 yield stream.chunk(step.tokens, verified=False)
             elif isinstance(step, Verified):
@@ -72,6 +63,12 @@ async def run(
                 stream.count(drafted=sess.drafted, accepted=sess.accepted, rounds=sess.rounds)
                 yield stream.final(step.reason, error=step.error)
                 return
+
+
+def _log_sent(log: Any, sess: SledSession, request: DraftRequest) -> None:
+    attempt = sess.outstanding.attempts if sess.outstanding else 0
+    log.debug("edge.draft_sent", seq=request.seq, start=request.start, attempt=attempt,
+              drafts=len(request.draft), context=request.context is not None)  # fmt: skip
 
 
 def _log_outcome(

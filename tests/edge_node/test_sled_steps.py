@@ -5,16 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_node.policy import Commit, DraftToken, Event, PolicyConfig, RttEstimator, SledSession
-from edge_node.sled_steps import (
-    Draft,
-    Finish,
-    Release,
-    Send,
-    SledSteps,
-    Step,
-    Verified,
-    WaitUntil,
-)
+from edge_node.sled_steps import Draft, Finish, Release, Send, SledSteps, Step, Verified, WaitUntil
 from schemas import ErrorCode, SamplingParams, Verdict
 
 EOS = 0
