@@ -9,7 +9,7 @@ import numpy as np
 from edge_node.drafter import Drafter, KVState, Logits
 from edge_node.modes.base import Node
 from edge_node.results import Result, ResultStream
-from edge_node.sampling import next_distribution, sample
+from edge_node.sampling import distribution_for, sample
 from schemas import GenerateRequest, SamplingParams
 
 
@@ -44,10 +44,9 @@ def generate(
 
     Returns (next logits, tokens); after an EOS the logits are those before it.
     """
-    p = params
     out: list[int] = []
     while len(out) < max_tokens:
-        dist = next_distribution(logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
+        dist = distribution_for(logits, params)
         tok = sample(dist, rng)
         out.append(tok)
         if tok in drafter.eos_ids:

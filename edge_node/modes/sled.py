@@ -16,7 +16,7 @@ from edge_node.drafter import Drafter, KVState, Logits
 from edge_node.modes.base import Incoming, Node, next_message
 from edge_node.policy import Commit, DraftToken, Event, SledSession
 from edge_node.results import Result, ResultStream
-from edge_node.sampling import next_distribution, sample
+from edge_node.sampling import distribution_for, sample
 from edge_node.sled_steps import Draft, Release, Send, SledSteps, Verified, WaitUntil
 from schemas import DraftRequest, GenerateRequest, encode
 
@@ -101,14 +101,13 @@ def draft(
 
     Runs in the worker thread. Sampling drafts carry their truncated distribution q.
     """
-    p = sess.params
     num_drafted = 0
     while max_tokens is None or num_drafted < max_tokens:
-        dist = next_distribution(logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
+        dist = distribution_for(logits, sess.params)
         if not sess.should_draft(dist.confidence):
             break
         tok = sample(dist, rng)
-        if p.greedy:
+        if sess.params.greedy:
             sess.add_draft(DraftToken(tok))
         else:
             q_ids, q_probs = dist.as_wire()
