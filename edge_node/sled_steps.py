@@ -135,9 +135,7 @@ class SledSteps:
             self._phase = _Phase.FINISH if s.done else _Phase.ROUND
             return Verified(commit)
         if phase is _Phase.TIMED_OUT:
-            if (step := self._release_then(_Phase.SEND)) is not None:
-                return step
-            return self.next_step(now_s, now_ns)
+            return self._release_then(_Phase.SEND) or self.next_step(now_s, now_ns)
         if phase is _Phase.GIVE_UP:
             return self._release_then(_Phase.FINISH) or self._finish()
         if phase is _Phase.FINISH:
@@ -160,8 +158,10 @@ class SledSteps:
         s, waited = self.session, self._phase is _Phase.WAITED
         self._phase = _Phase.POLL
         if msg is None:
-            if waited or now_s < self.deadline_s:
-                self._phase = _Phase.POLL if waited else _Phase.FILL
+            if waited:  # look once more before calling it a timeout
+                return None
+            if now_s < self.deadline_s:  # nothing yet: draft ahead meanwhile
+                self._phase = _Phase.FILL
                 return None
             event = s.on_timeout()
             self._phase = _Phase.GIVE_UP if event is Event.GIVE_UP else _Phase.TIMED_OUT
