@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 from edge_node.config import EdgeConfig
 from edge_node.drafter import Drafter
+from edge_node.modes.base import Inbox, next_message, within
 from edge_node.service import EdgeNode
 from runtime.transport import MemoryBroker, MemoryTransport
-from schemas import DraftRequest, ResultChunk, Topics, decode
+from schemas import DraftRequest, ResultChunk, Topics, Verdict, decode
 from tests.edge_node.conftest import TinyDrafter
 
 TIMEOUT_S = 5.0  # each verification wait, on the fake clock
@@ -79,3 +81,28 @@ async def test_centralized_silence_is_an_error_without_sleeping(
     assert clock.slept_s == [CENTRALIZED_S, CENTRALIZED_S]
     sent = [m for m in broker.published if m.topic == Topics().draft("clock-1")]
     assert len(sent) == 2  # the request, resent once after the first silence
+
+
+async def test_next_message_waits_on_the_fake_clock_and_loses_nothing() -> None:
+    clock = FakeClock()
+    node = SimpleNamespace(clock=clock, sleep=clock.sleep)
+    inbox: Inbox = asyncio.Queue()
+    assert await next_message(node, inbox, clock.now_s + 2.0) is None  # type: ignore[arg-type]
+    assert clock.slept_s == [2.0]
+    assert await next_message(node, inbox, clock.now_s) is None  # type: ignore[arg-type]
+    assert clock.slept_s == [2.0]  # a deadline now: only a look
+    verdict = Verdict(session="s1", seq=0)
+    inbox.put_nowait(verdict)
+    assert await next_message(node, inbox, clock.now_s) is verdict  # type: ignore[arg-type]
+
+
+async def test_within_returns_what_comes_before_the_sleep_ends() -> None:
+    async def soon() -> str:
+        await asyncio.sleep(0)
+        return "verdict"
+
+    async def never(_s: float) -> None:
+        await asyncio.Event().wait()
+
+    assert await within(soon(), 5.0, never) == "verdict"
+    assert await within(asyncio.Event().wait(), 5.0, FakeClock().sleep) is None
