@@ -36,6 +36,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from schemas import SamplingParams
+
 MAX_Q_ENTRIES: Final = 64  # entries of q per draft token (schemas Limits.max_top_k)
 
 FloatArray = npt.NDArray[np.float64]
@@ -147,6 +149,12 @@ def next_distribution(
     if temperature == 0.0:
         return greedy(logits)
     return warp(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def distribution_for(logits: npt.ArrayLike, params: SamplingParams) -> TruncatedDist:
+    """:func:`next_distribution` with a request's sampling parameters."""
+    p = params
+    return next_distribution(logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
 
 
 def sample(dist: TruncatedDist, rng: np.random.Generator) -> int:

@@ -82,14 +82,12 @@ class _BytesTokenizer:
 
 
 def test_streamed_text_equals_final_text_when_generation_ends_mid_character() -> None:
-    from edge_node.config import EdgeConfig
-    from edge_node.service import EdgeNode, _Run
+    from edge_node.results import ResultStream
 
-    node = EdgeNode(EdgeConfig(device_id="pi-1"), drafter=_BytesTokenizer())  # type: ignore[arg-type]
-    run = _Run(request="r1", mode="sled", prompt_tokens=1)
+    run = ResultStream(request="r1", mode="sled", prompt_tokens=1, decode=_BytesTokenizer().decode)
     euro = list("€".encode())  # 3 bytes; the budget ends after 2 of them
-    chunks = [node._chunk(run, [0x61], verified=True), node._chunk(run, euro[:2], verified=True)]
-    final = node._final(run, "length")
+    chunks = [run.chunk([0x61], verified=True), run.chunk(euro[:2], verified=True)]
+    final = run.final("length")
     assert "".join(c.text for c in chunks) == final.text
 
 
