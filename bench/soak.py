@@ -44,6 +44,7 @@ from typing import Any
 
 from bench.sim.router import Router, next_verdict, start_router, stop_task
 from edge_node.policy import Commit, DraftToken, Event, PolicyConfig, RttEstimator, SledSession
+from runtime.models import load_causal_lm
 from runtime.stats import percentile
 from schemas import Record, SamplingParams, Topics, encode
 
@@ -254,11 +255,8 @@ def references(
 ) -> tuple[list[tuple[list[int], list[int]]], int]:
     """``n`` random prompts with the target's greedy continuations (stopping after EOS)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(1)
-    model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.eval()
+    model: Any = load_causal_lm(model_dir, threads=1)
     vocab = int(model.config.vocab_size)
     rng = random.Random(seed)
     cases = []

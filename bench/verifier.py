@@ -85,7 +85,8 @@ def _round_times(round_ms: list[float], forward_ms: list[float]) -> dict[str, fl
 
 def _bench_verify(model: Any, batch: int, args: argparse.Namespace) -> dict[str, float]:
     from schemas import SamplingParams
-    from verifier_node.engine import VerifyEngine, WorkItem
+    from verifier_node.engine import VerifyEngine
+    from verifier_node.rows import Row
     from verifier_node.runner import TargetRunner
 
     rng = random.Random(args.seed + batch)
@@ -98,7 +99,7 @@ def _bench_verify(model: Any, batch: int, args: argparse.Namespace) -> dict[str,
     rounds: list[tuple[float, float, float, float]] = []
     for r in range(args.warmup + args.rounds):
         items = [
-            WorkItem(
+            Row(
                 key=b,
                 context=contexts[b],
                 draft=[rng.randrange(vocab) for _ in range(args.k)],
@@ -111,7 +112,7 @@ def _bench_verify(model: Any, batch: int, args: argparse.Namespace) -> dict[str,
         for b, (item, res) in enumerate(zip(items, results, strict=True)):
             contexts[b] = [*contexts[b], *item.draft[: res.accepted], res.token]
         if r >= args.warmup:
-            rounds.append((m.round_ms, m.forward_ms, m.prepare_ms, m.verify_ms))
+            rounds.append((m.round_ms, m.forward.forward_ms, m.forward.prepare_ms, m.verify_ms))
     return {
         **_round_times([x[0] for x in rounds], [x[1] for x in rounds]),
         "prepare_ms": round(_median([x[2] for x in rounds]), 3),
@@ -122,7 +123,8 @@ def _bench_verify(model: Any, batch: int, args: argparse.Namespace) -> dict[str,
 
 def _bench_subset(model: Any, args: argparse.Namespace, resident: int = 16) -> dict[str, float]:
     """Batches of half the resident sessions, every other slot: the gather (copy) path."""
-    from verifier_node.engine import VerifyEngine, WorkItem
+    from verifier_node.engine import VerifyEngine
+    from verifier_node.rows import Row
     from verifier_node.runner import TargetRunner
 
     rng = random.Random(args.seed + 99)
@@ -133,13 +135,11 @@ def _bench_subset(model: Any, args: argparse.Namespace, resident: int = 16) -> d
 
     def round_(keys: list[int]) -> tuple[float, float, int]:
         before = runner.cache.copied_bytes
-        items = [
-            WorkItem(b, contexts[b], [rng.randrange(vocab) for _ in range(args.k)]) for b in keys
-        ]
+        items = [Row(b, contexts[b], [rng.randrange(vocab) for _ in range(args.k)]) for b in keys]
         results, m = engine.run(items)
         for b, item, res in zip(keys, items, results, strict=True):
             contexts[b] = [*contexts[b], *item.draft[: res.accepted], res.token]
-        return m.round_ms, m.forward_ms, runner.cache.copied_bytes - before
+        return m.round_ms, m.forward.forward_ms, runner.cache.copied_bytes - before
 
     round_(list(range(resident)))  # everyone resident, slots 0..resident-1
     rows = []
@@ -178,7 +178,8 @@ def _reference_forward_ms(model: Any, batch: int, args: argparse.Namespace) -> f
 
 def _bench_centralized(model: Any, batch: int, args: argparse.Namespace) -> float:
     """Decode tokens per second of centralized mode (after the prompts are prefilled)."""
-    from verifier_node.engine import VerifyEngine, WorkItem
+    from verifier_node.engine import VerifyEngine
+    from verifier_node.rows import Row
     from verifier_node.runner import TargetRunner
 
     rng = random.Random(args.seed + 7 * batch)
@@ -188,7 +189,7 @@ def _bench_centralized(model: Any, batch: int, args: argparse.Namespace) -> floa
 
     def step() -> float:
         t0 = time.perf_counter()
-        results, _ = engine.run([WorkItem(b, contexts[b], ()) for b in range(batch)])
+        results, _ = engine.run([Row(b, contexts[b], ()) for b in range(batch)])
         for b, res in enumerate(results):
             contexts[b] = [*contexts[b], res.token]
         return time.perf_counter() - t0

@@ -36,7 +36,7 @@ from edge_node.manifest import (
     past_input_names,
     present_output_names,
 )
-from runtime.models import eos_ids
+from runtime.models import eos_ids, load_causal_lm
 
 DEFAULT_OPSET = 17
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
@@ -54,14 +54,7 @@ class ExportError(RuntimeError):
 
 def load_torch_model(src: Path) -> Any:
     """The source model in float32, eager attention, eval mode (no hub access)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        str(src), dtype=torch.float32, attn_implementation="eager", local_files_only=True
-    )
-    return model.eval()
+    return load_causal_lm(src, attn_implementation="eager")
 
 
 def _kv_shape(model: Any) -> tuple[int, int, int]:

@@ -17,8 +17,6 @@ from verifier_node.rows import Outcome, Row
 from verifier_node.runner import ForwardStats, TargetRunner
 from verifier_node.verify import verify_batch
 
-WorkItem = Row  # the name bench/verifier.py imports; new code says Row
-
 
 @dataclass(frozen=True, slots=True)
 class RoundMetrics:
@@ -31,15 +29,6 @@ class RoundMetrics:
     num_accepted: int
     kv_bytes: int  # allocated by the KV cache after the round
     forward: ForwardStats = field(default_factory=ForwardStats)  # zeros: nothing scored
-
-    # The two timings bench/verifier.py reads by these names (elsewhere: m.forward.…).
-    @property
-    def forward_ms(self) -> float:
-        return self.forward.forward_ms
-
-    @property
-    def prepare_ms(self) -> float:
-        return self.forward.prepare_ms
 
     @property
     def forward_fraction(self) -> float:

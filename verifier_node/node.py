@@ -1,8 +1,8 @@
 """What the verifier announces and loads: its target, fingerprint and retained status.
 
 * :func:`load_target` loads the target model named by the config (blocking).
-* :func:`model_fingerprint` is the target tokenizer's fingerprint, checked against
-  each device's drafter.
+* :func:`runtime.models.tokenizer_fingerprint_of` is the target tokenizer's fingerprint,
+  checked against each device's drafter.
 * :func:`status_record` is the retained :class:`~schemas.VerifierStatus`;
   :func:`make_mqtt_transport` connects with it online as the birth message and
   offline as the Last Will.
@@ -11,11 +11,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from runtime.transport import Message, MqttTransport, Will
-from schemas import VerifierStatus, encode, tokenizer_fingerprint
+from schemas import VerifierStatus, encode
 from verifier_node.config import VerifierConfig
 
 if TYPE_CHECKING:
@@ -33,16 +32,6 @@ def load_target(config: VerifierConfig) -> TargetRunner:
         raise ValueError("no target model: set --model-dir (or SLED_MODEL_DIR)")
     options = {name: getattr(config, name) for name in RUNNER_OPTIONS}
     return TargetRunner.load(config.model_dir, **options)
-
-
-def model_fingerprint(model_dir: str | Path) -> str | None:
-    """The target tokenizer's fingerprint (``tokenizer.json`` in the model dir)."""
-    path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
-        return None
-    from tokenizers import Tokenizer
-
-    return tokenizer_fingerprint(Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True))
 
 
 def status_record(

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import structlog
 
+from runtime.models import tokenizer_fingerprint_of
 from runtime.transport import Message, Transport
 from schemas import (
     CentralizedRequest,
@@ -48,7 +49,7 @@ from verifier_node.central import CentralTable
 from verifier_node.config import VerifierConfig
 from verifier_node.engine import RoundMetrics, VerifyEngine
 from verifier_node.metrics import VerifierMetrics
-from verifier_node.node import load_target, make_mqtt_transport, model_fingerprint, status_record
+from verifier_node.node import load_target, make_mqtt_transport, status_record
 from verifier_node.rows import Mode, Outcome, Row, RowKey
 from verifier_node.sessions import Action, SessionTable, error_verdict, reply_to_bad_input
 
@@ -177,7 +178,7 @@ class VerifierService:
         elif adm.action is Action.REPLY:
             assert adm.verdict is not None
             self._publish([(device, adm.verdict)])
-            outcome = "resync" if adm.verdict.code == ErrorCode.RESYNC else adm.reason
+            outcome = ErrorCode.RESYNC.value if adm.verdict.code == ErrorCode.RESYNC else adm.reason
             self._count(outcome)
             blog.info("verifier.reply", reason=adm.reason, code=adm.verdict.code)
         else:
@@ -387,7 +388,7 @@ async def serve(config: VerifierConfig) -> None:
     """Load the target, connect, and serve until cancelled."""
     runner = await asyncio.to_thread(load_target, config)
     assert config.model_dir is not None
-    fingerprint = model_fingerprint(config.model_dir)
+    fingerprint = tokenizer_fingerprint_of(config.model_dir)
     if fingerprint is None:
         log.warning("verifier.no_tokenizer", model_dir=config.model_dir)
     name = Path(config.model_dir).name

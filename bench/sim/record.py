@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.sim.trace import PromptTrace
-from runtime.models import eos_ids
+from runtime.models import eos_ids, load_causal_lm
 
 PROMPTS: tuple[str, ...] = (
     "In the beginning God created",
@@ -42,7 +42,6 @@ PROMPTS: tuple[str, ...] = (
 )
 """KJV-style prompts (the demo models are trained on the King James Bible)."""
 
-EOS_TOKEN = "<|endoftext|>"  # the demo tokenizer's only special token
 
 Progress = Callable[[str], None]
 
@@ -67,19 +66,6 @@ def encode_prompts(tokenizer_json: Path, prompts: Sequence[str]) -> list[list[in
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     return [list(tok.encode(p, add_special_tokens=False).ids) for p in prompts]
-
-
-def load_causal_lm(model_dir: Path, threads: int) -> Any:
-    """A local HF causal LM in float32, eval mode (no hub access)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), local_files_only=True, dtype=torch.float32
-    )
-    model.eval()
-    return model
 
 
 def greedy_continuation(
@@ -125,7 +111,7 @@ def greedy_reference(
         cached: list[list[int]] = json.loads(path.read_text())
         return cached
     started = time.monotonic()
-    model = load_causal_lm(model_dir, threads)
+    model = load_causal_lm(model_dir, threads=threads)
     eos = eos_ids(model_dir)
     refs = [greedy_continuation(model, p, max_new_tokens, eos) for p in prompts]
     path.parent.mkdir(parents=True, exist_ok=True)

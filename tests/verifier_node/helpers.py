@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from runtime.models import tokenizer_fingerprint_of
 from runtime.transport import Transport
 from verifier_node.config import VerifierConfig
 from verifier_node.engine import VerifyEngine
-from verifier_node.node import model_fingerprint, status_record
+from verifier_node.node import status_record
 from verifier_node.runner import TargetRunner
 from verifier_node.service import VerifierService
 
@@ -27,7 +28,7 @@ async def running_verifier(
 ) -> AsyncIterator[VerifierService]:
     """A verifier service task with a fresh runner; cancelled (clean stop) on exit."""
     runner = TargetRunner.load(model_dir, threads=1, kv_budget_bytes=config.kv_budget_bytes)
-    fp = model_fingerprint(model_dir)
+    fp = tokenizer_fingerprint_of(model_dir)
     online, offline = (
         status_record(
             config, online=o, model=model_dir.name, fingerprint=fp, vocab_size=runner.vocab_size

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.models import tokenizer_fingerprint_of
 from runtime.mosquitto import free_port
 from runtime.transport import MemoryBroker, MemoryTransport, Message, Will
 from schemas import (
@@ -24,7 +25,6 @@ from tests.verifier_node.helpers import greedy_truth, random_prompts, running_ve
 from tests.verifier_node.scripted import ScriptedDevice
 from verifier_node.config import ConfigError, VerifierConfig, add_config_arguments, config_from_args
 from verifier_node.metrics import VerifierMetrics
-from verifier_node.node import model_fingerprint
 
 VOCAB = 400  # prompts and noise stay below the tiny vocabulary (~512)
 
@@ -239,6 +239,6 @@ def test_metrics_endpoint_serves_prometheus_text() -> None:
 
 
 def test_fingerprint_of_the_model_dir(llama_dir: Path) -> None:
-    fp = model_fingerprint(llama_dir)
+    fp = tokenizer_fingerprint_of(llama_dir)
     assert fp is not None and len(fp) == 16
-    assert model_fingerprint(llama_dir / "missing") is None
+    assert tokenizer_fingerprint_of(llama_dir / "missing") is None

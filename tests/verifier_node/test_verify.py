@@ -133,7 +133,9 @@ def test_top_p_ties_walk_lower_ids_first() -> None:
 def test_top_p_keeps_smallest_set_reaching_p() -> None:
     # softmax of log([0.5, 0.3, 0.15, 0.05]) is that distribution.
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().tolist()
-    assert warp(logits, top_p=0.5).tolist() == pytest.approx([1.0, 0, 0, 0])  # 0.5 reaches 0.5
+    # 0.5 reaches 0.45. (At exactly 0.5 the float32 softmax denominator decides, which
+    # differs by CPU kernel; the exact boundary is test_top_p_ties_walk_lower_ids_first.)
+    assert warp(logits, top_p=0.45).tolist() == pytest.approx([1.0, 0, 0, 0])
     assert warp(logits, top_p=0.6).tolist() == pytest.approx([0.625, 0.375, 0, 0])
     assert warp(logits, top_p=0.01).tolist() == pytest.approx([1.0, 0, 0, 0])  # at least one
 
