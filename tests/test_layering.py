@@ -98,3 +98,25 @@ def test_violations_literal_cases(module: str, source: str, expected: int) -> No
 def test_every_product_package_has_a_floor() -> None:
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
     assert packages == set(FLOORS)
+
+
+def _readme_layout() -> dict[str, str]:
+    """README's layout table: folder -> its text."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
+    return {cells[1].strip().strip("`").rstrip("/"): cells[2].strip() for cells in rows}
+
+
+def test_readme_layout_table_matches_the_tree() -> None:
+    layout = _readme_layout()
+    missing = sorted(folder for folder in layout if not (ROOT / folder).is_dir())
+    assert missing == [], "README lists folders that do not exist"
+    packages = {
+        str(p.parent.relative_to(ROOT))
+        for name in FLOORS
+        for p in (ROOT / name).rglob("__init__.py")
+    }
+    assert sorted(packages - set(layout)) == [], "packages missing from README's layout"
+    for package in packages:  # the floor in brackets is the package's floor
+        assert layout[package].startswith(f"[{FLOORS[package.split('/')[0]]}]"), package
