@@ -135,11 +135,11 @@ def torch_step_times(model_dir: Path, prompt: list[int], steps: int, threads: in
     with torch.inference_mode():
         for timed in (False, True):  # a warm-up pass, then the timed one
             out = model(input_ids=torch.tensor([prompt]), use_cache=True)
-            cache, logits = out.past_key_values, out.logits[0, -1]
+            cache, logits = out.cache, out.logits[0, -1]
             for _ in range(steps if timed else 3):
                 tok = int(logits.argmax())
                 t0 = time.perf_counter()
-                out = model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+                out = model(input_ids=torch.tensor([[tok]]), cache=cache, use_cache=True)
                 logits = out.logits[0, -1]
                 if timed:
                     times.append(time.perf_counter() - t0)

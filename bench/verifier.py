@@ -164,11 +164,11 @@ def _reference_forward_ms(model: Any, batch: int, args: argparse.Namespace) -> f
     times = []
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
         for r in range(args.warmup + args.rounds):
             new = torch.randint(vocab, (batch, args.k + 1), generator=gen)
             t0 = time.perf_counter()
-            model(input_ids=new, past_key_values=cache, use_cache=True)
+            model(input_ids=new, cache=cache, use_cache=True)
             dt = (time.perf_counter() - t0) * 1e3
             cache.crop(-args.k)  # keep one token per round, like a round that accepts none
             if r >= args.warmup:

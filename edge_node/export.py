@@ -63,7 +63,7 @@ def _kv_shape(model: Any) -> tuple[int, int, int]:
 
     with torch.no_grad():
         out = model(input_ids=torch.zeros((1, 1), dtype=torch.long), use_cache=True)
-    layers = out.past_key_values.layers
+    layers = out.cache.layers
     keys = layers[0].keys  # [1, kv_heads, 1, head_dim]
     return len(layers), int(keys.shape[1]), int(keys.shape[3])
 
@@ -92,12 +92,12 @@ def make_wrapper(model: Any, num_layers: int) -> Any:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 return_dict=True,
             )
             present: list[torch.Tensor] = []
-            for layer in out.past_key_values.layers:
+            for layer in out.cache.layers:
                 present += [layer.keys, layer.values]  # [batch, kv_heads, past+seq, head_dim]
             return (out.logits, *present)  # logits: [batch, seq, vocab]
 
@@ -182,15 +182,15 @@ def check_parity(model: Any, onnx_dir: Path, manifest: Manifest, *, steps: int =
     prompt = torch.randint(0, manifest.vocab_size, (1, 6), generator=gen)
     with torch.no_grad():
         out = model(input_ids=prompt, use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache
     ref = out.logits[0, -1].numpy()
     got = drafter.feed(state, [int(t) for t in prompt[0]])
     worst = float(np.abs(got - ref).max())
     for _ in range(steps):
         tok = int(np.argmax(ref))
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+            out = model(input_ids=torch.tensor([[tok]]), cache=cache, use_cache=True)
+        cache = out.cache
         ref = out.logits[0, -1].numpy()
         got = drafter.feed(state, [tok])
         worst = max(worst, float(np.abs(got - ref).max()))

@@ -357,6 +357,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="group that may read the files (default: mosquitto when run as root)",
     )
     parser.add_argument("--list", action="store_true", help="print the users and roles")
+    parser.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="make a test CA and a server certificate in DIR (ca.crt, server.crt, server.key)",
+    )
+    parser.add_argument(
+        "--tls-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="host name or IP address the clients use, for the server certificate (repeat)",
+    )
 
 
 class NamedRoles(TypedDict):
@@ -383,6 +397,10 @@ def run(args: argparse.Namespace) -> int:
         for name, role in sorted(roles.items(), key=lambda kv: (kv[1], kv[0])):
             print(f"{role:9} {name}")
         return 0
+    if args.ca is not None:
+        rc = _make_ca(args.ca, args.tls_host, args.group or default_group())
+        if rc != 0 or (not named and not args.remove):
+            return rc
     if not named and not args.remove:
         print("nothing to do: name users with --device/--verifier/--app", file=sys.stderr)
         return 2
@@ -409,4 +427,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"{c.role:9} {c.username:24} {c.password}")
     print(f"password file {args.password_file}, ACL {args.acl_file}", file=sys.stderr)
     print("reload the broker to apply: kill -HUP <mosquitto pid>", file=sys.stderr)
+    return 0
+
+
+def _make_ca(folder: Path, hosts: list[str], group: str | None) -> int:
+    from sled.certs import CertificateError, make_test_ca
+
+    try:
+        gid = grp.getgrnam(group).gr_gid if group is not None else None
+        pki = make_test_ca(folder, hosts or ["localhost", "127.0.0.1"], group_gid=gid)
+    except (CertificateError, OSError, KeyError) as exc:
+        print(f"sled credentials: {exc}", file=sys.stderr)
+        return 1
+    print(f"CA {pki.ca_cert} (copy to every client), server certificate {pki.server_cert}")
+    print(f"keep {pki.ca_key} off the broker once its certificate is signed", file=sys.stderr)
     return 0

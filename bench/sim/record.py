@@ -78,7 +78,7 @@ def greedy_continuation(
     with torch.inference_mode():
         ids = torch.tensor([list(prompt)], dtype=torch.long)  # [1, Lp]
         result = model(input_ids=ids, use_cache=True)
-        past = result.past_key_values
+        past = result.cache
         for _ in range(max_new_tokens):
             tok = int(result.logits[0, -1].argmax())
             out.append(tok)
@@ -86,10 +86,10 @@ def greedy_continuation(
                 break
             result = model(
                 input_ids=torch.tensor([[tok]], dtype=torch.long),
-                past_key_values=past,
+                cache=past,
                 use_cache=True,
             )
-            past = result.past_key_values
+            past = result.cache
     return out
 
 

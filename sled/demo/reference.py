@@ -42,8 +42,8 @@ def target_greedy(
         step = torch.tensor([ids])  # [1, prompt_len]
         with torch.no_grad():
             while len(completion) < max_new_tokens:
-                res = model(input_ids=step, past_key_values=past, use_cache=True)
-                past = res.past_key_values
+                res = model(input_ids=step, cache=past, use_cache=True)
+                past = res.cache
                 token = int(res.logits[0, -1].argmax())  # logits: [1, seq, vocab]
                 completion.append(token)
                 if token in stop:

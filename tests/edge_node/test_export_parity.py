@@ -46,7 +46,7 @@ def test_prefill_steps_and_rollback_match_torch(tiny: TinyDrafter) -> None:
     # prefill: torch with its own cache, ONNX with ours
     with torch.no_grad():
         out = model(input_ids=torch.tensor([prompt]), use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache
     ref = out.logits[0, -1].numpy()
     got = drafter.feed(state, prompt)
     diffs = [float(np.abs(got - ref).max())]
@@ -55,8 +55,8 @@ def test_prefill_steps_and_rollback_match_torch(tiny: TinyDrafter) -> None:
     for _ in range(6):
         tok = int(np.argmax(ref))
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+            out = model(input_ids=torch.tensor([[tok]]), cache=cache, use_cache=True)
+        cache = out.cache
         ref = out.logits[0, -1].numpy()
         got = drafter.feed(state, [tok])
         diffs.append(float(np.abs(got - ref).max()))
