@@ -241,7 +241,7 @@ def test_broker_config_matches_the_logins(
     argv = service_argv(broker)
     conf_path = argv[argv.index("-c") + 1]
     conf = host_path(broker, conf_path, tmp_path)
-    assert conf is not None and conf == ROOT / "broker" / "mosquitto.conf"
+    assert conf is not None and conf == ROOT / "broker" / "compose.conf"
     settings: dict[str, str] = {}
     for line in conf.read_text().splitlines():
         if line.strip() and not line.startswith("#"):

@@ -4,9 +4,10 @@ ACL (the ``sled credentials`` layout on a real Mosquitto): device A cannot read 
 B's results or prompts, cannot publish verdicts (not even its own, which would let it
 pass its drafts off as verified), cannot forge B's results or status.
 
-TLS: a test CA and a server certificate for 127.0.0.1 are made with ``openssl`` at test
-time; Mosquitto gets a second listener with them. Clients that trust the CA connect;
-clients that trust another CA, only the system CAs, or speak plain MQTT are refused.
+TLS: a test CA and a server certificate for 127.0.0.1 are made at test time with
+``sled.certs`` (what ``sled credentials --ca`` runs); Mosquitto gets a second listener
+with them. Clients that trust the CA connect; clients that trust another CA, only the
+system CAs, or speak plain MQTT are refused.
 Finally the whole system runs over TLS with passwords and the ACL: a real verifier
 and a real edge process, and an app that receives token-exact text.
 """
@@ -17,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -29,6 +29,7 @@ import pytest
 from runtime.mosquitto import Mosquitto, free_port
 from runtime.transport import Message, MqttConfig, MqttTransport, Transport, TransportError
 from schemas import Topics
+from sled.certs import make_test_ca
 from sled.credentials import default_group, write_credentials
 from tests.conftest import SecureBroker
 from tests.reliability.app import GreedyReference, assert_lossless, stream_request
@@ -66,25 +67,15 @@ class Pki:
     other_ca: Path  # an unrelated CA: clients trusting only it must be refused
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
 def make_pki(root: Path) -> Pki:
-    """A CA, a server certificate (SAN IP:127.0.0.1, DNS:localhost) and another CA."""
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    for name in ("ca", "other-ca"):
-        openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.crt",
-                "-days", "2", "-subj", f"/CN=sled {name}", cwd=root)  # fmt: skip
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
-            cwd=root)  # fmt: skip
-    (root / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext",
-            cwd=root)  # fmt: skip
-    for f in root.iterdir():
+    """A CA and a server certificate (SAN IP:127.0.0.1, DNS:localhost) from
+    ``sled credentials --ca``'s code, and an unrelated CA."""
+    ours = make_test_ca(root, ["127.0.0.1", "localhost"], ca_days=2, server_days=2)
+    other = make_test_ca(root / "other", ["127.0.0.1"], ca_days=2, server_days=2)
+    for f in (ours.server_key, ours.ca_key):
         f.chmod(0o644)  # mosquitto drops root privileges; test keys only
-    return Pki(root / "ca.crt", root / "server.crt", root / "server.key", root / "other-ca.crt")
+    root.joinpath("other").chmod(0o755)
+    return Pki(ours.ca_cert, ours.server_cert, ours.server_key, other.ca_cert)
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,20 @@ async def test_tls_listener_with_the_generated_ca(
     with pytest.raises(TransportError):
         async with MqttTransport(plaintext):
             pass
+
+
+def settings_outside_listeners(path: Path) -> list[str]:
+    """The setting lines of a config, without its header and its listeners section."""
+    text = path.read_text()
+    text = text[text.index("per_listener_settings") :]
+    start, end = text.index("# -- Listeners"), text.index("# -- Latency")
+    text = text[:start] + text[end:]
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_compose_config_is_the_production_config_but_its_listeners() -> None:
+    compose = BROKER_DIR / "compose.conf"
+    assert settings_outside_listeners(compose) == settings_outside_listeners(PRODUCTION_CONF), (
+        "copy the change made to broker/mosquitto.conf into broker/compose.conf"
+    )
+    assert "use_username_as_clientid true" not in compose.read_text()  # shared logins there
