@@ -95,7 +95,7 @@ class TlsBroker:
 
 @pytest.fixture
 def tls_broker(topics: Topics) -> Iterator[TlsBroker]:
-    """Mosquitto with passwords, the SLED ACL, a plain and a TLS listener."""
+    """Mosquitto with passwords, the SLED ACL, a plain and a TLS listener (ids bound)."""
     require_mosquitto()
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
@@ -107,8 +107,9 @@ def tls_broker(topics: Topics) -> Iterator[TlsBroker]:
         made = write_credentials(pw, acl, prefix=topics.prefix, devices=["pi-1", "pi-2"],
                                  verifiers=["v1"], apps=["web"], group=default_group())  # fmt: skip
         port = free_port()
-        extra = (
+        extra = (  # the TLS listener as in broker/mosquitto.conf: client ids bound to users
             f"listener {port} 127.0.0.1\ncafile {pki.ca}\ncertfile {pki.cert}\nkeyfile {pki.key}"
+            "\nuse_username_as_clientid true"
         )
         with Mosquitto.start(password_file=pw, acl_file=acl, extra_config=extra) as b:
             sb = SecureBroker(b, topics, {c.username: c for c in made}, pw, acl)
