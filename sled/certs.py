@@ -116,3 +116,19 @@ def make_test_ca(
     for public in (pki.ca_cert, pki.server_cert):
         os.chmod(public, 0o644)
     return pki
+
+
+def ca_command(folder: Path, hosts: list[str], group: str | None) -> int:
+    """``sled credentials --ca DIR [--tls-host HOST]…``: the exit status."""
+    import grp
+    import sys
+
+    try:
+        gid = grp.getgrnam(group).gr_gid if group is not None else None
+        pki = make_test_ca(folder, hosts or ["localhost", "127.0.0.1"], group_gid=gid)
+    except (CertificateError, OSError, KeyError) as exc:
+        print(f"sled credentials: {exc}", file=sys.stderr)
+        return 1
+    print(f"CA {pki.ca_cert} (copy to every client), server certificate {pki.server_cert}")
+    print(f"keep {pki.ca_key} off the broker once its certificate is signed", file=sys.stderr)
+    return 0

@@ -358,6 +358,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--list", action="store_true", help="print the users and roles")
     parser.add_argument(
+        "--dynsec",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the dynamic-security plugin's JSON (checks subscriptions)",
+    )
+    parser.add_argument(
         "--ca",
         type=Path,
         default=None,
@@ -398,9 +405,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{role:9} {name}")
         return 0
     if args.ca is not None:
-        rc = _make_ca(args.ca, args.tls_host, args.group or default_group())
-        if rc != 0 or (not named and not args.remove):
+        from sled.certs import ca_command
+
+        rc = ca_command(args.ca, args.tls_host, args.group or default_group())
+        if rc != 0 or (not named and not args.remove and args.dynsec is None):
             return rc
+    if not named and not args.remove and args.dynsec is not None:
+        return _dynsec_command(args)
     if not named and not args.remove:
         print("nothing to do: name users with --device/--verifier/--app", file=sys.stderr)
         return 2
@@ -427,18 +438,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{c.role:9} {c.username:24} {c.password}")
     print(f"password file {args.password_file}, ACL {args.acl_file}", file=sys.stderr)
     print("reload the broker to apply: kill -HUP <mosquitto pid>", file=sys.stderr)
-    return 0
+    return 0 if args.dynsec is None else _dynsec_command(args)
 
 
-def _make_ca(folder: Path, hosts: list[str], group: str | None) -> int:
-    from sled.certs import CertificateError, make_test_ca
+def _dynsec_command(args: argparse.Namespace) -> int:
+    from sled.dynsec import dynsec_command
 
-    try:
-        gid = grp.getgrnam(group).gr_gid if group is not None else None
-        pki = make_test_ca(folder, hosts or ["localhost", "127.0.0.1"], group_gid=gid)
-    except (CertificateError, OSError, KeyError) as exc:
-        print(f"sled credentials: {exc}", file=sys.stderr)
-        return 1
-    print(f"CA {pki.ca_cert} (copy to every client), server certificate {pki.server_cert}")
-    print(f"keep {pki.ca_key} off the broker once its certificate is signed", file=sys.stderr)
-    return 0
+    return dynsec_command(
+        args.password_file, args.acl_file, args.dynsec, args.group or default_group()
+    )

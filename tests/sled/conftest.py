@@ -22,3 +22,13 @@ def production_broker(scratch: Path) -> Iterator[ProductionBroker]:
         yield prod
     finally:
         prod.broker.stop()
+
+
+@pytest.fixture
+def dynsec_broker(scratch: Path) -> Iterator[ProductionBroker]:
+    """The same with the dynamic-security plugin in place of password_file and acl_file."""
+    prod = start_production_broker(scratch, dynsec=True)
+    try:
+        yield prod
+    finally:
+        prod.broker.stop()

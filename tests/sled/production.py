@@ -9,6 +9,7 @@ Only the paths and ports change: the plain listener moves from 1883 to a free po
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from runtime.mosquitto import Mosquitto, free_port, mosquitto_binary
 from runtime.transport import MqttConfig
 from sled.certs import CaFiles, make_test_ca
 from sled.credentials import Credential, default_group, write_credentials
+from sled.dynsec import write_dynsec
 
 BROKER_DIR = Path(__file__).resolve().parents[2] / "broker"
 PRODUCTION_CONF = BROKER_DIR / "mosquitto.conf"
@@ -32,10 +34,23 @@ class ProductionMosquitto(Mosquitto):
     """broker/mosquitto.conf with its paths and ports moved into a scratch folder."""
 
     tls_port: int = 0
+    dynsec_plugin: str | None = None  # use the commented dynamic-security lines
 
     def config_text(self) -> str:
         d = self.workdir
         text = PRODUCTION_CONF.read_text()
+        if self.dynsec_plugin is not None:
+            text = text.replace("\npassword_file ", "\n#password_file ")
+            text = text.replace("\nacl_file ", "\n#acl_file ")
+            text = text.replace(
+                "\n#plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                f"\nplugin {self.dynsec_plugin}",
+            )
+            text = text.replace(
+                "\n#plugin_opt_config_file /etc/mosquitto/sled-dynsec.json",
+                f"\nplugin_opt_config_file {d}/dynsec.json",
+            )
+            assert f"plugin_opt_config_file {d}/dynsec.json" in text
         for old, new in [
             ("/etc/mosquitto/sled.passwd", f"{d}/passwd"),
             ("/etc/mosquitto/sled.acl", f"{d}/acl"),
@@ -89,7 +104,14 @@ def scratch_folder() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def start_production_broker(folder: Path) -> ProductionBroker:
+def dynsec_plugin() -> str | None:
+    """The dynamic-security plugin's path on this machine, if installed."""
+    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
+    found += glob.glob("/usr/lib/mosquitto_dynamic_security.so")
+    return found[0] if found else None
+
+
+def start_production_broker(folder: Path, *, dynsec: bool = False) -> ProductionBroker:
     made = write_credentials(
         folder / "passwd",
         folder / "acl",
@@ -100,8 +122,19 @@ def start_production_broker(folder: Path) -> ProductionBroker:
     )
     pki = make_test_ca(folder, ["127.0.0.1", "localhost"], ca_days=2, server_days=2)
     os.chmod(pki.server_key, 0o644)  # test key only: the broker may run as `mosquitto`
+    plugin = None
+    if dynsec:
+        plugin = dynsec_plugin()
+        if plugin is None:
+            pytest.skip("mosquitto_dynamic_security.so is not installed")
+        write_dynsec(folder / "passwd", folder / "acl", folder / "dynsec.json")
+        os.chmod(folder / "dynsec.json", 0o666)  # test file: the broker may drop root
     broker = ProductionMosquitto(
-        host="127.0.0.1", port=free_port(), workdir=folder, tls_port=free_port()
+        host="127.0.0.1",
+        port=free_port(),
+        workdir=folder,
+        tls_port=free_port(),
+        dynsec_plugin=plugin,
     )
     broker.launch()
     return ProductionBroker(broker, {c.username: c for c in made}, pki)
