@@ -20,13 +20,11 @@ Roles (``{p}`` is the topic prefix, default ``sled/v1``):
 * **app**: read ``{p}/dev/+/out/+`` and all statuses; write ``{p}/dev/+/req``.
 * everyone authenticated: read ``{p}/verifier/+/status`` (public, retained).
 
-How Mosquitto applies it (2.0): ``read`` is checked when a message is *delivered*,
-against the message's real topic; subscriptions themselves are granted whatever their
-filter. So a device that subscribes to another device's verdicts gets a SUBACK but no
-messages, and a ``$share/<group>/{p}/dev/+/draft`` subscription is covered by the plain
-``{p}/dev/+/draft`` line. A denied publish is dropped by the broker (MQTT v5: PUBACK
-"not authorized"; v3.1.1: silently). ``pattern`` lines apply to every user, which is why
-usernames must be unique across roles (checked here).
+Mosquitto 2.0 checks ``read`` on delivery and never checks a subscription (a device may
+join the verifiers' ``$share`` group; broker/README.md). ``pattern`` lines apply to every
+user, so usernames are unique across roles (checked here). ``--dynsec FILE`` also writes
+the dynamic-security plugin's JSON (:mod:`sled.dynsec`, which checks subscriptions);
+``--ca DIR`` makes a test CA and the broker's TLS certificate (:mod:`sled.certs`).
 """
 
 from __future__ import annotations
