@@ -101,7 +101,7 @@ if [ "$COLD" = 1 ]; then
     [ -n "$(label_of "$img")" ] && docker rmi -f "$img" >/dev/null
   done
   docker image prune -f >/dev/null
-  rm -rf "$CACHE/torch-index" "$CACHE/compose"
+  rm -rf "$CACHE/torch-index" "$CACHE/compose" "$CACHE"/rootfs-*.tar
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -110,30 +110,45 @@ fi
 # certificates are trusted so pip inside builds reaches the package index).
 extra_certs() { find /usr/local/share/ca-certificates -name '*.crt' -type f 2>/dev/null | sort; }
 base_inputs() {
-  { echo "$SUITE $BASE_PACKAGES $1 v1"; extra_certs | xargs -r cat; } | sha256sum | cut -c1-16
+  { echo "$SUITE $BASE_PACKAGES $1 v2"; extra_certs | xargs -r cat; } | sha256sum | cut -c1-16
 }
+# The rootfs is kept as a tar in $CACHE (the arm64 one takes minutes under qemu), and the
+# image is made from it with `FROM scratch` + `ADD` under `--platform` (`docker import`
+# on engine 20.10 labels every image with the host's architecture).
 make_base() {
-  local arch="$1" tag="sled-base:$SUITE-$1" inputs rootfs
+  local arch="$1" tag="sled-base:$SUITE-$1" inputs rootfs tar ctx
   inputs="$(base_inputs "$arch")"
   if have "$tag" "$inputs"; then echo "$tag: up to date"; return; fi
-  rootfs="$(mktemp -d /var/tmp/sled-rootfs-$arch.XXXX)"
-  # qemu runs the second stage of a foreign debootstrap through binfmt_misc
-  local log="$CACHE/debootstrap-$arch.log"
-  echo "debootstrap $SUITE $arch from $MIRROR (log: $log)"
-  t 3600 debootstrap --arch="$arch" --variant=minbase --include="$BASE_PACKAGES" \
-    "$SUITE" "$rootfs" "$MIRROR" >"$log" 2>&1 || { tail -n 30 "$log"; die "debootstrap $arch failed"; }
-  rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED
-  if [ -n "$(extra_certs)" ]; then
-    extra_certs | xargs -r cp -t "$rootfs/usr/local/share/ca-certificates/"
-    t 600 chroot "$rootfs" update-ca-certificates >/dev/null
+  tar="$CACHE/rootfs-$SUITE-$arch-$inputs.tar"
+  if [ -f "$tar" ]; then
+    echo "rootfs from $tar"
+  else
+    rootfs="$(mktemp -d "/var/tmp/sled-rootfs-$arch.XXXX")"
+    local log="$CACHE/debootstrap-$arch.log" start=$SECONDS
+    echo "debootstrap $SUITE $arch from $MIRROR (log: $log)"
+    t 3600 debootstrap --arch="$arch" --variant=minbase --include="$BASE_PACKAGES" \
+      "$SUITE" "$rootfs" "$MIRROR" >"$log" 2>&1 || { tail -n 30 "$log"; die "debootstrap $arch failed"; }
+    rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED
+    if [ -n "$(extra_certs)" ]; then
+      extra_certs | xargs -r cp -t "$rootfs/usr/local/share/ca-certificates/"
+      t 900 chroot "$rootfs" update-ca-certificates >/dev/null
+    fi
+    t 300 chroot "$rootfs" python -c 'import ssl, venv' # python-is-python3 and ssl work
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    rm -f "$CACHE"/rootfs-"$SUITE-$arch"-*.tar
+    t 600 tar -C "$rootfs" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' \
+      --exclude='./sys/*' -cf "$tar.part" . && mv "$tar.part" "$tar"
+    rm -rf "$rootfs"
+    echo "debootstrap $arch: $((SECONDS - start)) s"
   fi
-  t 300 chroot "$rootfs" python -c 'import ssl, venv' # python-is-python3 and ssl work
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -c . | t 1200 docker import --platform "linux/$arch" \
-    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
-    --change "LABEL sled.inputs=$inputs sled.base=$SUITE" - "$tag" >/dev/null
-  rm -rf "$rootfs"
+  ctx="$(mktemp -d /var/tmp/sled-base-ctx.XXXX)"
+  ln "$tar" "$ctx/rootfs.tar" 2>/dev/null || cp "$tar" "$ctx/rootfs.tar"
+  printf '%s\n' 'FROM scratch' 'ADD rootfs.tar /' \
+    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' \
+    "LABEL sled.inputs=$inputs sled.base=$SUITE" 'CMD ["python3"]' >"$ctx/Dockerfile"
+  t 1200 docker build -q --platform "linux/$arch" -t "$tag" "$ctx" >/dev/null
+  rm -rf "$ctx"
+  [ "$(docker image inspect -f '{{.Architecture}}' "$tag")" = "$arch" ] || die "$tag is not $arch"
   echo "$tag: built"
 }
 # The Dockerfiles say `FROM python:3.11-slim`: point that name at one base (the classic
@@ -173,7 +188,8 @@ fi
 index_inputs="$(cd "$INDEX/files" && ls | sha256sum | cut -c1-16)"
 /usr/bin/python3 -m http.server --bind 127.0.0.1 --directory "$INDEX" "$INDEX_PORT" >/dev/null 2>&1 &
 INDEX_PID=$!
-trap 'kill "$INDEX_PID" 2>/dev/null || true' EXIT
+# leave `python:3.11-slim` on the host's base whatever happens
+trap 'kill "$INDEX_PID" 2>/dev/null || true; docker tag "sled-base:$SUITE-amd64" python:3.11-slim 2>/dev/null || true' EXIT
 for _ in $(seq 30); do curl -fsS "http://127.0.0.1:$INDEX_PORT/simple/torch/" >/dev/null 2>&1 && break; sleep 0.5; done
 
 # ---------------------------------------------------------------------------------------
@@ -186,9 +202,9 @@ context_inputs() {
       -print0 | sort -z | xargs -0 sha256sum
     docker image inspect -f '{{.Id}}' "$2"; echo "$3"; } | sha256sum | cut -c1-16
 }
-build() { # build TAG ARCH DOCKERFILE [build args…]
+build() { # build TAG ARCH DOCKERFILE [docker build options…]; $EXTRA_INPUTS: more inputs
   local tag="$1" arch="$2" file="$3" inputs; shift 3
-  inputs="$(context_inputs "$file" "sled-base:$SUITE-$arch" "$*")"
+  inputs="$(context_inputs "$file" "sled-base:$SUITE-$arch" "$* ${EXTRA_INPUTS:-}")"
   if have "$tag" "$inputs"; then echo "$tag: up to date"; return; fi
   use_base "$arch"
   local start=$SECONDS
@@ -200,9 +216,8 @@ build() { # build TAG ARCH DOCKERFILE [build args…]
 step "edge image amd64"
 build "sled-edge:$VERSION" amd64 edge_node/Dockerfile
 step "verifier image amd64"
-build "sled-verifier:$VERSION" amd64 verifier_node/Dockerfile \
-  --build-arg "TORCH_INDEX_URL=http://127.0.0.1:$INDEX_PORT/simple" \
-  --build-arg "SLED_TORCH_INDEX=$index_inputs"
+EXTRA_INPUTS="torch index $index_inputs" build "sled-verifier:$VERSION" amd64 \
+  verifier_node/Dockerfile --build-arg "TORCH_INDEX_URL=http://127.0.0.1:$INDEX_PORT/simple"
 if [[ " $ARCHES " == *" arm64 "* ]]; then
   step "edge image arm64 (qemu)"
   build "sled-edge:$VERSION-arm64" arm64 edge_node/Dockerfile
