@@ -54,7 +54,11 @@ t() {
     return "$rc"
   }
 }
-label_of() { docker image inspect -f '{{index .Config.Labels "sled.inputs"}}' "$1" 2>/dev/null || true; }
+# the image's `sled.inputs` label; empty when there is no such image or label
+label_of() {
+  docker image inspect -f '{{index .Config.Labels "sled.inputs"}}' "$1" 2>/dev/null \
+    | grep -v '^<no value>$' || true
+}
 have() { [ "$(label_of "$1")" = "$2" ]; }
 
 [ "$(id -u)" = 0 ] || die "run as root (it starts dockerd and runs debootstrap)"
@@ -156,7 +160,7 @@ make_base() {
 use_base() {
   local cur
   cur="$(docker image inspect -f '{{index .Config.Labels "sled.base"}}' python:3.11-slim 2>/dev/null || echo none)"
-  [ "$cur" = none ] || [ -n "$cur" ] || die "python:3.11-slim here is not one this script made; with registry access build with the Dockerfiles directly"
+  [ "$cur" != "<no value>" ] || die "python:3.11-slim here is not one this script made; with registry access build with the Dockerfiles directly"
   docker tag "sled-base:$SUITE-$1" python:3.11-slim
 }
 for arch in $ARCHES; do
@@ -189,7 +193,12 @@ index_inputs="$(cd "$INDEX/files" && ls | sha256sum | cut -c1-16)"
 /usr/bin/python3 -m http.server --bind 127.0.0.1 --directory "$INDEX" "$INDEX_PORT" >/dev/null 2>&1 &
 INDEX_PID=$!
 # leave `python:3.11-slim` on the host's base whatever happens
-trap 'kill "$INDEX_PID" 2>/dev/null || true; docker tag "sled-base:$SUITE-amd64" python:3.11-slim 2>/dev/null || true' EXIT
+restore_base() {
+  case "$(docker image inspect -f '{{index .Config.Labels "sled.base"}}' python:3.11-slim 2>/dev/null)" in
+    "$SUITE") docker tag "sled-base:$SUITE-amd64" python:3.11-slim ;;
+  esac
+}
+trap 'kill "$INDEX_PID" 2>/dev/null || true; restore_base || true' EXIT
 for _ in $(seq 30); do curl -fsS "http://127.0.0.1:$INDEX_PORT/simple/torch/" >/dev/null 2>&1 && break; sleep 0.5; done
 
 # ---------------------------------------------------------------------------------------
