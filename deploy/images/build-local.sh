@@ -264,9 +264,12 @@ docker compose version
 step "check"
 t 120 docker run --rm --entrypoint id "sled-edge:$VERSION" -u
 if [[ " $ARCHES " == *" arm64 "* ]]; then
-  t 600 docker run --rm --platform linux/arm64 --tmpfs /sys/devices/system/cpu \
-    --entrypoint python "sled-edge:$VERSION-arm64" -c \
-    'import platform, onnxruntime; print(platform.machine(), "onnxruntime", onnxruntime.__version__)'
+  # `timeout` alone is not enough: `docker run` passes SIGTERM on to a hung container and
+  # keeps waiting (hence --kill-after in t), and the container outlives the killed client.
+  t 600 docker run --rm --name sled-build-local-probe --platform linux/arm64 \
+    --tmpfs /sys/devices/system/cpu --entrypoint python "sled-edge:$VERSION-arm64" -c \
+    'import platform, onnxruntime; print(platform.machine(), "onnxruntime", onnxruntime.__version__)' \
+    || { docker rm -f sled-build-local-probe >/dev/null 2>&1; die "arm64 edge image does not start"; }
 fi
 docker image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' \
   | grep -E '^(sled-|eclipse-mosquitto|python:3.11-slim)' | sort

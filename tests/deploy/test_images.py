@@ -98,8 +98,13 @@ def test_edge_image_is_small_without_torch_and_not_root(image: str, emulated: li
         "importlib.util.find_spec('torch') is None, importlib.util.find_spec('onnxruntime') "
         "is not None)"
     )
-    out = docker("run", "--rm", *emulated, "--entrypoint", "python", image, "-c", probe,
-                 timeout_s=600)  # fmt: skip
+    # a hung emulated container outlives its killed `docker run`: remove it by name
+    name = f"sled-images-probe-{os.getpid()}-{arch}"
+    try:
+        out = docker("run", "--rm", "--name", name, *emulated, "--entrypoint", "python", image,
+                     "-c", probe, timeout_s=600)  # fmt: skip
+    finally:
+        docker("rm", "-f", name, check=False)
     uid, gid, machine, no_torch, has_onnxruntime = out.split()
     assert (uid, gid) == ("10001", "10001")
     assert machine == ("aarch64" if emulated else "x86_64")
