@@ -58,6 +58,11 @@ class EdgeConfig(NodeConfig):
     )
     timeout_multiplier: float = setting(3.0, "verification timeout = this x round-trip EWMA")
     fallback_after: int = setting(3, "consecutive timeouts before generating locally (fallback)")
+    verify_deadline_s: float = setting(
+        120.0,
+        "fallback: once local generation is complete, wait this long for a verifier to "
+        "verify it before finishing with verification_expired, seconds",
+    )
     centralized_timeout_ms: float = setting(
         30000.0, "centralized mode: longest wait for the next tokens, milliseconds"
     )
@@ -85,6 +90,7 @@ class EdgeConfig(NodeConfig):
             timeout_ceiling_s=self.timeout_ceiling_ms / 1000,
             timeout_multiplier=self.timeout_multiplier,
             fallback_after=self.fallback_after,
+            verify_deadline_s=self.verify_deadline_s,
         )
 
     def mqtt(self) -> MqttConfig:

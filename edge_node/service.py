@@ -106,6 +106,7 @@ class EdgeNode:
         self._status_seen = asyncio.Event()
         self._serving = False
         self._seen_requests: dict[str, None] = {}  # request ids served, oldest first
+        self.verification_expired = 0  # generations that ended with text left unverified
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -224,9 +225,16 @@ class EdgeNode:
             except SchemaError as exc:
                 self.log.warning("edge.bad_verifier_status", error=exc.message)
                 return
+            before = self._verifiers.get(parsed.verifier)
             self._verifiers[parsed.verifier] = status
             self._status_seen.set()
             self.log.debug("edge.verifier_status", verifier=status.verifier, online=status.online)
+            came_online = status.online and (
+                before is None or not before.online or before.sent_at_ns != status.sent_at_ns
+            )
+            if came_online:  # sessions waiting on a silent verifier resend at once
+                for inbox in self._inboxes.values():
+                    inbox.put_nowait(status)
         elif parsed.channel is Channel.REQ and parsed.device == self.device and self._serving:
             self._on_request(msg.payload)
 
