@@ -155,7 +155,7 @@ class EdgeNode:
             raise
         self.log.info(
             "edge.started",
-            broker=self.config.broker_url,
+            broker=self.config.broker_url_redacted,
             drafter=str(self.drafter.model_dir),
             fingerprint=self.drafter.fingerprint,
         )
