@@ -228,7 +228,8 @@ class BrokerConfig:
 
     broker_url: str = setting(
         "mqtt://127.0.0.1:1883",
-        "MQTT broker, mqtt://[user:pass@]host:port or mqtts://host:port (TLS)",
+        "MQTT broker, mqtt://host:port or mqtts://host:port (TLS); the login from "
+        "username + SLED_PASSWORD / password_file, not from the URL",
     )
     username: str | None = setting(None, "broker user name")
     password: str | None = setting(

@@ -49,7 +49,8 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
         "--broker",
         dest="broker",
         default=env("SLED_BROKER_URL", env("SLED_BROKER", "mqtt://127.0.0.1:1883")),
-        help="broker URL, mqtt://[user:pass@]host:port or mqtts:// (env SLED_BROKER_URL)",
+        help="broker URL, mqtt://host:port or mqtts:// (env SLED_BROKER_URL); log in with "
+        "--username and SLED_PASSWORD or --password-file",
     )
     g.add_argument("--username", default=env("SLED_USERNAME"), help="(env SLED_USERNAME)")
     g.add_argument(
