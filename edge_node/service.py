@@ -66,7 +66,6 @@ __all__ = ["EdgeError", "EdgeNode", "TokenizerMismatch"]
 
 T = TypeVar("T")
 SEEN_REQUESTS = 4096  # request ids remembered to ignore QoS 1 redeliveries of requests
-MAX_CHARS_PER_TOKEN = 64  # a prompt over max_prompt_tokens x this is refused untokenized
 Format = Literal["msgpack", "json"]
 MODE_RUNS: dict[str, Mode] = {"sled": sled.run, "local": local.run, "centralized": centralized.run}
 
@@ -344,7 +343,10 @@ class EdgeNode:
         log = self.log.bind(request=req.request, mode=req.mode)
         stream = ResultStream(req.request, req.mode, 0, self.drafter.decode, self.clock)
         try:
-            prompt_ids = await self._encode_prompt(req.prompt)
+            limit = self.config.max_prompt_tokens  # bounded, and tokenized off the loop
+            prompt_ids = await asyncio.to_thread(self.drafter.encode_prompt, req.prompt, limit)
+            if not prompt_ids:
+                raise EdgeError("the prompt encodes to no tokens")
             stream.prompt_tokens = len(prompt_ids)
             log.info("edge.generate", prompt_tokens=len(prompt_ids), max_new=req.max_new_tokens)
             async for rec in MODE_RUNS[req.mode](self, stream, req, prompt_ids):
@@ -367,32 +369,6 @@ class EdgeNode:
             if publish:
                 await self._publish_result(req.request, final, req.format)  # type: ignore[arg-type]
             yield final
-
-    async def _encode_prompt(self, prompt: str) -> list[int]:
-        """The prompt's token ids, at most ``max_prompt_tokens`` (and the drafter's
-        ``max_positions``); EdgeError otherwise, before any model work.
-
-        Tokenizing runs off the event loop; a prompt of more characters than the token
-        limit could need (``MAX_CHARS_PER_TOKEN`` each) is refused without tokenizing.
-        """
-        limit = self.config.max_prompt_tokens
-        positions = self.drafter.manifest.max_positions
-        if positions > 0:
-            limit = min(limit, positions - 1)  # room for at least one new token
-        if len(prompt) > limit * MAX_CHARS_PER_TOKEN:
-            raise EdgeError(
-                f"prompt too long: {len(prompt)} characters, this device serves at most "
-                f"{limit} tokens (max_prompt_tokens)"
-            )
-        prompt_ids = await asyncio.to_thread(self.drafter.encode, prompt)
-        if not prompt_ids:
-            raise EdgeError("the prompt encodes to no tokens")
-        if len(prompt_ids) > limit:
-            raise EdgeError(
-                f"prompt too long: {len(prompt_ids)} tokens, this device serves at most "
-                f"{limit} (max_prompt_tokens, drafter max_positions {positions or 'unknown'})"
-            )
-        return prompt_ids
 
     async def _publish_result(self, request: str, rec: Record, fmt: Format = "msgpack") -> None:
         try:

@@ -66,7 +66,7 @@ async def test_a_prompt_over_the_limit_is_an_error_final_before_any_model_work(
     async with node_for(drafter, MemoryBroker()) as node:
         final = await node.generate_text(prompt, max_new_tokens=4, mode="local")
         assert final.finish_reason == "error" and final.error is not None
-        assert final.error.startswith("EdgeError: prompt too long") and why in final.error
+        assert final.error.startswith("DrafterError: prompt too long") and why in final.error
         assert fed == []  # the drafter never saw it
         ok = await node.generate_text("In the beginning", max_new_tokens=4, mode="local")
         assert ok.finish_reason == "length" and len(ok.tokens) == 4
