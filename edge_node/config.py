@@ -47,6 +47,11 @@ class EdgeConfig(NodeConfig):
     threads: int = setting(1, "onnxruntime intra-op threads")
     mode: str = setting("sled", "default serving mode: sled, local or centralized", choices=MODES)
     max_new_tokens: int = setting(64, "default generation budget per request, tokens")
+    max_prompt_tokens: int = setting(
+        4096,
+        "longest prompt served, tokens (also at most the drafter's max_positions); a "
+        "longer one ends at once with an error",
+    )
     threshold: float = setting(  # demo drafter-2l: 0.5 drafts almost nothing (see README)
         0.1, "dynamic drafting: draft while next-token confidence >= this (0..1)"
     )
@@ -58,6 +63,11 @@ class EdgeConfig(NodeConfig):
     )
     timeout_multiplier: float = setting(3.0, "verification timeout = this x round-trip EWMA")
     fallback_after: int = setting(3, "consecutive timeouts before generating locally (fallback)")
+    verify_deadline_s: float = setting(
+        120.0,
+        "fallback: once local generation is complete, wait this long for a verifier to "
+        "verify it before finishing with verification_expired, seconds",
+    )
     centralized_timeout_ms: float = setting(
         30000.0, "centralized mode: longest wait for the next tokens, milliseconds"
     )
@@ -68,8 +78,8 @@ class EdgeConfig(NodeConfig):
     def __post_init__(self) -> None:
         check_config_id("device", self.device_id)
         NodeConfig.__post_init__(self)
-        if self.threads < 1 or self.max_new_tokens < 1:
-            raise ConfigError("threads and max_new_tokens must be >= 1")
+        if self.threads < 1 or self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ConfigError("threads, max_new_tokens and max_prompt_tokens must be >= 1")
         try:
             self.policy()
         except ValueError as exc:
@@ -85,6 +95,7 @@ class EdgeConfig(NodeConfig):
             timeout_ceiling_s=self.timeout_ceiling_ms / 1000,
             timeout_multiplier=self.timeout_multiplier,
             fallback_after=self.fallback_after,
+            verify_deadline_s=self.verify_deadline_s,
         )
 
     def mqtt(self) -> MqttConfig:

@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 from edge_node.manifest import Manifest
 from schemas import tokenizer_fingerprint
 
+MAX_CHARS_PER_TOKEN = 64  # a prompt over max tokens x this is refused untokenized
 LOGITS_HISTORY = 256  # positions whose next-token logits a state keeps (for rollback)
 
 Logits = npt.NDArray[np.float32]
@@ -95,6 +96,26 @@ class Drafter:
     # -- text ------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def encode_prompt(self, text: str, max_tokens: int) -> list[int]:
+        """``text``'s ids if they are at most ``max_tokens`` and leave a position to
+        generate into; DrafterError ("prompt too long") otherwise. A text longer than
+        ``MAX_CHARS_PER_TOKEN`` characters a token is refused without tokenizing.
+        """
+        positions = self.manifest.max_positions
+        limit = min(max_tokens, positions - 1) if positions > 0 else max_tokens
+        if len(text) > limit * MAX_CHARS_PER_TOKEN:
+            raise DrafterError(
+                f"prompt too long: {len(text)} characters, this device serves at most "
+                f"{limit} tokens (max_prompt_tokens)"
+            )
+        ids = self.encode(text)
+        if len(ids) > limit:
+            raise DrafterError(
+                f"prompt too long: {len(ids)} tokens, this device serves at most {limit} "
+                f"(max_prompt_tokens, drafter max_positions {positions or 'unknown'})"
+            )
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))

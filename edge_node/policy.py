@@ -22,7 +22,15 @@ committed context — sent or not yet sent, all in the drafter's KV cache — an
   released to the app as unverified, local generation continues without the
   threshold, and every resend is a probe carrying the full committed ``context``.
   The first verdict resynchronises: a verified chunk with ``retract`` = all released
-  unverified tokens, then the accepted drafts and the target token.
+  unverified tokens, then the accepted drafts and the target token. The pending
+  tokens that agree with it stay pending and are verified in the next rounds, up to
+  ``WIRE_MAX_DRAFT`` a forward (verification is a prefill).
+* **Waiting for verification**: once local generation is complete in fallback, the
+  session keeps probing until ``verify_deadline_s`` after that moment
+  (:meth:`SledSession.await_verification`), and resends at once when a verifier
+  announces itself online (:meth:`SledSession.on_verifier_online`). Only past the
+  deadline does it give up, with ``expired`` set: the final says the text is the
+  drafter's, not the target's.
 
 :class:`SledSession` is the state of one SLED generation; the service feeds it drafter
 confidences, timer expiries and verdicts, and does what it returns.
@@ -51,6 +59,8 @@ class PolicyConfig:
     rtt_alpha: float = 0.25  # weight of a new RTT sample in the EWMA
     fallback_after: int = 3  # consecutive timeouts before falling back to local
     max_resyncs: int = 3  # consecutive resync verdicts before giving up with an error
+    verify_deadline_s: float = 120.0  # fallback: wait this long for verification, once
+    # local generation is complete (long enough for a verifier restart)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -63,6 +73,10 @@ class PolicyConfig:
             raise ValueError("timeout_multiplier must be > 0 and rtt_alpha in (0, 1]")
         if self.fallback_after < 1:
             raise ValueError(f"fallback_after must be >= 1, got {self.fallback_after}")
+        if not 0 <= self.verify_deadline_s < float("inf"):
+            raise ValueError(
+                f"verify_deadline_s must be finite and >= 0, got {self.verify_deadline_s}"
+            )
 
 
 class StopReason(StrEnum):
@@ -144,7 +158,7 @@ class Event(StrEnum):
     RESEND = "resend"  # send the request again now (same seq and start)
     FALLBACK = "fallback"  # just fell back: release unverified tokens, then resend (probe)
     BACKOFF = "backoff"  # transient error verdict: keep waiting for the timer, then resend
-    GIVE_UP = "give_up"  # fallback generation is complete and the verifier is silent
+    GIVE_UP = "give_up"  # fallback generation is complete and the verify deadline passed
     ERROR = "error"  # fatal: finish with ``session.error``
 
 
@@ -185,6 +199,8 @@ class SledSession:
     released: int = 0  # pending tokens released as unverified
     needs_context: bool = True  # the next send carries the full context
     resyncs: int = 0  # consecutive resync verdicts
+    verify_by_s: float | None = None  # fallback, local generation complete: the deadline
+    expired: bool = False  # gave up at the deadline: unverified tokens remain
     done: bool = False
     error: str | None = None
     # counters (running totals)
@@ -317,18 +333,47 @@ class SledSession:
         return self.rtt.timeout_s(self.failures)
 
     # -- events ----------------------------------------------------------------------
-    def on_timeout(self) -> Event:
-        """The verdict did not come in time: resend, fall back, or give up."""
+    def await_verification(self, now_s: float) -> float | None:
+        """In fallback with local generation complete: the verification deadline.
+
+        Set the first time it is asked for (``now_s + verify_deadline_s``); None while
+        the session is not waiting for verification.
+        """
+        if self.fallback and self.local_complete and not self.done and self.verify_by_s is None:
+            self.verify_by_s = now_s + self.config.verify_deadline_s
+        return self.verify_by_s
+
+    def on_timeout(self, now_s: float | None = None) -> Event:
+        """The verdict did not come in time: resend, fall back, or give up.
+
+        Once local generation is complete in fallback, resends go on until the
+        verification deadline (:meth:`await_verification`) and it gives up only then
+        (``expired``). ``now_s`` None (a caller without a clock): no waiting.
+        """
         if self.outstanding is None:
             return Event.IGNORED
         self.timeouts += 1
         self.failures += 1
         if self.fallback and self.local_complete:
-            return Event.GIVE_UP
+            verify_by_s = None if now_s is None else self.await_verification(now_s)
+            if now_s is None or verify_by_s is None or now_s >= verify_by_s:
+                self.expired = True
+                return Event.GIVE_UP
+            return Event.RESEND
         if not self.fallback and self.failures >= self.config.fallback_after:
             self.fallback = True
             self.fallbacks += 1
             return Event.FALLBACK
+        return Event.RESEND
+
+    def on_verifier_online(self) -> Event:
+        """A verifier announced itself online: resend now if the request is overdue.
+
+        No blind backoff: a request that timed out at least once (or a fallback probe)
+        goes out again at once; otherwise nothing changes.
+        """
+        if self.done or self.outstanding is None or not (self.fallback or self.failures):
+            return Event.IGNORED
         return Event.RESEND
 
     def release_unverified(self) -> list[int]:
@@ -384,6 +429,7 @@ class SledSession:
         self.failures = 0
         self.fallback = False
         self.released = 0
+        self.verify_by_s = None
         self.needs_context = False
         self.resyncs = 0
         self.done = verdict.done or x in self.eos_ids or self.generated >= self.max_new_tokens

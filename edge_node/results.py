@@ -100,8 +100,14 @@ class ResultStream:
         self.index += 1
         return chunk
 
-    def final(self, finish_reason: str, *, error: str | None = None) -> ResultFinal:
-        """The closing record: the whole completion, its counts and timings."""
+    def final(
+        self, finish_reason: str, *, error: str | None = None, verification_expired: bool = False
+    ) -> ResultFinal:
+        """The closing record: the whole completion, its counts and timings.
+
+        ``verification_expired``: SLED gave up waiting for a verifier; the unverified
+        tokens at the end are the drafter's text, not the target's.
+        """
         total_s = self.clock() - self.started_s
         ttft_s = 0.0 if self.first_chunk_s is None else self.first_chunk_s - self.started_s
         tokens = self.completion
@@ -125,6 +131,7 @@ class ResultStream:
             total_ms=total_s * 1000,
             tokens_per_s=len(tokens) / total_s if total_s > 0 else 0.0,
             error=error,
+            verification_expired=verification_expired,
             sent_at_ns=self.wall_ns(),
         )
 

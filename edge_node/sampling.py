@@ -7,7 +7,8 @@ distribution as sent on the wire (``DraftRequest.q_ids`` / ``q_probs``); the
 
 The warpers, in order (the Hugging Face ``generate`` order), each renormalizing:
 
-1. **temperature** ``t > 0``: ``p = softmax(logits / t)`` computed in float64.
+1. **temperature** ``t > 0``: ``p = softmax(logits / t)`` computed in float64 as
+   ``exp((logits - max) / t)``, so a tiny ``t`` tends to greedy instead of overflowing.
 2. **top-k** (``k > 0``): keep the ``k`` most probable tokens; renormalize.
 3. **top-p** (``p < 1``): walk tokens by descending probability and keep a token while
    the mass *before* it is ``< top_p`` (so the first token always stays and the kept
@@ -30,6 +31,7 @@ tie rule but no cap at K; the cap only concerns q).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -71,10 +73,14 @@ def softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
     x = np.asarray(logits, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"logits must be [vocab], got shape {x.shape}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    x = x / temperature
-    x = x - x.max()
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    if not np.isfinite(x.max()):
+        raise ValueError("logits must be finite (at least their maximum)")
+    # Shift before scaling: x - max <= 0, so a tiny temperature (even 1e-320) only
+    # overflows towards -inf (probability 0, the greedy limit), never to inf - inf = nan.
+    with np.errstate(over="ignore"):
+        x = (x - x.max()) / temperature
     e = np.exp(x)
     out: FloatArray = e / e.sum()
     return out

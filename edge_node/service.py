@@ -106,6 +106,7 @@ class EdgeNode:
         self._status_seen = asyncio.Event()
         self._serving = False
         self._seen_requests: dict[str, None] = {}  # request ids served, oldest first
+        self.verification_expired = 0  # generations that ended with text left unverified
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -153,7 +154,7 @@ class EdgeNode:
             raise
         self.log.info(
             "edge.started",
-            broker=self.config.broker_url,
+            broker=self.config.broker_url_redacted,
             drafter=str(self.drafter.model_dir),
             fingerprint=self.drafter.fingerprint,
         )
@@ -224,9 +225,16 @@ class EdgeNode:
             except SchemaError as exc:
                 self.log.warning("edge.bad_verifier_status", error=exc.message)
                 return
+            before = self._verifiers.get(parsed.verifier)
             self._verifiers[parsed.verifier] = status
             self._status_seen.set()
             self.log.debug("edge.verifier_status", verifier=status.verifier, online=status.online)
+            came_online = status.online and (
+                before is None or not before.online or before.sent_at_ns != status.sent_at_ns
+            )
+            if came_online:  # sessions waiting on a silent verifier resend at once
+                for inbox in self._inboxes.values():
+                    inbox.put_nowait(status)
         elif parsed.channel is Channel.REQ and parsed.device == self.device and self._serving:
             self._on_request(msg.payload)
 
@@ -333,14 +341,14 @@ class EdgeNode:
     # -- one request ---------------------------------------------------------------------
     async def _run_request(self, req: GenerateRequest, *, publish: bool) -> AsyncIterator[Result]:
         log = self.log.bind(request=req.request, mode=req.mode)
-        prompt_ids = self.drafter.encode(req.prompt)
-        stream = ResultStream(
-            req.request, req.mode, len(prompt_ids), self.drafter.decode, self.clock
-        )
-        log.info("edge.generate", prompt_tokens=len(prompt_ids), max_new=req.max_new_tokens)
+        stream = ResultStream(req.request, req.mode, 0, self.drafter.decode, self.clock)
         try:
+            limit = self.config.max_prompt_tokens  # bounded, and tokenized off the loop
+            prompt_ids = await asyncio.to_thread(self.drafter.encode_prompt, req.prompt, limit)
             if not prompt_ids:
                 raise EdgeError("the prompt encodes to no tokens")
+            stream.prompt_tokens = len(prompt_ids)
+            log.info("edge.generate", prompt_tokens=len(prompt_ids), max_new=req.max_new_tokens)
             async for rec in MODE_RUNS[req.mode](self, stream, req, prompt_ids):
                 if publish:
                     await self._publish_result(req.request, rec, req.format)  # type: ignore[arg-type]

@@ -15,12 +15,19 @@ numbers::
                              past: one already queued, if any), then steps.received(msg)
         Release(tokens)      stream tokens as unverified (fallback)
         Verified(commit)     stream the commit's tokens as verified; re-sync the drafter
-        Finish(reason, err)  stream the final record and stop
+        Finish(reason, err, expired)  stream the final record and stop (expired: the
+                             verification deadline passed, unverified tokens remain)
 
 A round: draft, send, then while the verdict is out keep drafting one token at a time
 (asynchronous drafting), looking for the verdict between tokens, and wait for it once
 the policy stops drafting. A timer expiry resends the request, falls back (releasing
 pending tokens as unverified) or gives up (see :meth:`SledSession.on_timeout`).
+
+Once local generation is complete in fallback, the wait is capped by the verification
+deadline (:meth:`SledSession.await_verification`) and a verifier's online status
+(a :class:`~schemas.VerifierStatus` given to :meth:`SledSteps.received`) resends the
+probe at once. The first verdict retracts the unverified tokens; the rest of the
+provisional run is verified in rounds of up to 64 drafts.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from edge_node.policy import Commit, Event, SledSession
-from schemas import DraftRequest, GeneratedTokens, Verdict
+from schemas import DraftRequest, GeneratedTokens, Verdict, VerifierStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +77,12 @@ class Verified:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """Stream the final record: ``reason`` is stop, length or error."""
+    """Stream the final record: ``reason`` is stop, length or error; ``expired``: the
+    verification deadline passed with unverified tokens left."""
 
     reason: str
     error: str | None
+    expired: bool = False
 
 
 Step = Draft | Send | WaitUntil | Release | Verified | Finish
@@ -113,6 +122,8 @@ class SledSteps:
         if phase is _Phase.SEND:
             request = s.build_request(now_s, now_ns)
             self.deadline_s = now_s + s.timeout_s()
+            if s.verify_by_s is not None:
+                self.deadline_s = min(self.deadline_s, s.verify_by_s)
             self._phase = _Phase.POLL
             return Send(request, self.deadline_s)
         if phase is _Phase.POLL:
@@ -126,6 +137,9 @@ class SledSteps:
         if phase is _Phase.FILLED:  # after the release above
             return Draft(1)
         if phase is _Phase.IDLE:
+            verify_by_s = s.await_verification(now_s)  # local generation may be complete
+            if verify_by_s is not None:
+                self.deadline_s = min(self.deadline_s, verify_by_s)
             return self._release_then(_Phase.WAITED) or WaitUntil(self.deadline_s)
         if phase is _Phase.WAITED:  # after the release above
             return WaitUntil(self.deadline_s)
@@ -148,22 +162,27 @@ class SledSteps:
             self._phase = _Phase.POLL if num_drafted else _Phase.IDLE
 
     def received(
-        self, msg: Verdict | GeneratedTokens | None, now_s: float
+        self, msg: Verdict | GeneratedTokens | VerifierStatus | None, now_s: float
     ) -> Commit | Event | None:
         """A :class:`WaitUntil` step ended with ``msg`` (None: nothing came in time).
 
         Returns what the session made of it: a verdict's outcome, the timeout's event,
-        or None (still waiting, or not a verdict).
+        a verifier status's event, or None (still waiting, or not for this session).
         """
         s, waited = self.session, self._phase is _Phase.WAITED
         self._phase = _Phase.POLL
+        if isinstance(msg, VerifierStatus):
+            event = s.on_verifier_online() if msg.online else Event.IGNORED
+            if event is Event.RESEND:
+                self._phase = _Phase.SEND
+            return event
         if msg is None:
             if waited:  # look once more before calling it a timeout
                 return None
             if now_s < self.deadline_s:  # nothing yet: draft ahead meanwhile
                 self._phase = _Phase.FILL
                 return None
-            event = s.on_timeout()
+            event = s.on_timeout(now_s)
             self._phase = _Phase.GIVE_UP if event is Event.GIVE_UP else _Phase.TIMED_OUT
             return event
         if not isinstance(msg, Verdict):
@@ -185,4 +204,5 @@ class SledSteps:
 
     def _finish(self) -> Finish:
         self._phase = _Phase.FINISH
-        return Finish(self.session.finish_reason, self.session.error)
+        s = self.session
+        return Finish(s.finish_reason, s.error, s.expired)

@@ -14,6 +14,10 @@ Each node's record (``edge_node.config.EdgeConfig``,
 TOML keys and defaults on both nodes. Fields are declared with :func:`setting` (a
 default and a help text with the unit, optionally ``choices``); ``__post_init__``
 validates values and raises :class:`ConfigError`.
+
+Secrets: the broker password comes from ``SLED_PASSWORD`` or, better, a file
+(``--password-file`` / ``SLED_PASSWORD_FILE``), never from a command line (where
+``/proc/PID/cmdline`` shows it). Log a broker URL only through :func:`redact_url`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,41 @@ C = TypeVar("C")
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field and its source."""
+
+
+REDACTED: Final = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``mqtt://ann:***@host:1883``).
+
+    Plain string work (no URL parser that could reject a malformed URL and leave the
+    caller to log it raw): the user info is everything before the last ``@`` of the
+    authority, the password what follows its first ``:``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+              default=len(rest))  # fmt: skip
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:{REDACTED}@{host}{tail}"
+
+
+def read_password_file(path: str | Path) -> str:
+    """The password in ``path``: its first line (without the line break); not empty."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"password_file {path}: {exc}") from exc
+    lines = text.splitlines()
+    if not lines or not lines[0]:
+        raise ConfigError(f"password_file {path}: the first line (the password) is empty")
+    return lines[0]
 
 
 def doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -189,10 +228,16 @@ class BrokerConfig:
 
     broker_url: str = setting(
         "mqtt://127.0.0.1:1883",
-        "MQTT broker, mqtt://[user:pass@]host:port or mqtts://host:port (TLS)",
+        "MQTT broker, mqtt://host:port or mqtts://host:port (TLS); the login from "
+        "username + SLED_PASSWORD / password_file, not from the URL",
     )
     username: str | None = setting(None, "broker user name")
-    password: str | None = setting(None, "broker password")
+    password: str | None = setting(
+        None, "broker password; prefer SLED_PASSWORD or password_file to a flag"
+    )
+    password_file: str | None = setting(
+        None, "file whose first line is the broker password (keeps it off command lines)"
+    )
     mqtt_protocol: str = setting("5", "MQTT protocol version: 5 or 3.1.1", choices=PROTOCOLS)
     topic_prefix: str = setting("sled/v1", "topic prefix")
     client_id: str | None = setting(
@@ -212,6 +257,20 @@ class BrokerConfig:
         check_choices(self)
         if self.keepalive_s < 1:
             raise ConfigError(f"keepalive_s must be >= 1, got {self.keepalive_s}")
+        if self.password is not None and self.password_file is not None:
+            raise ConfigError("set password or password_file, not both")
+        self.login_password()  # a password file that cannot be read fails here
+
+    def login_password(self) -> str | None:
+        """The password: ``password``, else the first line of ``password_file``."""
+        if self.password_file is not None:
+            return read_password_file(self.password_file)
+        return self.password
+
+    @property
+    def broker_url_redacted(self) -> str:
+        """``broker_url`` without its password, for log lines."""
+        return redact_url(self.broker_url)
 
     @property
     def topics(self) -> Topics:
@@ -228,7 +287,7 @@ class BrokerConfig:
         return MqttConfig.from_url(
             self.broker_url,
             username=self.username,
-            password=self.password,
+            password=self.login_password(),
             client_id=self.client_id or default_client_id,
             protocol=self.mqtt_protocol,
             keepalive_s=self.keepalive_s,

@@ -108,6 +108,11 @@ class ResultFinal(Record):
     ``finish_reason``: ``stop`` (EOS), ``length`` (max_new_tokens), ``error`` (see
     ``error``) or ``cancelled``. Times are milliseconds; ``acceptance_rate`` is
     accepted / drafted (0 when nothing was drafted).
+
+    ``verification_expired`` is True only in SLED mode when the verifier stayed away
+    past the device's verification deadline: the last ``unverified_tokens`` tokens
+    are the drafter's text, not the target's. Otherwise a SLED final that is not an
+    error has ``unverified_tokens == 0`` (local mode: all unverified, by design).
     """
 
     KIND: ClassVar[str] = "final"
@@ -129,6 +134,7 @@ class ResultFinal(Record):
     total_ms: float = 0.0
     tokens_per_s: float = 0.0
     error: str | None = None
+    verification_expired: bool = False  # SLED gave up waiting: unverified text remains
     sent_at_ns: int = 0
 
     def check(self, limits: Limits) -> None:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Mapping
 from types import ModuleType
 
+from runtime.config import read_password_file
 from runtime.transport import MqttConfig
 from schemas import DEFAULT_PREFIX
 
@@ -48,10 +49,20 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
         "--broker",
         dest="broker",
         default=env("SLED_BROKER_URL", env("SLED_BROKER", "mqtt://127.0.0.1:1883")),
-        help="broker URL, mqtt://[user:pass@]host:port or mqtts:// (env SLED_BROKER_URL)",
+        help="broker URL, mqtt://host:port or mqtts:// (env SLED_BROKER_URL); log in with "
+        "--username and SLED_PASSWORD or --password-file",
     )
     g.add_argument("--username", default=env("SLED_USERNAME"), help="(env SLED_USERNAME)")
-    g.add_argument("--password", default=env("SLED_PASSWORD"), help="(env SLED_PASSWORD)")
+    g.add_argument(
+        "--password",
+        default=env("SLED_PASSWORD"),
+        help="(env SLED_PASSWORD; a flag shows in the process list: prefer the env or a file)",
+    )
+    g.add_argument(
+        "--password-file",
+        default=env("SLED_PASSWORD_FILE"),
+        help="file whose first line is the broker password (env SLED_PASSWORD_FILE)",
+    )
     g.add_argument(
         "--mqtt-protocol",
         "--protocol",
@@ -73,10 +84,14 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def mqtt_config(args: argparse.Namespace, **overrides: object) -> MqttConfig:
+    """The broker flags as an ``MqttConfig``; the password from ``--password-file`` first."""
+    password = args.password
+    if getattr(args, "password_file", None):
+        password = read_password_file(args.password_file)
     return MqttConfig.from_url(
         args.broker,
         username=args.username,
-        password=args.password,
+        password=password,
         protocol=args.protocol,
         tls_ca=args.tls_ca,
         **overrides,

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from runtime.config import ConfigError
 from runtime.transport import MqttTransport
 from schemas import ResultChunk, ResultFinal, Topics
 from sled.cli_common import add_broker_arguments, mqtt_config
@@ -45,6 +46,11 @@ def print_result(
         f"\n[{device}/{request} {result.finish_reason}: {result.completion_tokens} tokens, "
         f"{result.tokens_per_s:.1f} tok/s, acceptance {rate}, mode {result.mode}"
         + (f", error: {result.error}" if result.error else "")
+        + (
+            f", VERIFICATION EXPIRED: the last {result.unverified_tokens} tokens are unverified"
+            if result.verification_expired
+            else ""
+        )
         + "]",
         flush=True,
     )
@@ -81,4 +87,8 @@ def run_command(
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_command("subscribe", _subscribe(args), (TimeoutError,), 0)
+    try:
+        return run_command("subscribe", _subscribe(args), (TimeoutError,), 0)
+    except ConfigError as exc:  # an unreadable --password-file
+        print(f"sled subscribe: {exc}", file=sys.stderr)
+        return 2

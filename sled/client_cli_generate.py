@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from runtime.config import ConfigError
 from runtime.transport import MqttTransport, TransportError
 from schemas import ResultFinal, SamplingParams, Topics
 from sled.cli_common import add_broker_arguments, mqtt_config
@@ -52,4 +53,4 @@ async def _generate(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_command("generate", _generate(args), (TransportError,), 1)
+    return run_command("generate", _generate(args), (TransportError, ConfigError), 1)

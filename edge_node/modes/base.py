@@ -13,12 +13,14 @@ from edge_node.config import EdgeConfig
 from edge_node.drafter import Drafter
 from edge_node.policy import PolicyConfig, RttEstimator
 from edge_node.results import Result, ResultStream
-from schemas import GeneratedTokens, GenerateRequest, Topics, Verdict
+from schemas import GeneratedTokens, GenerateRequest, Topics, Verdict, VerifierStatus
 
 T = TypeVar("T")
 Clock = Callable[[], float]  # monotonic seconds
 Sleep = Callable[[float], Awaitable[None]]  # asyncio.sleep, or a test's fake
-Incoming = Verdict | GeneratedTokens  # what the verifier sends a session
+# What the verifier sends a session, and a verifier's status when it comes online
+# (the router hands that to every session: overdue requests go out again at once).
+Incoming = Verdict | GeneratedTokens | VerifierStatus
 Inbox = asyncio.Queue[Incoming]
 
 
@@ -42,6 +44,7 @@ class Node(Protocol):
     clock: Clock
     sleep: Sleep
     log: Any  # structlog logger bound to the device
+    verification_expired: int  # generations that ended past the verification deadline
 
     @property
     def drafter(self) -> Drafter: ...

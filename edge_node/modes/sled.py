@@ -18,7 +18,7 @@ from edge_node.policy import Commit, DraftToken, Event, SledSession
 from edge_node.results import Result, ResultStream
 from edge_node.sampling import distribution_for, sample
 from edge_node.sled_steps import Draft, Release, Send, SledSteps, Verified, WaitUntil
-from schemas import DraftRequest, GenerateRequest, encode
+from schemas import DraftRequest, GenerateRequest, VerifierStatus, encode
 
 
 async def run(
@@ -61,7 +61,15 @@ async def run(
                 yield stream.chunk(commit.tokens, verified=True, retract=commit.retract)
             else:
                 stream.count(drafted=sess.drafted, accepted=sess.accepted, rounds=sess.rounds)
-                yield stream.final(step.reason, error=step.error)
+                if step.expired:
+                    node.verification_expired += 1
+                    link.log.warning(
+                        "edge.verification_expired",
+                        unverified=len(stream.unverified),
+                        deadline_s=node.policy.verify_deadline_s,
+                        total=node.verification_expired,
+                    )
+                yield stream.final(step.reason, error=step.error, verification_expired=step.expired)
                 return
 
 
@@ -75,6 +83,10 @@ def _log_outcome(
     log: Any, sess: SledSession, msg: Incoming | None, outcome: Commit | Event | None
 ) -> None:
     """Log what a timer expiry (``msg`` None) or a verdict did to the session."""
+    if isinstance(msg, VerifierStatus):
+        if outcome is Event.RESEND:
+            log.info("edge.verifier_online_resend", verifier=msg.verifier, seq=sess.seq)
+        return
     if msg is None and isinstance(outcome, Event):
         log.info("edge.timeout", seq=sess.seq, failures=sess.failures, action=outcome.value)
         if outcome is Event.FALLBACK:

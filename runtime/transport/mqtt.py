@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from runtime.config import redact_url
 from runtime.transport.base import Message, QueueMessages, TransportError, TransportTimeout, Will
 
 log = structlog.get_logger("runtime.transport")
@@ -69,7 +70,7 @@ class MqttConfig:
         """``mqtt://user:pass@host:1883`` or ``mqtts://host:8883``; keyword overrides win."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+            raise ValueError(f"broker URL {redact_url(url)!r}: scheme must be mqtt:// or mqtts://")
         tls = parts.scheme in ("mqtts", "ssl")
         fields: dict[str, Any] = {
             "host": parts.hostname or "127.0.0.1",

@@ -9,6 +9,7 @@ import pytest
 
 from edge_node.cli import add_arguments
 from edge_node.config import ConfigError, EdgeConfig, config_from_args
+from runtime.config import redact_url
 
 
 def test_defaults_are_valid_and_documented() -> None:
@@ -55,6 +56,9 @@ def test_config_file_from_env(tmp_path: Path) -> None:
         ({"SLED_MQTT_PROTOCOL": "4"}, "mqtt_protocol"),
         ({"SLED_TIMEOUT_FLOOR_MS": "9000"}, "floor"),
         ({"SLED_ASYNC_DRAFTING": "maybe"}, "boolean"),
+        ({"SLED_VERIFY_DEADLINE_S": "-1"}, "verify_deadline_s"),
+        ({"SLED_MAX_PROMPT_TOKENS": "0"}, "max_prompt_tokens"),
+        ({"SLED_PASSWORD_FILE": "/nonexistent/sled.pw"}, "password_file /nonexistent"),
     ],
 )
 def test_bad_values_name_the_field(env: dict[str, str], message: str) -> None:
@@ -80,3 +84,44 @@ def test_cli_flags() -> None:
     assert args.prompt == "hi"
     with pytest.raises(SystemExit):
         parser.parse_args(["--mode", "turbo"])
+
+
+def test_verification_deadline_from_env_reaches_the_policy() -> None:
+    assert EdgeConfig(device_id="pi-1").policy().verify_deadline_s == 120.0  # a restart fits
+    cfg = EdgeConfig.load(env={"SLED_DEVICE_ID": "pi-1", "SLED_VERIFY_DEADLINE_S": "30"})
+    assert cfg.policy().verify_deadline_s == 30.0
+
+
+@pytest.mark.parametrize(
+    ("url", "logged"),
+    [
+        ("mqtt://ann:s3cret@broker:1883", "mqtt://ann:***@broker:1883"),
+        ("mqtts://ann:p%40ss:word@b.example:8883/x", "mqtts://ann:***@b.example:8883/x"),
+        ("mqtt://ann:a@b@host", "mqtt://ann:***@host"),  # the last @ ends the user info
+        ("ann:s3cret@host:1883", "ann:***@host:1883"),  # no scheme: mqtt:// assumed
+        ("mqtt://ann@host:1883", "mqtt://ann@host:1883"),  # a user name is no secret
+        ("mqtt://host:1883", "mqtt://host:1883"),
+        ("mqtt://host:1883/a@b:c", "mqtt://host:1883/a@b:c"),  # an @ after the authority
+        ("mqtt://:pw@[::1]:99999", "mqtt://:***@[::1]:99999"),  # malformed: still redacted
+    ],
+)
+def test_redact_url_hides_the_password(url: str, logged: str) -> None:
+    assert redact_url(url) == logged
+
+
+def test_password_file_keeps_the_password_off_the_command_line(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    cfg = EdgeConfig.load(env={"SLED_DEVICE_ID": "pi-1", "SLED_PASSWORD_FILE": str(secret)})
+    assert cfg.password is None and cfg.mqtt().password == "s3cret"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = config_from_args(parser.parse_args(["--password-file", str(secret)]))
+    assert flags.mqtt().password == "s3cret"
+    url = EdgeConfig(device_id="pi-1", broker_url="mqtt://pi:s3cret@h:1883").broker_url_redacted
+    assert "s3cret" not in url and url == "mqtt://pi:***@h:1883"
+    with pytest.raises(ConfigError, match="not both"):
+        EdgeConfig(device_id="pi-1", password="x", password_file=str(secret))
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        EdgeConfig(device_id="pi-1", password_file=str(secret))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,21 @@ def test_sampled_frequencies_match_q() -> None:
     freq = np.array([(draws == i).mean() for i in d.ids])
     np.testing.assert_allclose(freq, d.probs, atol=0.015)
     assert not np.isin(draws, [0]).any()  # cut by top-k, never drawn
+
+
+@pytest.mark.parametrize("temperature", [1e-320, 5e-324, 1e-300, 1e-30])
+def test_a_tiny_temperature_tends_to_greedy_instead_of_crashing(temperature: float) -> None:
+    d = warp(LOGITS, temperature=temperature)  # was: inf - inf = nan, then an IndexError
+    assert d.ids.tolist() == [1, 0, 2, 3] and d.probs.tolist() == [1.0, 0.0, 0.0, 0.0]  # ties: id
+    assert sample(d, np.random.default_rng(0)) == 1
+
+
+def test_a_tiny_temperature_splits_exact_ties() -> None:
+    d = warp(np.array([1.0, 3.0, 3.0, 0.0]), temperature=1e-320)
+    assert d.ids.tolist() == [1, 2, 0, 3] and d.probs.tolist() == [0.5, 0.5, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, math.inf, math.nan])
+def test_a_temperature_that_is_not_finite_and_positive_is_refused(temperature: float) -> None:
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        warp(LOGITS, temperature=temperature)

@@ -68,6 +68,9 @@ async def test_silent_verifier_resend_fallback_and_give_up_without_sleeping(
     # three waits ran out in full (send, resend, probe) on the fake clock
     assert sum(s == TIMEOUT_S for s in clock.slept_s) >= 3
     assert real_s < sum(clock.slept_s)
+    # local generation complete: probes went on until the verification deadline (fake)
+    assert final.verification_expired and node.verification_expired == 1  # type: ignore[union-attr]
+    assert sum(clock.slept_s) >= node.policy.verify_deadline_s == 120.0
 
 
 async def test_centralized_silence_is_an_error_without_sleeping(

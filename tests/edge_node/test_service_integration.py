@@ -164,7 +164,7 @@ async def test_dropped_verdict_times_out_and_resends(
 async def test_silent_verifier_falls_back_to_unverified_local_text(
     scenario: Scenario, broker: Mosquitto, mqtt_config: MqttConfig, topics: Topics
 ) -> None:
-    cfg = edge_config(broker, topics, timeout_ceiling_ms=300)
+    cfg = edge_config(broker, topics, timeout_ceiling_ms=300, verify_deadline_s=0.5)
     async with standin(scenario, mqtt_config, topics) as verifier:
         async with EdgeNode(cfg, drafter=scenario.drafter) as node:
             gen = node.generate(PROMPT, max_new_tokens=MAX_NEW)
@@ -175,6 +175,7 @@ async def test_silent_verifier_falls_back_to_unverified_local_text(
         chunks.insert(0, first)
     assert final.finish_reason in ("length", "stop")
     assert final.unverified_tokens > 0 and final.verified_tokens >= 1
+    assert final.verification_expired and node.verification_expired == 1  # past the deadline
     unverified = [c for c in chunks if not c.verified]
     assert unverified and all(not c.verified for c in chunks[chunks.index(unverified[0]) :])
     # never mixed: verified chunks first, then only unverified ones; no retract

@@ -47,3 +47,26 @@ async def test_drafter_failure_is_an_error_final_and_the_node_goes_on(
         assert final.finish_reason == "error" and final.error
         ok = await node.generate_text("In the beginning", max_new_tokens=4, mode="local")
         assert ok.finish_reason == "length" and len(ok.tokens) == 4
+
+
+@pytest.mark.parametrize(
+    ("prompt", "why"),
+    [
+        ("x" * 65536, "characters"),  # the wire's limit: refused before tokenizing
+        ("In the beginning God created the heaven and the earth. " * 60, "tokens"),  # ~700
+    ],
+)
+async def test_a_prompt_over_the_limit_is_an_error_final_before_any_model_work(
+    llama_drafter: TinyDrafter, prompt: str, why: str
+) -> None:
+    drafter = Drafter(llama_drafter.onnx_dir)  # 512 positions: at most 511 prompt tokens
+    fed: list[int] = []
+    feed = drafter.feed
+    drafter.feed = lambda state, ids: fed.append(len(ids)) or feed(state, ids)  # type: ignore[method-assign]
+    async with node_for(drafter, MemoryBroker()) as node:
+        final = await node.generate_text(prompt, max_new_tokens=4, mode="local")
+        assert final.finish_reason == "error" and final.error is not None
+        assert final.error.startswith("DrafterError: prompt too long") and why in final.error
+        assert fed == []  # the drafter never saw it
+        ok = await node.generate_text("In the beginning", max_new_tokens=4, mode="local")
+        assert ok.finish_reason == "length" and len(ok.tokens) == 4

@@ -6,7 +6,7 @@ import pytest
 
 from edge_node.policy import Commit, DraftToken, Event, PolicyConfig, RttEstimator, SledSession
 from edge_node.sled_steps import Draft, Finish, Release, Send, SledSteps, Step, Verified, WaitUntil
-from schemas import ErrorCode, SamplingParams, Verdict
+from schemas import ErrorCode, SamplingParams, Verdict, VerifierStatus
 
 EOS = 0
 PROMPT = [11, 12, 13]  # start = 3
@@ -124,7 +124,7 @@ def test_a_verdict_just_before_the_deadline_is_not_a_timeout() -> None:
 
 
 def test_fallback_releases_pending_tokens_probes_then_gives_up() -> None:
-    d = Device(max_new_tokens=12)  # fallback after 2 timeouts
+    d = Device(max_new_tokens=12, verify_deadline_s=0.0)  # fallback after 2 timeouts
     d.until_waiting()
     for i in (1, 2):
         d.now_s = i * CEILING_S
@@ -152,7 +152,7 @@ def test_fallback_releases_pending_tokens_probes_then_gives_up() -> None:
     d.steps.received(None, d.now_s)
     d.steps.next_step(d.now_s)
     assert d.steps.received(None, d.now_s) is Event.GIVE_UP
-    assert d.steps.next_step(d.now_s) == Finish("length", None)
+    assert d.steps.next_step(d.now_s) == Finish("length", None, expired=True)
 
 
 def test_a_verdict_after_fallback_retracts_the_unverified_tokens() -> None:
@@ -212,3 +212,108 @@ def test_the_last_verdict_finishes() -> None:
     assert isinstance(outcome, Commit) and outcome.done
     assert d.steps.next_step(0.2) == Verified(outcome)
     assert d.steps.next_step(0.2) == Finish("stop", None)
+
+
+ONLINE = VerifierStatus(online=True, verifier="v1")
+
+
+def fall_back_and_complete(d: Device) -> Send:
+    """Time out twice (fallback), draft the rest locally; the probe that is then out."""
+    d.until_waiting()
+    probe: Send | None = None
+    while not d.session.fallback or not d.session.local_complete:
+        d.now_s = d.steps.deadline_s
+        d.steps.received(None, d.now_s)
+        d.steps.next_step(d.now_s)  # the last look
+        d.steps.received(None, d.now_s)
+        for step in d.until_waiting():
+            probe = step if isinstance(step, Send) else probe
+    assert probe is not None and probe.request.context is not None
+    return probe
+
+
+def test_a_complete_fallback_waits_for_verification_until_the_deadline() -> None:
+    d = Device(max_new_tokens=12, verify_deadline_s=30.0)
+    fall_back_and_complete(d)
+    completed_s = d.now_s
+    assert d.session.verify_by_s == completed_s + 30.0
+    resends = 0
+    while True:  # probes go out until the deadline, each wait capped by it
+        assert completed_s < d.steps.deadline_s <= completed_s + 30.0
+        d.now_s = d.steps.deadline_s
+        d.steps.received(None, d.now_s)
+        d.steps.next_step(d.now_s)
+        event = d.steps.received(None, d.now_s)
+        if event is Event.GIVE_UP:
+            break
+        assert event is Event.RESEND
+        resends += 1
+        assert isinstance(d.steps.next_step(d.now_s), Send)  # the probe again
+        d.until_waiting()
+    assert d.now_s == completed_s + 30.0 and resends >= 30.0 // CEILING_S - 1
+    assert d.steps.next_step(d.now_s) == Finish("length", None, expired=True)
+    assert d.session.expired and len(d.session.pending) == 12
+
+
+def test_a_verifier_coming_online_is_probed_at_once_and_verifies_the_run_in_chunks() -> None:
+    d = Device(max_new_tokens=150, verify_deadline_s=120.0)
+    first = fall_back_and_complete(d)
+    assert d.session.pending_ids == list(range(100, 250))  # all released as unverified
+    d.now_s += 1.0  # long before the probe's timer: the verifier's birth message comes
+    assert d.steps.next_step(d.now_s) == WaitUntil(d.steps.deadline_s)
+    assert d.steps.received(ONLINE, d.now_s) is Event.RESEND
+    probe = d.steps.next_step(d.now_s)
+    assert isinstance(probe, Send) and probe.request.seq == first.request.seq
+    assert probe.request.context == PROMPT and probe.request.draft == list(range(100, 164))
+    # verification is a prefill: 64 drafts a forward, the accepted prefix committed each time
+    commits = []
+    for accepted, token in ((64, 164), (64, 229), (19, 249)):
+        d.until_waiting()
+        outcome = d.steps.received(d.verdict(accepted, token), d.now_s)
+        assert isinstance(outcome, Commit)
+        commits.append(outcome)
+        assert d.steps.next_step(d.now_s) == Verified(outcome)
+        if not outcome.done:
+            assert d.steps.next_step(d.now_s) == Draft(None)
+            assert d.draft(None) == 0  # nothing more to draft: the run is all pending
+            send = d.steps.next_step(d.now_s)
+            assert isinstance(send, Send) and send.request.context is None
+            assert len(send.request.draft) == min(64, len(d.session.pending))
+    assert [c.retract for c in commits] == [150, 0, 0]  # the unverified run, withdrawn once
+    assert [len(c.tokens) for c in commits] == [65, 65, 20]
+    assert d.session.committed_ids == PROMPT + list(range(100, 250))
+    assert d.steps.next_step(d.now_s) == Finish("length", None, expired=False)
+
+
+@pytest.mark.parametrize(
+    ("status", "overdue"),
+    [(ONLINE, False), (VerifierStatus(online=False, verifier="v1"), True)],
+)
+def test_a_verifier_status_changes_nothing_unless_online_and_overdue(
+    status: VerifierStatus, overdue: bool
+) -> None:
+    d = Device()
+    d.until_waiting()
+    if overdue:
+        d.now_s = CEILING_S
+        d.steps.received(None, d.now_s)
+        d.steps.next_step(d.now_s)
+        assert d.steps.received(None, d.now_s) is Event.RESEND  # one timeout
+        d.until_waiting()
+    deadline_s = d.steps.deadline_s
+    assert d.steps.received(status, d.now_s) is Event.IGNORED
+    assert d.steps.next_step(d.now_s) == WaitUntil(d.now_s)  # back to waiting
+    assert d.steps.deadline_s == deadline_s
+
+
+def test_an_overdue_request_is_resent_when_a_verifier_comes_online() -> None:
+    d = Device()
+    d.until_waiting()
+    d.now_s = CEILING_S
+    d.steps.received(None, d.now_s)
+    d.steps.next_step(d.now_s)
+    d.steps.received(None, d.now_s)  # one timeout: resend
+    d.until_waiting()
+    assert d.steps.received(ONLINE, d.now_s + 0.5) is Event.RESEND
+    resend = d.steps.next_step(d.now_s + 0.5)
+    assert isinstance(resend, Send) and resend.request.seq == 0
