@@ -45,7 +45,7 @@ QUOTA_FLAGS = (
     "--device-central-new-tokens", "64",
     "--device-error-backlog", "16",
 )  # fmt: skip
-FLOOD_SESSIONS = 200  # openings with a long (valid) context
+FLOOD_SESSIONS = 2000  # openings with a long (valid) context
 FLOOD_TOO_LONG = 50  # openings with context + draft beyond the target's positions
 FLOOD_CENTRAL = 50  # centralized requests asking max_new_tokens 8192
 FLOOD_CENTRAL_OK = 4  # ... and with a budget within the quota (2 may run at once)
