@@ -194,3 +194,29 @@ def test_kv_releases_per_device_from_rows() -> None:
     row = lambda dev, s, n: Row(key=Mode.SLED.key((dev, s)), context=[1] * n, draft=[2])  # noqa: E731
     assert lim.kv_releases([row("f", "a", 5), row("g", "a", 9)]) == []
     assert lim.kv_releases([row("f", "b", 5)]) == [Mode.SLED.key(("f", "a"))]
+
+
+# -- configuration --------------------------------------------------------------------------
+def test_quota_config_from_flags_env_and_checks() -> None:
+    from verifier_node.config import ConfigError, VerifierConfig
+
+    cfg = VerifierConfig.load(
+        {"device_queued": 4}, env={"SLED_DEVICE_SESSIONS": "3", "SLED_DEVICE_KV_SHARE": "0.25"}
+    )
+    assert cfg.quotas() == Quotas(sessions=3, queued=4)
+    assert cfg.device_kv_share == 0.25 and cfg.device_error_backlog == 32
+    assert VerifierConfig().quotas() == Quotas()  # the documented defaults
+    with pytest.raises(ConfigError, match="device_kv_share"):
+        VerifierConfig(device_kv_share=0.0)
+    with pytest.raises(ConfigError, match="device_central_sessions must be >= 1"):
+        VerifierConfig(device_central_sessions=0)
+
+
+def test_kv_share_tokens_from_the_runner() -> None:
+    from types import SimpleNamespace
+
+    from verifier_node.fairness import kv_share_tokens
+
+    runner = SimpleNamespace(cache=SimpleNamespace(bytes_per_token=1024))
+    assert kv_share_tokens(0.5, 4 << 20, runner) == 2048
+    assert kv_share_tokens(0.5, 4 << 20, object()) is None  # not enforced
