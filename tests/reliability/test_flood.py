@@ -17,8 +17,10 @@ before and during the flood is printed (docs/reliability.md), not asserted.
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 
@@ -134,6 +136,14 @@ async def flood(bus: MqttTransport, topics: Topics) -> float:
     return time.monotonic() - started
 
 
+def metric(port: int, name: str) -> float:
+    """One unlabelled sample from the verifier's Prometheus endpoint (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 async def timed(bus: MqttTransport, topics: Topics) -> tuple[Stream, float]:
     started = time.monotonic()
     s = await stream_request(
@@ -168,6 +178,8 @@ async def test_a_flooding_device_does_not_break_a_well_behaved_one(
         flood_s = await flooding
         await asyncio.sleep(1.0)  # the last refusals are counted
         counts = await asyncio.to_thread(requests_by_outcome, port) - counts_before
+        kv_share = await asyncio.to_thread(metric, port, "sled_verifier_kv_share_releases_total")
+        evictions = await asyncio.to_thread(metric, port, "sled_verifier_kv_evictions_total")
 
     assert verifier.alive, "the verifier died under the flood"
     refused = counts["over_quota"] + counts["shed"]
@@ -179,9 +191,13 @@ async def test_a_flooding_device_does_not_break_a_well_behaved_one(
     poisoned = [e for e in verifier.events("verifier.bad_request") if e.get("device") == "evil"]
     assert poisoned and "sampling.top_k" in poisoned[0]["error"], poisoned
     assert not verifier.events("verifier.message_failed")
+    # The flood's 8 live sessions (500 tokens each) exceed its KV share (2,048 tokens):
+    # its own least recently used sessions left the cache.
+    assert kv_share >= 1
     print(
         f"\nflood: {len(flood_payloads())} payloads in {flood_s:.1f} s; good device latency "
         f"median before {statistics.median(before):.2f} s, during "
         f"{statistics.median(during):.2f} s (max {max(during):.2f} s, {len(during)} requests, "
-        f"{MAX_NEW} tokens each); verifier counts {dict(counts)}"
+        f"{MAX_NEW} tokens each); verifier counts {dict(counts)}; KV share releases "
+        f"{kv_share:.0f}, LRU evictions {evictions:.0f}"
     )
