@@ -1,7 +1,8 @@
 """A compromised device floods the verifier; a well-behaved device keeps verified, exact text.
 
-Real processes: the shared Mosquitto, and a verifier and edge node of this module on
-their own topic prefix (with small quotas, so the test is quick). Device ``flood``
+Real processes: a Mosquitto with the production config's per-client queue settings
+(``broker/mosquitto.conf``), a verifier with small quotas (so the test is quick) and
+an edge node. Device ``flood``
 (a raw MQTT client with a valid device's topics, as a compromised device has) sends,
 all at once: hundreds of sessions with long contexts, contexts beyond the target's
 positions, centralized requests with a runaway budget, 500 KB id lists, and one
@@ -10,7 +11,8 @@ generating through the app API meanwhile.
 
 Checked: every generation of ``good`` is verified and token-exact; the verifier
 refused the flood with ``over_quota`` / ``too_large`` / ``bad_field`` (its Prometheus
-counters) and stayed up; the poisoned request failed alone. The latency of ``good``
+counters) and stayed up; the poisoned request failed alone; the broker dropped nothing;
+the flooding device's own sessions left the KV cache. The latency of ``good``
 before and during the flood is printed (docs/reliability.md), not asserted.
 """
 
@@ -23,16 +25,25 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 import pytest
 
-from runtime.mosquitto import free_port
-from runtime.transport import MqttTransport
+from runtime.mosquitto import Mosquitto, free_port
+from runtime.transport import MqttConfig, MqttTransport
 from schemas import CentralizedRequest, DraftRequest, SamplingParams, Topics, encode
+from tests.conftest import require_mosquitto
 from tests.reliability.app import GreedyReference, Stream, assert_lossless, stream_request
-from tests.reliability.conftest import Stack
-from tests.reliability.procs import EdgeProcess, EdgeSpec, VerifierProcess, VerifierSpec
+from tests.reliability.conftest import Models, client_config
+from tests.reliability.procs import (
+    REPO_ROOT,
+    EdgeProcess,
+    EdgeSpec,
+    VerifierProcess,
+    VerifierSpec,
+)
 from tests.reliability.test_faults import requests_by_outcome
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(420)]
@@ -54,40 +65,60 @@ FLOOD_CENTRAL_OK = 4  # ... and with a budget within the quota (2 may run at onc
 FLOOD_BIG_LISTS = 20  # 500 KB payloads of one 100,000-id list
 
 
+def broker_queue_lines() -> str:
+    """The per-client queue settings of the production broker config (broker/mosquitto.conf)."""
+    conf = (REPO_ROOT / "broker" / "mosquitto.conf").read_text()
+    keys = ("max_inflight_messages", "max_queued_messages", "max_queued_bytes")
+    lines = [line for line in conf.splitlines() if line.split(" ")[0] in keys]
+    assert len(lines) == len(keys), lines
+    return "\n".join(lines)
+
+
+@dataclass
+class FloodStack:
+    broker: Mosquitto
+    topics: Topics
+    verifier: VerifierProcess
+    metrics_port: int
+
+    @property
+    def mqtt(self) -> MqttConfig:
+        return client_config(self.broker)
+
+
 @pytest.fixture(scope="module")
-def flood_stack(stack: Stack) -> Iterator[tuple[Topics, VerifierProcess, int]]:
-    """A verifier (small quotas, metrics on) and edge ``good`` on a prefix of their own."""
+def flood_stack(rel_models: Models, rel_logs: Path) -> Iterator[FloodStack]:
+    """A broker with the production per-client queue settings, a verifier (small quotas,
+    metrics on) and edge ``good``."""
+    require_mosquitto()
     topics = Topics(f"flood/{uuid.uuid4().hex[:8]}/sled/v1")
     port = free_port()
-    spec = VerifierSpec(
-        stack.models.target,
-        stack.broker.url,
-        topics.prefix,
-        verifier_id="vq",
-        kv_budget_mb=4.0,
-        metrics_port=port,
-        extra=QUOTA_FLAGS,
-    )
-    verifier = VerifierProcess(spec, stack.logs)
-    edge_spec = EdgeSpec(
-        stack.models.drafter, stack.broker.url, topics.prefix, device_id="good",
-        fallback_after=1_000_000,
-    )  # fmt: skip
-    edge = EdgeProcess(edge_spec, stack.logs)
-    try:
-        verifier.start()
-        edge.start()
+    with Mosquitto.start(extra_config=broker_queue_lines()) as broker:
+        spec = VerifierSpec(
+            rel_models.target, broker.url, topics.prefix, verifier_id="vq", kv_budget_mb=4.0,
+            metrics_port=port, extra=QUOTA_FLAGS,
+        )  # fmt: skip
+        verifier = VerifierProcess(spec, rel_logs)
+        edge_spec = EdgeSpec(
+            rel_models.drafter, broker.url, topics.prefix, device_id="good",
+            fallback_after=1_000_000,
+        )  # fmt: skip
+        edge = EdgeProcess(edge_spec, rel_logs)
+        fs = FloodStack(broker, topics, verifier, port)
+        try:
+            verifier.start()
+            edge.start()
 
-        async def ready() -> None:
-            await asyncio.gather(
-                *(n.await_ready(stack.mqtt, topics, 180) for n in (verifier, edge))
-            )
+            async def ready() -> None:
+                await asyncio.gather(
+                    *(n.await_ready(fs.mqtt, topics, 180) for n in (verifier, edge))
+                )
 
-        asyncio.run(ready())
-        yield topics, verifier, port
-    finally:
-        edge.stop()
-        verifier.stop()
+            asyncio.run(ready())
+            yield fs
+        finally:
+            edge.stop()
+            verifier.stop()
 
 
 def opening(session: str, context: list[int], **params: int) -> bytes:
@@ -154,15 +185,14 @@ async def timed(bus: MqttTransport, topics: Topics) -> tuple[Stream, float]:
 
 
 async def test_a_flooding_device_does_not_break_a_well_behaved_one(
-    stack: Stack,
-    greedy: GreedyReference,
-    flood_stack: tuple[Topics, VerifierProcess, int],
+    greedy: GreedyReference, flood_stack: FloodStack
 ) -> None:
-    topics, verifier, port = flood_stack
+    topics, verifier, port = flood_stack.topics, flood_stack.verifier, flood_stack.metrics_port
     reference = greedy(PROMPT, MAX_NEW)
     before: list[float] = []
     during: list[float] = []
-    async with MqttTransport(stack.mqtt) as app, MqttTransport(stack.mqtt) as attacker:
+    mqtt = flood_stack.mqtt
+    async with MqttTransport(mqtt) as app, MqttTransport(mqtt) as attacker:
         for _ in range(3):  # baseline, and warm-up of both nodes
             s, dt = await timed(app, topics)
             assert_lossless(s, reference)
@@ -191,6 +221,10 @@ async def test_a_flooding_device_does_not_break_a_well_behaved_one(
     poisoned = [e for e in verifier.events("verifier.bad_request") if e.get("device") == "evil"]
     assert poisoned and "sampling.top_k" in poisoned[0]["error"], poisoned
     assert not verifier.events("verifier.message_failed")
+    # With the production broker's per-client queues, nothing meant for the verifier
+    # (or anyone) was dropped.
+    broker_log = flood_stack.broker.log_path.read_text(errors="replace")
+    assert "messages are being dropped" not in broker_log, broker_log[-2000:]
     # The flood's 8 live sessions (500 tokens each) exceed its KV share (2,048 tokens):
     # its own least recently used sessions left the cache.
     assert kv_share >= 1
