@@ -6,8 +6,10 @@ Two families, published by fake devices ``fuzz-0 … fuzz-7`` (:mod:`bench.fuzz`
   msgpack and JSON values, and valid ``DraftRequest`` / ``CentralizedRequest`` maps with
   one thing broken — a field dropped, a wrong type, a huge list, an unknown schema
   version or kind, out-of-vocabulary / negative / 2**64 token ids, NaN probabilities,
-  bad session ids — plus *valid* requests that reuse other devices' session ids
-  (sessions are keyed by the device of the topic, so they must not disturb them);
+  hostile sampling parameters (``top_k`` 2**63, temperature 1e-320, ``top_p`` inf),
+  id lists of up to 200,000 ids, bad session ids — plus *valid* requests that reuse
+  other devices' session ids (sessions are keyed by the device of the topic, so they
+  must not disturb them);
 * **request topic** (``…/dev/{edge}/req``, read by an edge node): the same for
   ``GenerateRequest``, always invalid (a valid one would start a generation).
 
@@ -42,6 +44,12 @@ VICTIM = "\x00victim"  # placeholder session id: replaced by a sniffed real sess
 FUZZ_DEVICES = tuple(f"fuzz-{i}" for i in range(8))
 BAD_IDS = ("", "a/b", "a+b", "#", "x" * 65, "\x00", "sp ace", "é" * 3, "$share")
 HUGE_INTS = (-1, -(2**63), 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**30)
+# Sampling parameters that once broke a whole batch or a generation (issue 15): top_k
+# beyond the vocabulary / int32 / int64, temperatures that overflow the logits, top_p
+# that is not a finite number in (0, 1].
+HOSTILE_TOP_K = (2**63, 2**63 - 1, 2**31, 10**6, 4097, 2**64 - 1)
+HOSTILE_TEMPERATURE = (1e-320, 5e-324, 1e-5, 0.000999)
+HOSTILE_TOP_P = (math.inf, -math.inf, math.nan, 0.0, 1.0000001, -0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +197,12 @@ def _breakage(vocab: int, keys: Sequence[str]) -> SearchStrategy[tuple[str, Edit
             )
         )
         edits.append(
-            st.tuples(st.sampled_from(id_keys), st.sampled_from([65, 1000, 32_769, 100_000])).map(
-                lambda t: ("huge", put(t[0], [1] * t[1]))
-            )
+            st.tuples(
+                st.sampled_from(id_keys), st.sampled_from([65, 1000, 32_769, 100_000, 200_000])
+            ).map(lambda t: ("huge", put(t[0], [1] * t[1])))
         )
+    for params_key in [k for k in keys if k in ("p", "params")]:
+        edits.append(hostile_params().map(_hostile_edit(params_key, put)))
     if "s" in keys:
         edits.append(st.sampled_from(BAD_IDS).map(lambda v: ("bad_id", put("s", v))))
     if "request" in keys:
@@ -208,6 +218,25 @@ def _breakage(vocab: int, keys: Sequence[str]) -> SearchStrategy[tuple[str, Edit
     if "q" in keys:
         edits.append(st.sampled_from(HUGE_INTS).map(lambda v: ("range", put("q", v))))
     return st.one_of(*edits)
+
+
+def _hostile_edit(
+    params_key: str, put: Callable[[str, Any], Edit]
+) -> Callable[[dict[str, Any]], tuple[str, Edit]]:
+    return lambda params: ("hostile_params", put(params_key, params))
+
+
+def hostile_params() -> SearchStrategy[dict[str, Any]]:
+    """A sampling-parameters map with one hostile value (the others valid)."""
+    from hypothesis import strategies as st
+
+    base = {"temperature": 0.7, "top_k": 40, "top_p": 0.9, "seed": 1}
+    one = st.one_of(
+        st.sampled_from(HOSTILE_TOP_K).map(lambda v: {"top_k": v}),
+        st.sampled_from(HOSTILE_TEMPERATURE).map(lambda v: {"temperature": v}),
+        st.sampled_from(HOSTILE_TOP_P).map(lambda v: {"top_p": v}),
+    )
+    return one.map(lambda change: {**base, **change})
 
 
 def _broken(

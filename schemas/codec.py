@@ -95,8 +95,13 @@ def _unpack(data: bytes, limits: Limits) -> Any:
         except (ValueError, RecursionError) as exc:
             raise SchemaError(ErrorCode.MALFORMED, f"invalid JSON: {exc}") from exc
     try:
-        return msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
+        return msgpack.unpackb(
+            bytes(data), raw=False, strict_map_key=True, **limits.unpack_limits()
+        )
     except Exception as exc:  # msgpack raises many unrelated types for bad bytes
+        if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
+            # msgpack's own limits: refused from the length header, before building it
+            raise SchemaError(ErrorCode.TOO_LARGE, f"msgpack: {exc}") from exc
         raise SchemaError(
             ErrorCode.MALFORMED, f"invalid msgpack: {type(exc).__name__}: {exc}"
         ) from exc
@@ -213,13 +218,27 @@ def _convert(value: Any, hint: Any, path: str, limits: Limits) -> Any:
     if origin is list:
         if type(value) is not list:
             raise _type_error(path, "a list", value)
+        if len(value) > limits.max_list_len:  # JSON has no unpacking limits
+            raise SchemaError(
+                ErrorCode.TOO_LARGE,
+                f"{path}: {len(value)} items exceed the limit of {limits.max_list_len}",
+            )
         (item_hint,) = typing.get_args(hint)
+        if item_hint is int and _int64_list(value):
+            return value  # token ids: checked at C speed, no per-item path strings
         return [_convert(v, item_hint, f"{path}[{i}]", limits) for i, v in enumerate(value)]
     if isinstance(hint, type) and issubclass(hint, Record):
         if not isinstance(value, dict):
             raise _type_error(path, "a map", value)
         return from_map(hint, value, path, limits)
     raise TypeError(f"{path}: unsupported field type {hint!r}")  # a bug in messages.py
+
+
+def _int64_list(value: list[Any]) -> bool:
+    """Every item is an ``int`` (not a bool) in the wire's integer range."""
+    return not value or (
+        set(map(type, value)) == {int} and min(value) >= -(2**63) and max(value) < 2**64
+    )
 
 
 def _type_error(path: str, wanted: str, value: Any) -> SchemaError:

@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     TOKENIZER_MISMATCH = "tokenizer_mismatch"  # drafter and target tokenizers differ
     RESYNC = "resync"  # the verifier lacks this session's state: resend full context
     OVERLOADED = "overloaded"  # too many sessions; try again later
+    OVER_QUOTA = "over_quota"  # this device exceeds one of its per-device quotas
     INTERNAL = "internal"  # a bug on the server side; the request was not verified
 
 

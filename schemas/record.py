@@ -8,6 +8,7 @@ cannot say (ranges, lengths, vocabulary).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
@@ -21,6 +22,9 @@ FORMATS: Final = ("msgpack", "json")
 FINISH_REASONS: Final = ("stop", "length", "error", "cancelled")
 
 NO_TOKEN: Final = -1  # Verdict.token when there is no target token (error, resync)
+
+MIN_TEMPERATURE: Final = 1e-3  # smallest sampling temperature; 0 (greedy) is allowed
+MAX_TOP_K: Final = 2**31 - 1  # top_k fits an int32 even when the vocabulary is unknown
 
 
 def key(wire_key: str) -> dict[str, str]:
@@ -40,6 +44,25 @@ class Limits:
     max_new_tokens: int = 8192  # generation budget per request
     max_text_chars: int = 65536  # prompt or text delta
     max_id_chars: int = 64  # session / request / device ids
+    max_map_keys: int = 64  # keys of one map (a record has fewer than 30 fields)
+
+    @property
+    def max_list_len(self) -> int:
+        """The longest list any record may carry (token ids, draft rows), items."""
+        return max(self.max_context, self.max_new_tokens, self.max_draft, self.max_top_k)
+
+    def unpack_limits(self) -> dict[str, int]:
+        """``msgpack.unpackb`` keyword limits: a list, map or string beyond them is
+        refused while unpacking, before it is built (strings counted in UTF-8 bytes).
+        The contract has no binary or extension values: a short one unpacks, so that
+        the field check names it (``expected a string, got bytes``)."""
+        return {
+            "max_array_len": self.max_list_len,
+            "max_map_len": self.max_map_keys,
+            "max_str_len": 4 * self.max_text_chars,
+            "max_bin_len": self.max_id_chars,
+            "max_ext_len": self.max_id_chars,
+        }
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -55,6 +78,8 @@ def check_ids(where: str, ids: list[int], limits: Limits, max_len: int) -> None:
     if len(ids) > max_len:
         raise fail(where, f"{len(ids)} tokens exceed the limit of {max_len}", ErrorCode.TOO_LARGE)
     vocab = limits.vocab_size
+    if not ids or (min(ids) >= 0 and (vocab is None or max(ids) < vocab)):
+        return  # the common case, at C speed
     for i, tok in enumerate(ids):
         if tok < 0 or (vocab is not None and tok >= vocab):
             bound = f"vocabulary of {vocab}" if vocab is not None else "non-negative range"
@@ -111,6 +136,15 @@ class SamplingParams(Record):
 
     The device applies these warpers to the drafter's logits and the verifier applies
     the same warpers to the target's logits, so speculative sampling stays exact.
+
+    Bounds (``check``), so that one request's parameters can never break a batch:
+
+    * ``temperature`` is 0 (greedy) or in ``[MIN_TEMPERATURE, inf)``: a temperature
+      in ``(0, 1e-3)`` is refused, not silently turned into greedy (dividing logits
+      by 1e-320 gives inf and NaN probabilities; a device that wants greedy says 0);
+    * ``top_k`` is in ``[0, vocab_size]`` (``[0, 2**31 - 1]`` when the vocabulary is
+      not known), so it fits the int32/int64 tensors of the warpers;
+    * ``top_p`` is a finite number in ``(0, 1]``.
     """
 
     KIND: ClassVar[str] = "sampling"
@@ -126,7 +160,15 @@ class SamplingParams(Record):
 
     def check(self, limits: Limits) -> None:
         check_nonneg("sampling.temperature", self.temperature)
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature < math.inf):
+            raise fail(
+                "sampling.temperature",
+                f"must be 0 (greedy) or in [{MIN_TEMPERATURE}, inf), got {self.temperature}",
+            )
         check_nonneg("sampling.top_k", self.top_k)
+        max_top_k = MAX_TOP_K if limits.vocab_size is None else limits.vocab_size
+        if self.top_k > max_top_k:
+            raise fail("sampling.top_k", f"{self.top_k} exceeds the limit of {max_top_k}")
         check_nonneg("sampling.seed", self.seed)
-        if not 0.0 < self.top_p <= 1.0:
-            raise fail("sampling.top_p", f"must be in (0, 1], got {self.top_p}")
+        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise fail("sampling.top_p", f"must be in (0, 1] (finite), got {self.top_p}")

@@ -3,8 +3,10 @@
 A request opens a session keyed by ``(device, session)``; the service then decodes it
 one token per round with continuous batching (:meth:`CentralSession.row` is its next
 step) and streams each token as a :class:`~schemas.GeneratedTokens` chunk. A duplicate
-request for a known session is ignored. Times are seconds of a monotonic clock passed
-in by the caller.
+request for a known session is ignored. A new session is refused (a final error chunk)
+when its prompt exceeds the target's positions (``too_large``) or the device's quotas
+(``over_quota``, asked through a gate as in :mod:`verifier_node.sessions`). Times are
+seconds of a monotonic clock passed in by the caller.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from schemas import CentralizedRequest, ErrorCode, GeneratedTokens, SamplingParams
+from verifier_node.quotas import Ask, Gate
 from verifier_node.rows import Mode, Row, SessionKey, round_seed
+
+
+def final_error(session: str, code: ErrorCode, message: str, *, seq: int = 0) -> GeneratedTokens:
+    """The last chunk of a centralized session that will not be (or was not) served."""
+    return GeneratedTokens(
+        session=session, seq=seq, tokens=[], done=True, code=code.value, message=message
+    )
 
 
 @dataclass(slots=True)
@@ -49,7 +59,25 @@ class CentralTable:
 
     idle_s: float
     fingerprint: str | None = None
+    max_positions: int | None = None  # the target's; a longer prompt: too_large
     _sessions: dict[SessionKey, CentralSession] = field(default_factory=dict)
+    _live: dict[str, dict[SessionKey, CentralSession]] = field(default_factory=dict)
+
+    def _track(self, s: CentralSession) -> None:
+        """Keep ``_live`` (live sessions by device) in step with ``s``."""
+        device = s.key[0]
+        live = self._live.setdefault(device, {})
+        if s.done or self._sessions.get(s.key) is not s:
+            live.pop(s.key, None)
+        else:
+            live[s.key] = s
+        if not live:
+            del self._live[device]
+
+    def usage(self, device: str) -> tuple[int, int]:
+        """``(live sessions, their committed tokens)`` of ``device``."""
+        live = self._live.get(device, {})
+        return len(live), sum(len(s.committed_ids) for s in live.values())
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -59,12 +87,13 @@ class CentralTable:
 
     @property
     def num_active(self) -> int:
-        return sum(1 for s in self._sessions.values() if not s.done)
+        return sum(len(live) for live in self._live.values())
 
     def admit(
-        self, device: str, req: CentralizedRequest, now_s: float
+        self, device: str, req: CentralizedRequest, now_s: float, gate: Gate | None = None
     ) -> CentralSession | GeneratedTokens | None:
-        """A new session, an error chunk (tokenizer mismatch), or None (duplicate)."""
+        """A new session, an error chunk (tokenizer mismatch, too large, over quota), or
+        None (duplicate)."""
         key = (device, req.session)
         if key in self._sessions:
             self._sessions[key].last_active_s = now_s
@@ -74,15 +103,28 @@ class CentralTable:
             and req.fingerprint is not None
             and req.fingerprint != self.fingerprint
         ):
-            return GeneratedTokens(
-                session=req.session,
-                seq=0,
-                tokens=[],
-                done=True,
-                code=ErrorCode.TOKENIZER_MISMATCH.value,
-                message=f"drafter tokenizer {req.fingerprint} differs from the target's "
-                f"{self.fingerprint}",
+            return final_error(
+                req.session,
+                ErrorCode.TOKENIZER_MISMATCH,
+                f"drafter tokenizer {req.fingerprint} differs from the target's {self.fingerprint}",
             )
+        if self.max_positions is not None and len(req.prompt) > self.max_positions:
+            return final_error(
+                req.session,
+                ErrorCode.TOO_LARGE,
+                f"prompt of {len(req.prompt)} tokens exceeds the target's "
+                f"{self.max_positions} positions",
+            )
+        if gate is not None:
+            ask = Ask(
+                new_session=True,
+                central=True,
+                new_tokens=len(req.prompt),
+                central_new_tokens=req.max_new_tokens,
+            )
+            refused = gate(device, ask)
+            if refused is not None:
+                return final_error(req.session, ErrorCode.OVER_QUOTA, f"over quota: {refused}")
         s = CentralSession(
             key=key,
             committed_ids=list(req.prompt),
@@ -92,6 +134,7 @@ class CentralTable:
             last_active_s=now_s,
         )
         self._sessions[key] = s
+        self._track(s)
         return s
 
     def complete(
@@ -102,6 +145,7 @@ class CentralTable:
         start = s.generated
         s.committed_ids.append(token)
         s.done = token in eos_ids or s.generated >= s.max_new_tokens
+        self._track(s)
         s.last_active_s = now_s
         chunk = GeneratedTokens(
             session=key[1], seq=s.chunk_seq, tokens=[token], start=start, done=s.done
@@ -117,5 +161,12 @@ class CentralTable:
             if s.done and now_s - s.last_active_s >= self.idle_s
         ]
         for k in gone:
-            del self._sessions[k]
+            self._track(self._sessions.pop(k))
         return gone
+
+    def finish(self, key: SessionKey) -> None:
+        """The session ended without its last token (an error)."""
+        s = self._sessions.get(key)
+        if s is not None:
+            s.done = True
+            self._track(s)

@@ -19,11 +19,20 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from runtime.config import ConfigError, NodeConfig, check_config_id, setting
 from runtime.config import add_config_arguments as _add_config_arguments
+from verifier_node.quotas import Quotas
 
 if TYPE_CHECKING:
     from runtime.transport import MqttConfig
 
 DTYPE_NAMES: Final = ("float32", "bfloat16", "float16")
+QUOTA_FIELDS: Final = (
+    "device_sessions",
+    "device_queued",
+    "device_context_tokens",
+    "device_central_sessions",
+    "device_central_new_tokens",
+    "device_error_backlog",
+)  # counts, each >= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,28 @@ class VerifierConfig(NodeConfig):
     )
     metrics_port: int = setting(0, "Prometheus metrics HTTP port (0: off)")
     metrics_addr: str = setting("0.0.0.0", "address the metrics endpoint listens on")
+    # -- per-device quotas (verifier_node/quotas.py); a device is the id in its topics --
+    device_sessions: int = setting(
+        16, "live sessions per device, SLED + centralized (more: over_quota verdict)"
+    )
+    device_queued: int = setting(16, "requests per device waiting for a batch, at most")
+    device_context_tokens: int = setting(
+        65536, "committed tokens over one device's live sessions, at most (tokens)"
+    )
+    device_central_sessions: int = setting(4, "live centralized sessions per device, at most")
+    device_central_new_tokens: int = setting(
+        2048, "max_new_tokens of one centralized request, at most (tokens)"
+    )
+    device_kv_share: float = setting(
+        0.5,
+        "fraction of kv_budget_mb one device's sessions may keep cached, in (0, 1]; beyond "
+        "it the device's own least recently used sessions leave the cache first",
+    )
+    device_error_backlog: int = setting(
+        32,
+        "error verdicts per device being published at once, at most; more are shed "
+        "(dropped, counted as 'shed', logged) so a flood cannot fill the MQTT queues",
+    )
 
     def __post_init__(self) -> None:
         check_config_id("verifier", self.verifier_id)
@@ -73,6 +104,11 @@ class VerifierConfig(NodeConfig):
             raise ConfigError(f"max_wait_ms must be >= 0 or inf, got {self.max_wait_ms}")
         if not self.kv_budget_mb > 0 or not self.session_idle_s > 0:
             raise ConfigError("kv_budget_mb and session_idle_s must be > 0")
+        for name in QUOTA_FIELDS:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.device_kv_share <= 1:
+            raise ConfigError(f"device_kv_share must be in (0, 1], got {self.device_kv_share}")
 
     # -- derived values ---------------------------------------------------------------
     @property
@@ -83,6 +119,16 @@ class VerifierConfig(NodeConfig):
     @property
     def kv_budget_bytes(self) -> int:
         return int(self.kv_budget_mb * 1024 * 1024)
+
+    def quotas(self) -> Quotas:
+        """The per-device quotas of the ``device_*`` fields."""
+        return Quotas(
+            sessions=self.device_sessions,
+            queued=self.device_queued,
+            context_tokens=self.device_context_tokens,
+            central_sessions=self.device_central_sessions,
+            central_new_tokens=self.device_central_new_tokens,
+        )
 
     def mqtt(self) -> MqttConfig:
         return self.broker(

@@ -14,6 +14,8 @@ Names (all prefixed ``sled_verifier_``)::
     sessions{mode}             gauge      live sessions (sled, centralized)
     kv_cache_bytes             gauge      KV cache memory allocated
     kv_evictions_total         counter    sessions evicted from the KV cache
+    kv_share_releases_total    counter    sessions released to keep a device in its KV share
+    rows_retried_total         counter    rows run again one by one after a round raised
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ class VerifierMetrics:
         self.kv_bytes = Gauge(p + "kv_cache_bytes", "KV cache bytes allocated", registry=r)
         self.evictions = Counter(
             p + "kv_evictions", "sessions evicted from the KV cache", registry=r
+        )
+        self.kv_share_releases = Counter(
+            p + "kv_share_releases",
+            "sessions released to keep a device in its KV share",
+            registry=r,
+        )
+        self.rows_retried = Counter(
+            p + "rows_retried", "rows run again one by one after a round raised", registry=r
         )
         self._server: Any = None
 

@@ -16,6 +16,12 @@ A request is one :class:`~verifier_node.rows.Row` from admission to its verdict 
 * Model forwards run on a single worker thread, so MQTT I/O goes on meanwhile.
 * Centralized requests are decoded one token per round with continuous batching:
   a session re-enters the queue after each token and leaves when done.
+* Per-device fairness (:mod:`verifier_node.fairness`): quotas at admission
+  (``over_quota``), batches round-robin over devices, a KV share per device, and at
+  most ``device_error_backlog`` error answers per device in flight (:mod:`.replies`).
+* One bad row never fails a batch: a round that raises is run again row by row, and
+  only a row that still raises gets the ``internal`` error. Decoding is bounded while
+  unpacking and costs a few ms at most (docs/reliability.md), so it stays inline.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -48,8 +54,11 @@ from verifier_node.batching import Batcher, Queued
 from verifier_node.central import CentralTable
 from verifier_node.config import VerifierConfig
 from verifier_node.engine import RoundMetrics, VerifyEngine
+from verifier_node.fairness import DeviceLimits, device_of, kv_share_tokens
 from verifier_node.metrics import VerifierMetrics
 from verifier_node.node import load_target, make_mqtt_transport, status_record
+from verifier_node.quotas import KvShares
+from verifier_node.replies import Replies
 from verifier_node.rows import Mode, Outcome, Row, RowKey
 from verifier_node.sessions import Action, SessionTable, error_verdict, reply_to_bad_input
 
@@ -82,16 +91,33 @@ class VerifierService:
         self.metrics = metrics or VerifierMetrics()
         self.clock = clock
         self.topics = config.topics
-        self.limits = Limits(vocab_size=engine.runner.vocab_size)
-        self.eos_ids = engine.runner.eos_ids
-        self.sessions = SessionTable(idle_s=config.session_idle_s, fingerprint=fingerprint)
-        self.central = CentralTable(idle_s=config.session_idle_s, fingerprint=fingerprint)
-        self.batcher: Batcher[Row] = Batcher(config.max_batch, config.batch_wait_ms)
+        runner = engine.runner
+        self.limits = Limits(vocab_size=runner.vocab_size)
+        self.eos_ids = runner.eos_ids
+        positions: int | None = getattr(runner, "max_positions", None)
+        self.sessions = SessionTable(
+            idle_s=config.session_idle_s, fingerprint=fingerprint, max_positions=positions
+        )
+        self.central = CentralTable(
+            idle_s=config.session_idle_s, fingerprint=fingerprint, max_positions=positions
+        )
+        self.batcher: Batcher[Row] = Batcher(
+            config.max_batch, config.batch_wait_ms, group=device_of
+        )
+        share = kv_share_tokens(config.device_kv_share, config.kv_budget_bytes, runner)
+        self.limits_of = DeviceLimits(
+            config.quotas(),
+            self.sessions,
+            self.central,
+            self.batcher,
+            KvShares(share),
+            config.device_error_backlog,
+        )
         self.batches = 0  # rounds run
         self.ready = asyncio.Event()  # set once subscribed
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sled-torch")
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.replies = Replies(transport, self.topics, self.limits_of, self._count)
 
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> None:
@@ -110,6 +136,8 @@ class VerifierService:
                 max_batch=self.config.max_batch,
                 max_wait_ms=self.config.max_wait_ms,
                 share_group=self.config.share_group,
+                quotas=str(self.config.quotas()),
+                kv_share_tokens=self.limits_of.kv_shares.share_tokens,
             )
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -168,7 +196,7 @@ class VerifierService:
             self._admit_central(device, record, now)
             return
         assert isinstance(record, DraftRequest)
-        adm = self.sessions.admit(device, record, now)
+        adm = self.sessions.admit(device, record, now, self.limits_of.gate)
         blog = log.bind(device=device, session=record.session, seq=record.seq)
         if adm.action is Action.VERIFY:
             assert adm.row is not None
@@ -177,7 +205,10 @@ class VerifierService:
                 blog.info("session." + adm.reason, start=record.start, k=len(record.draft))
         elif adm.action is Action.REPLY:
             assert adm.verdict is not None
-            self._publish([(device, adm.verdict)])
+            if adm.verdict.code is None:
+                self.replies.publish([(device, adm.verdict)])
+            elif not self.replies.error(device, adm.verdict):
+                return
             outcome = ErrorCode.RESYNC.value if adm.verdict.code == ErrorCode.RESYNC else adm.reason
             self._count(outcome)
             blog.info("verifier.reply", reason=adm.reason, code=adm.verdict.code)
@@ -187,13 +218,14 @@ class VerifierService:
         self._gauge_sessions()
 
     def _admit_central(self, device: str, req: CentralizedRequest, now: float) -> None:
-        got = self.central.admit(device, req, now)
+        got = self.central.admit(device, req, now, self.limits_of.gate)
         blog = log.bind(device=device, session=req.session, mode=Mode.CENTRALIZED.value)
         if got is None:
             self._count("duplicate")
             blog.info("verifier.drop", reason="duplicate")
         elif isinstance(got, GeneratedTokens):
-            self._publish([(device, got)])
+            if not self.replies.error(device, got):
+                return
             self._count(got.code or "error")
             blog.warning("verifier.reply", code=got.code)
         else:
@@ -208,6 +240,8 @@ class VerifierService:
 
     def _reply_bad_input(self, device: str, payload: bytes, exc: SchemaError) -> None:
         reply = reply_to_bad_input(payload, exc)
+        if not self.replies.error(device, reply):
+            return
         log.warning(
             "verifier.bad_request",
             device=device,
@@ -217,17 +251,14 @@ class VerifierService:
             error=exc.message,
         )
         self._count(exc.code.value)
-        self._publish([(device, reply)])
 
     # -- the worker -------------------------------------------------------------------
-    def _num_active(self) -> int:
-        return self.sessions.num_active + self.central.num_active
-
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             now = self.clock()
-            if not self.batcher.ready(now, self._num_active()):
+            active = self.sessions.num_active + self.central.num_active
+            if not self.batcher.ready(now, active):
                 deadline = self.batcher.deadline_s()
                 timeout = IDLE_WAKE_S if deadline is None else max(0.0, deadline - now)
                 self._wake.clear()
@@ -246,12 +277,10 @@ class VerifierService:
             self.metrics.queue_wait.observe(us / 1e6)
         self.batches += 1
         blog = log.bind(batch=self.batches)
-        try:
-            outcomes, m = await loop.run_in_executor(self._executor, self.engine.run, rows)
-        except Exception as exc:
-            blog.exception("verifier.round_failed", size=len(rows))
-            failed = Outcome(error=ErrorCode.INTERNAL, message=f"verification failed: {exc}")
-            outcomes, m = [failed] * len(rows), None
+        for victim in self.limits_of.kv_releases(rows):  # devices within their KV shares
+            self._executor.submit(self.engine.release, victim)
+            self.metrics.kv_share_releases.inc()
+        outcomes, m = await self._verify(rows, loop, blog)
         if m is not None:
             self.metrics.observe_round(m)
             blog.debug("verifier.round", **asdict(m))
@@ -264,8 +293,26 @@ class VerifierService:
                 out.append(self._finish_sled(key, row, outcome, m, wait_us, now))
             else:
                 out.append(self._finish_central(key, outcome, now))
-        self._publish(out)
+        self.replies.publish(out)
         self._gauge_sessions()
+
+    async def _verify(
+        self, rows: Sequence[Row], loop: asyncio.AbstractEventLoop, blog: structlog.BoundLogger
+    ) -> tuple[list[Outcome], RoundMetrics | None]:
+        """Run the round; if it raises, run its rows one by one so that only a row that
+        fails on its own gets the ``internal`` error (the others are verified)."""
+        try:
+            return await loop.run_in_executor(self._executor, self.engine.run, rows)
+        except Exception as exc:
+            blog.exception("verifier.round_failed", size=len(rows))
+            if len(rows) == 1:
+                message = f"verification failed: {type(exc).__name__}: {exc}"
+                return [Outcome(error=ErrorCode.INTERNAL, message=message)], None
+        outcomes: list[Outcome] = []
+        for row in rows:  # a row that fails on its own logs round_failed (size 1)
+            outcomes += (await self._verify([row], loop, blog))[0]
+        self.metrics.rows_retried.inc(len(rows))
+        return outcomes, None
 
     def _finish_sled(
         self,
@@ -313,7 +360,7 @@ class VerifierService:
         c = self.central.get(key.session_key)
         assert c is not None
         if outcome.error is not None:
-            c.done = True
+            self.central.finish(key.session_key)
             self._release(key)
             return device, GeneratedTokens(
                 session=session,
@@ -337,6 +384,7 @@ class VerifierService:
 
     def _release(self, key: RowKey) -> None:
         """Free a session's KV on the worker thread (after any round in flight)."""
+        self.limits_of.kv_shares.forget(key)
         self._executor.submit(self.engine.release, key)
 
     # -- expiry -----------------------------------------------------------------------
@@ -351,30 +399,6 @@ class VerifierService:
             for key in self.central.expire(now):
                 self._release(Mode.CENTRALIZED.key(key))
             self._gauge_sessions()
-
-    # -- output -----------------------------------------------------------------------
-    def _publish(self, records: Sequence[tuple[str, Record]]) -> None:
-        """Publish verdicts (QoS 1) in the background, in order, concurrently."""
-        if not records:
-            return
-        sends = [
-            self.transport.publish(self.topics.verdict(device), encode(rec), qos=1)
-            for device, rec in records
-        ]
-        self._spawn(self._gather(sends))
-
-    async def _gather(self, sends: Sequence[Awaitable[None]]) -> None:
-        results = await asyncio.gather(*sends, return_exceptions=True)
-        for r in results:
-            if isinstance(r, asyncio.CancelledError):
-                raise r
-            if isinstance(r, BaseException):
-                log.warning("verifier.publish_failed", error=str(r))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _count(self, outcome: str) -> None:
         self.metrics.requests.labels(outcome=outcome).inc()

@@ -13,12 +13,19 @@ request                                            decision
 ``seq`` is being verified right now                drop (one verification per seq)
 ``seq == last_seq`` (duplicate / resend)           reply with the **stored** verdict
 ``seq < last_seq``                                 drop (stale)
-carries ``context``                                fingerprint check, rebuild, verify
+``context + draft > max_positions``                ``too_large`` error verdict
+carries ``context``                                fingerprint check, quota check,
+                                                   rebuild, verify
 unknown session                                    ``resync`` verdict
 session finished (``done``)                        ``bad_field`` error verdict
 ``seq != last_seq + 1`` or ``start != committed``  ``resync`` verdict
+over the device's queue quota                      ``over_quota`` error verdict
 otherwise                                          verify
 =================================================  ===================================
+
+Quotas (:mod:`verifier_node.quotas`) are asked through a *gate*: a function of the
+device and the :class:`~verifier_node.quotas.Ask` that returns why the request is
+over quota, or None. The table reports what each device holds with :meth:`usage`.
 
 Error and ``resync`` verdicts are never stored, so a resend of the same seq with the
 full context is verified, not answered with the old error. A finished session keeps
@@ -48,6 +55,7 @@ from schemas import (
     peek,
 )
 from schemas.messages import check_ident
+from verifier_node.quotas import Ask, Gate
 from verifier_node.rows import Mode, Outcome, Row, SessionKey, round_seed
 
 
@@ -154,6 +162,18 @@ def error_verdict(session: str, seq: int, code: ErrorCode, message: str) -> Verd
     return Verdict(session=session, seq=max(seq, 0), code=code.value, message=message)
 
 
+def over_positions(session: str, seq: int, total: int, max_positions: int | None) -> Verdict | None:
+    """The ``too_large`` verdict for ``context + draft`` beyond the target's positions."""
+    if max_positions is None or total <= max_positions:
+        return None
+    return error_verdict(
+        session,
+        seq,
+        ErrorCode.TOO_LARGE,
+        f"context + draft of {total} tokens exceed the target's {max_positions} positions",
+    )
+
+
 def reply_to_bad_input(payload: bytes, exc: SchemaError) -> Verdict | GeneratedTokens:
     """The error a device gets for a request that did not decode: a verdict, or a final
     chunk for a centralized request; its session and seq as far as they can be read."""
@@ -191,7 +211,24 @@ class SessionTable:
 
     idle_s: float  # a session idle this long is forgotten (seconds)
     fingerprint: str | None = None  # the target tokenizer's; None: not checked
+    max_positions: int | None = None  # the target's; context + draft beyond: too_large
     _sessions: dict[SessionKey, Session] = field(default_factory=dict)
+    _live: dict[str, dict[SessionKey, Session]] = field(default_factory=dict)  # by device
+
+    def _track(self, s: Session) -> None:
+        """Keep ``_live`` (live sessions by device) in step with ``s``."""
+        live = self._live.setdefault(s.device, {})
+        if s.done or self._sessions.get(s.key) is not s:
+            live.pop(s.key, None)
+        else:
+            live[s.key] = s
+        if not live:
+            del self._live[s.device]
+
+    def usage(self, device: str) -> tuple[int, int]:
+        """``(live sessions, their committed tokens)`` of ``device``."""
+        live = self._live.get(device, {})
+        return len(live), sum(len(s.committed_ids) for s in live.values())
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -205,9 +242,11 @@ class SessionTable:
     @property
     def num_active(self) -> int:
         """Sessions that may still send a request (not finished)."""
-        return sum(1 for s in self._sessions.values() if not s.done)
+        return sum(len(live) for live in self._live.values())
 
-    def admit(self, device: str, req: DraftRequest, now_s: float) -> Admission:
+    def admit(
+        self, device: str, req: DraftRequest, now_s: float, gate: Gate | None = None
+    ) -> Admission:
         """Decide what to do with ``req`` (already decoded and checked)."""
         key = (device, req.session)
         s = self._sessions.get(key)
@@ -221,8 +260,12 @@ class SessionTable:
                 return Admission(Action.DROP, "stale")
             if s.pending_seq is not None:  # a later seq before this one's verdict: a bug
                 return Admission(Action.DROP, f"busy with seq {s.pending_seq}")
+        length = len(req.context) if req.context is not None else req.start
+        too_long = over_positions(req.session, req.seq, length + len(req.draft), self.max_positions)
+        if too_long is not None:
+            return Admission(Action.REPLY, "too_large", verdict=too_long)
         if req.context is not None:
-            return self._rebuild(key, req, now_s)
+            return self._rebuild(key, req, now_s, gate)
         if s is None:
             return self._resync(req, "unknown session")
         if s.done:
@@ -237,6 +280,9 @@ class SessionTable:
             return self._resync(req, f"seq {req.seq} after {s.last_seq}")
         if req.start != len(s.committed_ids):
             return self._resync(req, f"start {req.start} but {len(s.committed_ids)} committed")
+        refused = gate(device, Ask()) if gate is not None else None
+        if refused is not None:
+            return self._over_quota(req, refused)
         s.pending_seq = req.seq
         s.last_active_s = now_s
         return Admission(Action.VERIFY, "next", session=s, row=s.row(req))
@@ -245,7 +291,13 @@ class SessionTable:
         verdict = error_verdict(req.session, req.seq, ErrorCode.RESYNC, f"resync: {why}")
         return Admission(Action.REPLY, f"resync: {why}", verdict=verdict)
 
-    def _rebuild(self, key: SessionKey, req: DraftRequest, now_s: float) -> Admission:
+    def _over_quota(self, req: DraftRequest, why: str) -> Admission:
+        verdict = error_verdict(req.session, req.seq, ErrorCode.OVER_QUOTA, f"over quota: {why}")
+        return Admission(Action.REPLY, "over_quota", verdict=verdict)
+
+    def _rebuild(
+        self, key: SessionKey, req: DraftRequest, now_s: float, gate: Gate | None = None
+    ) -> Admission:
         assert req.context is not None and req.prompt_len is not None
         assert req.max_new_tokens is not None
         if (
@@ -270,6 +322,13 @@ class SessionTable:
             )
             return Admission(Action.REPLY, "budget_used", verdict=verdict)
         old = self._sessions.get(key)
+        if gate is not None:
+            live = old is not None and not old.done
+            held = len(old.committed_ids) if old is not None and live else 0
+            ask = Ask(new_session=not live, new_tokens=len(req.context) - held)
+            refused = gate(key[0], ask)
+            if refused is not None:
+                return self._over_quota(req, refused)
         s = Session(
             key=key,
             committed_ids=list(req.context),
@@ -282,6 +341,7 @@ class SessionTable:
         if old is not None:  # keep the counters across a resync
             s.rounds, s.drafted, s.accepted = old.rounds, old.drafted, old.accepted
         self._sessions[key] = s
+        self._track(s)
         reason = "rebuilt" if old is not None else "new"
         return Admission(Action.VERIFY, reason, session=s, row=s.row(req))
 
@@ -324,6 +384,7 @@ class SessionTable:
         )
         s.last_seq, s.last_verdict, s.pending_seq = seq, verdict, None
         s.done = stop.done
+        self._track(s)
         s.last_active_s = now_s
         s.rounds += 1
         s.drafted += len(draft)
@@ -344,5 +405,5 @@ class SessionTable:
             if s.pending_seq is None and now_s - s.last_active_s >= self.idle_s
         ]
         for k in gone:
-            del self._sessions[k]
+            self._track(self._sessions.pop(k))
         return gone

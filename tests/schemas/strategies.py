@@ -50,7 +50,7 @@ error_codes = st.sampled_from([c.value for c in ErrorCode])
 
 sampling = st.builds(
     SamplingParams,
-    temperature=finite_nonneg,
+    temperature=st.just(0.0) | st.floats(min_value=1e-3, max_value=1e12),
     top_k=st.integers(0, 1000),
     top_p=st.floats(min_value=1e-6, max_value=1.0),
     seed=nonneg,

@@ -337,6 +337,70 @@ CASES = [
         ErrorCode.BAD_FIELD,
         ("sampling.temperature", ">= 0"),
     ),
+    # -- msgpack's own limits: refused while unpacking, before the list is built ------
+    Case(
+        "id list one beyond max_array_len",
+        pack(draft(c=[1] * 32_769)),
+        ErrorCode.TOO_LARGE,
+        ("msgpack", "32769 exceeds max_array_len(32768)"),
+    ),
+    Case(
+        "map with too many keys",
+        pack({**draft(), **{f"x{i}": 0 for i in range(70)}}),
+        ErrorCode.TOO_LARGE,
+        ("msgpack", "exceeds max_map_len(64)"),
+    ),
+    Case(
+        "string beyond max_str_len",
+        pack(draft(s="é" * 140_000)),
+        ErrorCode.TOO_LARGE,
+        ("msgpack", "exceeds max_str_len(262144)"),
+        limits=Limits(vocab_size=4096, max_payload_bytes=1 << 20),
+    ),
+    Case(
+        "JSON id list beyond the list limit",
+        json.dumps(draft(c=[1] * 32_769)).encode(),
+        ErrorCode.TOO_LARGE,
+        ("draft.c", "32769 items exceed the limit of 32768"),
+    ),
+    # -- hostile sampling parameters (one such row must never fail a batch) -----------
+    Case(
+        "top_k 2**63",
+        pack(draft(p={"top_k": 2**63})),
+        ErrorCode.BAD_FIELD,
+        ("sampling.top_k", f"{2**63} exceeds the limit of 4096"),
+    ),
+    Case(
+        "top_k one above the vocabulary",
+        pack(draft(p={"top_k": 4097})),
+        ErrorCode.BAD_FIELD,
+        ("sampling.top_k", "4097 exceeds the limit of 4096"),
+    ),
+    Case(
+        "top_k beyond int32, vocabulary unknown",
+        pack(draft(p={"top_k": 2**31})),
+        ErrorCode.BAD_FIELD,
+        ("sampling.top_k", f"exceeds the limit of {2**31 - 1}"),
+        limits=Limits(),
+    ),
+    Case(
+        "temperature 1e-320",
+        pack(draft(p={"temperature": 1e-320})),
+        ErrorCode.BAD_FIELD,
+        ("sampling.temperature", "must be 0 (greedy) or in [0.001, inf)"),
+    ),
+    Case(
+        "temperature just below the minimum",
+        pack(draft(p={"temperature": 0.000999})),
+        ErrorCode.BAD_FIELD,
+        ("sampling.temperature", "0.000999"),
+    ),
+    Case(
+        "top_p NaN",
+        pack(draft(p={"top_p": float("nan")})),
+        ErrorCode.BAD_FIELD,
+        ("draft.p.top_p", "not a finite number"),
+    ),
     Case(
         "huge int (JSON)",
         json.dumps(draft(t=2**70)).encode(),

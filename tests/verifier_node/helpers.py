@@ -25,6 +25,7 @@ async def running_verifier(
     config: VerifierConfig,
     model_dir: Path,
     transport_factory: Callable[[VerifierConfig, object, object], Transport],
+    engine_class: type[VerifyEngine] = VerifyEngine,
 ) -> AsyncIterator[VerifierService]:
     """A verifier service task with a fresh runner; cancelled (clean stop) on exit."""
     runner = TargetRunner.load(model_dir, threads=1, kv_budget_bytes=config.kv_budget_bytes)
@@ -37,7 +38,7 @@ async def running_verifier(
     )
     service = VerifierService(
         config,
-        VerifyEngine(runner),
+        engine_class(runner),
         transport_factory(config, online, offline),
         fingerprint=fp,
         model_name=model_dir.name,

@@ -89,3 +89,55 @@ def test_rejects_bad_config() -> None:
         Batcher(max_batch=0, max_wait_ms=1)
     with pytest.raises(ValueError):
         Batcher(max_batch=1, max_wait_ms=-1)
+
+
+# -- fairness across devices (group = the device of a key) -----------------------------
+def device(key: object) -> object:
+    return str(key).split("/")[0]
+
+
+def test_long_queue_is_taken_round_robin_over_devices() -> None:
+    """A flooding device (f) with 6 sessions queued first, then 2 well-behaved ones:
+    a batch of 4 takes f, g, h, f (round-robin), not the 4 oldest (all f)."""
+    b: Batcher[str] = Batcher(max_batch=4, max_wait_ms=0, group=device)
+    for i in range(6):
+        b.add(f"f/{i}", f"f{i}", 0.1 * i)
+    b.add("g/0", "g0", 1.0)
+    b.add("h/0", "h0", 1.1)
+    assert b.queued("f") == 6 and b.queued("g") == 1 and b.queued("x") == 0
+    assert [q.item for q in b.take()] == ["f0", "f1", "g0", "h0"]  # in arrival order
+    assert b.queued("f") == 4 and b.queued("g") == 0
+    assert [q.item for q in b.take()] == ["f2", "f3", "f4", "f5"]
+    assert len(b) == 0 and b.queued("f") == 0
+
+
+def test_short_queue_stays_fifo_with_groups() -> None:
+    b: Batcher[str] = Batcher(max_batch=4, max_wait_ms=0, group=device)
+    for key in ["f/0", "f/1", "f/2", "g/0"]:
+        b.add(key, key, 0.0)
+    assert keys(b.take()) == ["f/0", "f/1", "f/2", "g/0"]
+
+
+@pytest.mark.parametrize(
+    ("queue", "max_batch", "taken"),
+    [
+        (["a/1", "a/2", "a/3", "b/1", "b/2", "c/1"], 3, ["a/1", "b/1", "c/1"]),
+        (["a/1", "a/2", "a/3", "b/1", "b/2", "c/1"], 5, ["a/1", "a/2", "b/1", "b/2", "c/1"]),
+        (["a/1", "a/1", "a/2", "b/1"], 1, ["a/1"]),  # oldest device first
+        (["b/1", "a/1", "a/2", "a/3"], 2, ["b/1", "a/1"]),
+    ],
+)
+def test_round_robin_cases(queue: list[str], max_batch: int, taken: list[str]) -> None:
+    b: Batcher[str] = Batcher(max_batch=max_batch, max_wait_ms=0, group=device)
+    for i, key in enumerate(queue):
+        b.add(key, key, float(i))
+    assert keys(b.take()) == taken
+
+
+def test_remove_updates_the_group_count() -> None:
+    b: Batcher[str] = Batcher(max_batch=4, max_wait_ms=0, group=device)
+    b.add("a/1", "x", 0.0)
+    b.add("a/1", "y", 0.1)
+    b.add("a/2", "z", 0.2)
+    assert b.remove("a/1") == ["x", "y"]
+    assert b.queued("a") == 1
