@@ -175,7 +175,8 @@ class Commit:
     rtt_s: float | None  # round trip, when the request was sent once
 
 
-TRANSIENT_CODES = frozenset({ErrorCode.OVERLOADED.value, ErrorCode.INTERNAL.value})
+# "Not now": back off and resend (over_quota: until the device's other sessions end).
+TRANSIENT_CODES = frozenset({ErrorCode.OVERLOADED, ErrorCode.INTERNAL, ErrorCode.OVER_QUOTA})
 
 
 @dataclass
