@@ -143,7 +143,9 @@ def packed_attention(
     assert query.shape[0] == 1 and query.shape[2] == batch.num_tokens, tuple(query.shape)
     assert key.shape[0] == batch.batch_size, (tuple(key.shape), batch.batch_size)
     heads, dim = query.shape[1], query.shape[3]
-    rows, cols = batch.token_row, batch.token_col
+    # no-ops on one device; under a device_map this layer may sit on another GPU
+    rows, cols = batch.token_row.to(query.device), batch.token_col.to(query.device)
+    mask = batch.mask.to(query.device)
     if batch.uniform:  # same length everywhere: the tiles are a view
         q = query[0].unflatten(1, (batch.batch_size, batch.max_len)).transpose(0, 1)
     else:
@@ -153,7 +155,7 @@ def packed_attention(
         q,
         key,
         value,
-        attn_mask=batch.mask,
+        attn_mask=mask,
         scale=scaling,
         enable_gqa=key.shape[1] != heads,
     )  # [batch, heads, max_len, v_dim]
