@@ -18,6 +18,7 @@ Keys (``D`` a dtype name, ``B`` a batch size, ``k`` a draft length):
 
 * ``dtypes.D.batches.B.decode_ms`` – the engine's decode step (``k = 0``), ms;
 * ``dtypes.D.batches.B.kK.round_ms`` – the engine's verify round, ms (``_spread``: min, max);
+* ``….kK.forward_fraction`` – the model call's share of the engine round (median);
 * ``….kK.reference_ms`` – the plain forward of the same shapes, ms;
 * ``….kK.vs_reference`` – engine round / plain forward, per round, median
   (``vs_reference_spread``: quartiles);
@@ -121,6 +122,7 @@ class _Sessions:
     def __init__(self, engine: Any, name: str, contexts: list[list[int]], vocab: int) -> None:
         self.engine, self.name, self.contexts, self.vocab = engine, name, contexts, vocab
         self.rng = random.Random(name)
+        self.forward_fractions: list[float] = []  # the model call's share of each round
 
     def round(self, ks: list[int]) -> float:
         """One round with ``ks[b]`` random drafts for row ``b``; its wall time (ms)."""
@@ -132,9 +134,10 @@ class _Sessions:
         ]
         sync = _synchronizer(self.engine.runner.device)
         t0 = time.perf_counter()
-        outcomes, _ = self.engine.run(rows)  # (accepted, token) reach the host: synchronised
+        outcomes, metrics = self.engine.run(rows)  # (accepted, token) reach the host
         sync()
         dt = (time.perf_counter() - t0) * 1e3
+        self.forward_fractions.append(metrics.forward.forward_ms / dt)
         for row, ctx, out in zip(rows, self.contexts, outcomes, strict=True):
             ctx.extend([*row.draft[: out.accepted], out.token])
         return dt
@@ -213,6 +216,9 @@ def _bench_batch(model: Any, batch: int, ks: list[int], args: argparse.Namespace
             "round_ms_spread": _times(eng)[1],
             "reference_ms": _times(ref)[0],
             "reference_ms_spread": _times(ref)[1],
+            "forward_fraction": round(
+                statistics.median(sessions[k].forward_fractions[args.warmup :]), 4
+            ),
             "vs_reference": round(statistics.median(vs_ref), 4),
             "vs_reference_spread": _quartiles(vs_ref),
             "vs_decode": round(t_v_over_t_d, 4),

@@ -17,6 +17,7 @@ CELL_KEYS = {
     "reference_ms_spread",
     "vs_reference",
     "vs_reference_spread",
+    "forward_fraction",
     "vs_decode",
     "vs_decode_spread",
     "limit",
