@@ -72,7 +72,9 @@ class PackedBatch:
         last entry (a real value, never uninitialised memory). A view when uniform."""
         if self.uniform:
             return packed.view(self.batch_size, self.max_len, *packed.shape[1:])
-        return packed[self.padded_index()]
+        index = self.padded_index()  # [batch, max_len]
+        flat = torch.index_select(packed, 0, index.flatten())  # faster than packed[index]
+        return flat.view(*index.shape, *packed.shape[1:])
 
 
 def pack(
