@@ -246,7 +246,8 @@ class TargetRunner:
     def score(self, rows: Sequence[Row]) -> ScoreOutput:
         """Logits ``[batch, max_k + 1, vocab]``: for input row ``b`` (logits row
         ``order.index(b)``), position ``j`` predicts the token after
-        ``context_b + draft_b[:j]``; positions past ``len(draft_b)`` are padding.
+        ``context_b + draft_b[:j]``; positions past ``len(draft_b)`` are padding (copies
+        of the row's last position: only ``Σ (k_b + 1)`` tokens went through the model).
         """
         t0 = time.perf_counter()
         assert rows, "empty batch"
@@ -316,6 +317,8 @@ class TargetRunner:
         packed = self._forward(
             [residents[b].slot for b in order], batch.starts, inputs, logits_to_keep=0, batch=batch
         )  # [num_tokens, vocab] in slot order
+        if self.device.type == "cuda":  # so forward_ms is the forward, not its launch
+            torch.cuda.synchronize(self.device)
         t4 = time.perf_counter()
         view = self.cache._contiguous is not None
         for b in order:
