@@ -1,25 +1,35 @@
-"""Verifier benchmark: verify-round wall time vs the target forward, and centralized tokens/s.
+"""Verifier benchmark: the engine's verify round against the hardware's limit.
 
     sled bench verifier --json verifier.json            (via sled.cli)
-    python -m bench.verifier --json verifier.json       (directly)
+    sled bench verifier --quick --json quick.json        (a few seconds: keys, not figures)
+    python -m bench.verifier --device cuda --dtypes bfloat16 --json gpu.json
 
-For each batch size (default 1, 4, 8, 16) it runs verification rounds of ``--k`` draft
-tokens per session on a random-config Llama target (default ~60M parameters; or a
-local model with ``--model-dir``), through the real :class:`VerifyEngine` (slot KV
-cache, batched forward, verification math), and reports per round:
+On a random-config Llama target (default ~60M parameters; or ``--model-dir``), for each
+dtype (default both float32 and bfloat16), batch size ``B`` (1, 4, 8, 16, 32) and draft
+length ``k`` (0, 4, 8), three things are timed *interleaved round by round* — the
+product's :class:`VerifyEngine` round with ``k`` drafts per row, a plain transformers
+forward of the same shapes (``[B, k+1]`` new tokens over a contiguous ``DynamicCache``),
+and the engine's decode step (``k = 0``, the centralized baseline on the same engine) —
+in an order that alternates every round, ``--repeats`` times. A machine whose speed
+drifts moves all three alike, so their per-round *ratios* are reported as medians with
+their spread (first and third quartile); times are medians with ``[min, max]``.
 
-* ``round_ms``  – the whole round (cache bookkeeping, inputs, forward, verification);
-* ``forward_ms`` – the target's forward call inside it;
-* ``forward_fraction`` – their ratio (the rest is the verifier's own overhead);
-* ``reference_forward_ms`` – a plain transformers forward of the same shape over a
-  contiguous ``DynamicCache`` (what the forward costs without the slot cache).
+Keys (``D`` a dtype name, ``B`` a batch size, ``k`` a draft length):
 
-``subset_8_of_16`` runs batches of 8 of 16 resident sessions (every other slot), the
-case where the batch's KV rows are gathered (copied) instead of read as a view.
-
-Then centralized mode (one token per session per round, continuous batching) at the
-same batch sizes, as decode tokens per second (batch / median step time). Times are
-medians over ``--rounds``, so a busy machine disturbs them less.
+* ``dtypes.D.batches.B.decode_ms`` – the engine's decode step (``k = 0``), ms;
+* ``dtypes.D.batches.B.kK.round_ms`` – the engine's verify round, ms (``_spread``: min, max);
+* ``….kK.forward_fraction`` – the model call's share of the engine round (median);
+* ``….kK.reference_ms`` – the plain forward of the same shapes, ms;
+* ``….kK.vs_reference`` – engine round / plain forward, per round, median
+  (``vs_reference_spread``: quartiles);
+* ``….kK.vs_decode`` – ``t_v / t_d``: verify round / decode step, per round, median;
+* ``….kK.limit.A`` – the server-bound WSTGR limit ``E / (t_v / t_d)`` for per-token
+  acceptance ``A`` in 0.6, 0.8, 0.9, with ``E = (1 - A^(k+1)) / (1 - A)``;
+* ``dtypes.D.mixed_vs_padded`` – at B = 16, a batch whose ``k`` is drawn uniformly from
+  0..8 every round against the same batch padded to its longest draft (``mixed``: both
+  times and the token counts);
+* ``dtypes.D.centralized_tokens_per_s.B`` – ``B / decode step``;
+* ``dtype_default``, and ``batches`` / ``mixed_vs_padded`` copied from it at top level.
 """
 
 from __future__ import annotations
@@ -31,228 +41,306 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+ALPHAS = (0.6, 0.8, 0.9)
+MIXED_BATCH = 16
+MIXED_MAX_K = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--batches", default="1,4,8,16", help="batch sizes, comma separated")
-    parser.add_argument("--rounds", type=int, default=12, help="measured rounds per batch size")
-    parser.add_argument("--warmup", type=int, default=3, help="unmeasured rounds first")
-    parser.add_argument("--k", type=int, default=4, help="draft tokens per session per round")
-    parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per session")
+    parser.add_argument("--batches", default="1,4,8,16,32", help="batch sizes, comma separated")
+    parser.add_argument("--ks", default="0,4,8", help="draft lengths, comma separated")
     parser.add_argument(
-        "--sampling", action="store_true", help="speculative sampling (default: greedy)"
+        "--dtypes", default="float32,bfloat16", help="dtypes, comma separated (auto allowed)"
     )
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    parser.add_argument("--repeats", type=int, default=7, help="measured interleaved rounds")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
+    parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per session")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--model-dir", default=None, help="a local model instead of random")
     parser.add_argument("--hidden", type=int, default=512, help="random target: hidden size")
     parser.add_argument("--layers", type=int, default=8, help="random target: layers")
     parser.add_argument("--vocab", type=int, default=32000, help="random target: vocabulary")
-    parser.add_argument("--central-tokens", type=int, default=16, help="measured steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny target, B 1,4, k 0,2: seconds (for tests)"
+    )
 
 
-def _random_target(hidden: int, layers: int, vocab: int, seed: int) -> Any:
+QUICK = {
+    "batches": "1,4",
+    "ks": "0,2",
+    "repeats": 2,
+    "warmup": 1,
+    "prompt_len": 16,
+    "hidden": 64,
+    "layers": 2,
+    "vocab": 512,
+}
+
+
+def _random_target(args: argparse.Namespace, dtype: Any, device: Any) -> Any:
     from runtime.models import LlamaShape, build_llama
 
-    heads = max(1, hidden // 64)
     shape = LlamaShape(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 3,
-        num_layers=layers,
-        num_heads=heads,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 3,
+        num_layers=args.layers,
+        num_heads=max(1, args.hidden // 64),
         max_positions=4096,
     )
-    return build_llama(shape, seed=seed, attn_implementation="sdpa")
+    model = build_llama(shape, seed=args.seed, attn_implementation="sdpa")
+    return model.to(device=device, dtype=dtype)
 
 
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else 0.0
+def _quartiles(xs: list[float]) -> list[float]:
+    if len(xs) < 2:
+        return [xs[0], xs[0]] if xs else [0.0, 0.0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return [round(q[0], 4), round(q[2], 4)]
 
 
-def _round_times(round_ms: list[float], forward_ms: list[float]) -> dict[str, float]:
-    """Median round and forward time (ms) and the forward's share of the round."""
-    round_med, forward_med = _median(round_ms), _median(forward_ms)
-    return {
-        "round_ms": round(round_med, 3),
-        "forward_ms": round(forward_med, 3),
-        "forward_fraction": round(forward_med / round_med, 4) if round_med else 0.0,
-    }
+def _times(xs: list[float]) -> tuple[float, list[float]]:
+    """Median (ms) and [min, max]."""
+    return round(statistics.median(xs), 3), [round(min(xs), 3), round(max(xs), 3)]
 
 
-def _bench_verify(model: Any, batch: int, args: argparse.Namespace) -> dict[str, float]:
-    from schemas import SamplingParams
-    from verifier_node.engine import VerifyEngine
-    from verifier_node.rows import Row
-    from verifier_node.runner import TargetRunner
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens per round with per-token acceptance ``alpha`` and ``k`` drafts."""
+    return float(k + 1) if alpha == 1.0 else (1 - alpha ** (k + 1)) / (1 - alpha)
 
-    rng = random.Random(args.seed + batch)
-    vocab = model.config.vocab_size
-    engine = VerifyEngine(TargetRunner(model))
-    params = (
-        SamplingParams(temperature=0.8, top_k=50, top_p=0.95) if args.sampling else SamplingParams()
-    )
-    contexts = [[rng.randrange(vocab) for _ in range(args.prompt_len)] for _ in range(batch)]
-    rounds: list[tuple[float, float, float, float]] = []
-    for r in range(args.warmup + args.rounds):
-        items = [
-            Row(
-                key=b,
-                context=contexts[b],
-                draft=[rng.randrange(vocab) for _ in range(args.k)],
-                params=params,
-                seed=r * 1000 + b,
-            )
-            for b in range(batch)
+
+class _Sessions:
+    """``batch`` engine sessions growing by their verdicts; one verify round at a time."""
+
+    def __init__(self, engine: Any, name: str, contexts: list[list[int]], vocab: int) -> None:
+        self.engine, self.name, self.contexts, self.vocab = engine, name, contexts, vocab
+        self.rng = random.Random(name)
+        self.forward_fractions: list[float] = []  # the model call's share of each round
+
+    def round(self, ks: list[int]) -> float:
+        """One round with ``ks[b]`` random drafts for row ``b``; its wall time (ms)."""
+        from verifier_node.rows import Row
+
+        rows = [
+            Row((self.name, b), ctx, [self.rng.randrange(self.vocab) for _ in range(k)])
+            for b, (ctx, k) in enumerate(zip(self.contexts, ks, strict=True))
         ]
-        results, m = engine.run(items)
-        for b, (item, res) in enumerate(zip(items, results, strict=True)):
-            contexts[b] = [*contexts[b], *item.draft[: res.accepted], res.token]
-        if r >= args.warmup:
-            rounds.append((m.round_ms, m.forward.forward_ms, m.forward.prepare_ms, m.verify_ms))
-    return {
-        **_round_times([x[0] for x in rounds], [x[1] for x in rounds]),
-        "prepare_ms": round(_median([x[2] for x in rounds]), 3),
-        "verify_ms": round(_median([x[3] for x in rounds]), 3),
-        "reference_forward_ms": round(_reference_forward_ms(model, batch, args), 3),
-    }
-
-
-def _bench_subset(model: Any, args: argparse.Namespace, resident: int = 16) -> dict[str, float]:
-    """Batches of half the resident sessions, every other slot: the gather (copy) path."""
-    from verifier_node.engine import VerifyEngine
-    from verifier_node.rows import Row
-    from verifier_node.runner import TargetRunner
-
-    rng = random.Random(args.seed + 99)
-    vocab = model.config.vocab_size
-    runner = TargetRunner(model)
-    engine = VerifyEngine(runner)
-    contexts = [[rng.randrange(vocab) for _ in range(args.prompt_len)] for _ in range(resident)]
-
-    def round_(keys: list[int]) -> tuple[float, float, int]:
-        before = runner.cache.copied_bytes
-        items = [Row(b, contexts[b], [rng.randrange(vocab) for _ in range(args.k)]) for b in keys]
-        results, m = engine.run(items)
-        for b, item, res in zip(keys, items, results, strict=True):
-            contexts[b] = [*contexts[b], *item.draft[: res.accepted], res.token]
-        return m.round_ms, m.forward.forward_ms, runner.cache.copied_bytes - before
-
-    round_(list(range(resident)))  # everyone resident, slots 0..resident-1
-    rows = []
-    for r in range(args.warmup + args.rounds):
-        got = round_(list(range(r % 2, resident, 2)))  # even or odd slots
-        if r >= args.warmup:
-            rows.append(got)
-    return {
-        **_round_times([x[0] for x in rows], [x[1] for x in rows]),
-        "gather_mb_per_round": round(_median([x[2] for x in rows]) / 2**20, 3),
-    }
-
-
-def _reference_forward_ms(model: Any, batch: int, args: argparse.Namespace) -> float:
-    """A plain forward of [batch, k+1] new tokens over a contiguous DynamicCache."""
-    import torch
-    from transformers import DynamicCache
-
-    vocab = model.config.vocab_size
-    gen = torch.Generator().manual_seed(args.seed)
-    prompt = torch.randint(vocab, (batch, args.prompt_len), generator=gen)
-    times = []
-    with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        model(input_ids=prompt, cache=cache, use_cache=True, logits_to_keep=1)
-        for r in range(args.warmup + args.rounds):
-            new = torch.randint(vocab, (batch, args.k + 1), generator=gen)
-            t0 = time.perf_counter()
-            model(input_ids=new, cache=cache, use_cache=True)
-            dt = (time.perf_counter() - t0) * 1e3
-            cache.crop(-args.k)  # keep one token per round, like a round that accepts none
-            if r >= args.warmup:
-                times.append(dt)
-    return _median(times)
-
-
-def _bench_centralized(model: Any, batch: int, args: argparse.Namespace) -> float:
-    """Decode tokens per second of centralized mode (after the prompts are prefilled)."""
-    from verifier_node.engine import VerifyEngine
-    from verifier_node.rows import Row
-    from verifier_node.runner import TargetRunner
-
-    rng = random.Random(args.seed + 7 * batch)
-    vocab = model.config.vocab_size
-    engine = VerifyEngine(TargetRunner(model))
-    contexts = [[rng.randrange(vocab) for _ in range(args.prompt_len)] for _ in range(batch)]
-
-    def step() -> float:
+        sync = _synchronizer(self.engine.runner.device)
         t0 = time.perf_counter()
-        results, _ = engine.run([Row(b, contexts[b], ()) for b in range(batch)])
-        for b, res in enumerate(results):
-            contexts[b] = [*contexts[b], res.token]
-        return time.perf_counter() - t0
+        outcomes, metrics = self.engine.run(rows)  # (accepted, token) reach the host
+        sync()
+        dt = (time.perf_counter() - t0) * 1e3
+        self.forward_fractions.append(metrics.forward.forward_ms / dt)
+        for row, ctx, out in zip(rows, self.contexts, outcomes, strict=True):
+            ctx.extend([*row.draft[: out.accepted], out.token])
+        return dt
 
-    for _ in range(2):  # prefill + warm up
-        step()
-    # The median step: robust to other processes stealing the CPU now and then.
-    step_s = _median([step() for _ in range(args.central_tokens)])
-    return batch / step_s
+
+class _Plain:
+    """A plain transformers forward of ``[batch, k+1]`` tokens over a ``DynamicCache``."""
+
+    def __init__(self, model: Any, prompts: Any) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        self.model, self.batch = model, prompts.shape[0]
+        self.device = prompts.device
+        self.cache = DynamicCache(config=model.config)
+        self.gen = torch.Generator().manual_seed(1)
+        with torch.inference_mode():
+            model(input_ids=prompts, cache=self.cache, use_cache=True, logits_to_keep=1)
+
+    def round(self, k: int) -> float:
+        import torch
+
+        vocab = self.model.config.vocab_size
+        new = torch.randint(vocab, (self.batch, k + 1), generator=self.gen).to(self.device)
+        sync = _synchronizer(self.device)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            self.model(input_ids=new, cache=self.cache, use_cache=True)
+            sync()
+            dt = (time.perf_counter() - t0) * 1e3
+        # keep one token per round, like the engine's rounds that accept no draft
+        if k:
+            self.cache.crop(-k)
+        return dt
+
+
+def _synchronizer(device: Any) -> Callable[[], None]:
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _bench_batch(model: Any, batch: int, ks: list[int], args: argparse.Namespace) -> dict:
+    """Engine round, plain forward and decode step per k, interleaved round by round."""
+    import torch
+
+    from verifier_node.engine import VerifyEngine
+    from verifier_node.runner import TargetRunner
+
+    vocab = model.config.vocab_size
+    runner = TargetRunner(model, kv_budget_bytes=8 << 30)
+    engine = VerifyEngine(runner)
+    gen = torch.Generator().manual_seed(args.seed + batch)
+    prompts = torch.randint(vocab, (batch, args.prompt_len), generator=gen)
+    all_ks = sorted({0, *ks})
+    sessions = {k: _Sessions(engine, f"k{k}", prompts.tolist(), vocab) for k in all_ks}
+    plains = {k: _Plain(model, prompts.to(runner.device)) for k in all_ks}
+    items: list[tuple[str, int]] = [(kind, k) for k in all_ks for kind in ("engine", "plain")]
+    times: dict[tuple[str, int], list[float]] = {item: [] for item in items}
+    for r in range(args.warmup + args.repeats):
+        for kind, k in items if r % 2 == 0 else items[::-1]:  # alternate the order
+            dt = sessions[k].round([k] * batch) if kind == "engine" else plains[k].round(k)
+            if r >= args.warmup:
+                times[(kind, k)].append(dt)
+    decode = times[("engine", 0)]
+    out: dict[str, Any] = {"decode_ms": _times(decode)[0], "decode_ms_spread": _times(decode)[1]}
+    for k in ks:
+        eng, ref = times[("engine", k)], times[("plain", k)]
+        vs_ref = [e / p for e, p in zip(eng, ref, strict=True)]
+        vs_dec = [e / d for e, d in zip(eng, decode, strict=True)]
+        t_v_over_t_d = statistics.median(vs_dec)
+        out[f"k{k}"] = {
+            "round_ms": _times(eng)[0],
+            "round_ms_spread": _times(eng)[1],
+            "reference_ms": _times(ref)[0],
+            "reference_ms_spread": _times(ref)[1],
+            "forward_fraction": round(
+                statistics.median(sessions[k].forward_fractions[args.warmup :]), 4
+            ),
+            "vs_reference": round(statistics.median(vs_ref), 4),
+            "vs_reference_spread": _quartiles(vs_ref),
+            "vs_decode": round(t_v_over_t_d, 4),
+            "vs_decode_spread": _quartiles(vs_dec),
+            "limit": {
+                str(a): round(expected_tokens(a, k) / t_v_over_t_d, 3) if k else 1.0 for a in ALPHAS
+            },
+        }
+    return out
+
+
+def _bench_mixed(model: Any, args: argparse.Namespace, batch: int) -> dict:
+    """A batch with k uniform in 0..8 per row, packed, against the same batch padded."""
+    import torch
+
+    from verifier_node.engine import VerifyEngine
+    from verifier_node.runner import TargetRunner
+
+    vocab = model.config.vocab_size
+    engine = VerifyEngine(TargetRunner(model, kv_budget_bytes=8 << 30))
+    gen = torch.Generator().manual_seed(args.seed + 1000)
+    prompts = torch.randint(vocab, (batch, args.prompt_len), generator=gen).tolist()
+    mixed = _Sessions(engine, "mixed", [list(p) for p in prompts], vocab)
+    padded = _Sessions(engine, "padded", [list(p) for p in prompts], vocab)
+    rng = random.Random(args.seed)
+    mixed_ms, padded_ms, ratios, tokens, padded_tokens = [], [], [], 0, 0
+    for r in range(args.warmup + args.repeats):
+        ks = [rng.randint(0, MIXED_MAX_K) for _ in range(batch)]
+        pad = [max(ks)] * batch
+        first, second = (mixed, padded) if r % 2 == 0 else (padded, mixed)
+        t1 = first.round(ks if first is mixed else pad)
+        t2 = second.round(ks if second is mixed else pad)
+        t_mixed, t_padded = (t1, t2) if first is mixed else (t2, t1)
+        if r >= args.warmup:
+            mixed_ms.append(t_mixed)
+            padded_ms.append(t_padded)
+            ratios.append(t_mixed / t_padded)
+            tokens += sum(k + 1 for k in ks)
+            padded_tokens += sum(k + 1 for k in pad)
+    return {
+        "batch": batch,
+        "mixed_ms": _times(mixed_ms)[0],
+        "padded_ms": _times(padded_ms)[0],
+        "vs_padded_spread": _quartiles(ratios),
+        "tokens_vs_padded": round(tokens / padded_tokens, 4),
+        "mixed_vs_padded": round(statistics.median(ratios), 4),
+    }
+
+
+def _bench_dtype(dtype_name: str, args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    from verifier_node.runner import DTYPES, TargetRunner
+
+    if args.model_dir:
+        model = TargetRunner.load(
+            args.model_dir, dtype=dtype_name, device=str(device), threads=args.threads
+        ).model
+    else:
+        model = _random_target(args, DTYPES[dtype_name], device)
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
+    result: dict[str, Any] = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "batches": {},
+        "centralized_tokens_per_s": {},
+    }
+    for batch in batches:
+        row = _bench_batch(model, batch, ks, args)
+        result["batches"][str(batch)] = row
+        result["centralized_tokens_per_s"][str(batch)] = round(batch / row["decode_ms"] * 1e3, 2)
+        cells = "  ".join(
+            f"k{k}: {row[f'k{k}']['round_ms']:7.2f} ms"
+            f" x{row[f'k{k}']['vs_reference']:.3f} ref"
+            f" x{row[f'k{k}']['vs_decode']:.2f} dec"
+            for k in ks
+            if k
+        )
+        print(
+            f"{dtype_name:>9} B={batch:>2}: decode {row['decode_ms']:7.2f} ms  {cells}", flush=True
+        )
+    mixed_batch = min(MIXED_BATCH, max(batches))
+    result["mixed"] = _bench_mixed(model, args, mixed_batch)
+    result["mixed_vs_padded"] = result["mixed"]["mixed_vs_padded"]
+    print(
+        f"{dtype_name:>9} mixed k 0..{MIXED_MAX_K} at B={mixed_batch}: "
+        f"x{result['mixed_vs_padded']:.3f} of padded "
+        f"(tokens x{result['mixed']['tokens_vs_padded']:.3f})",
+        flush=True,
+    )
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from verifier_node.runner import TargetRunner, configure_torch
+    from verifier_node.runner import configure_torch, resolve_device, resolve_dtype
 
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
     configure_torch(args.threads)
-    if args.model_dir:
-        model = TargetRunner.load(args.model_dir, threads=args.threads).model
-    else:
-        model = _random_target(args.hidden, args.layers, args.vocab, args.seed)
-    num_params = sum(p.numel() for p in model.parameters())
-    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    device = resolve_device(args.device)
+    dtypes = list(dict.fromkeys(resolve_dtype(d.strip(), device) for d in args.dtypes.split(",")))
+    default = resolve_dtype("auto", device)
     result: dict[str, Any] = {
-        "model": {
-            "params": num_params,
-            "source": args.model_dir or "random llama",
-            "layers": model.config.num_hidden_layers,
-            "hidden": model.config.hidden_size,
-            "vocab": model.config.vocab_size,
-        },
+        "device": str(device),
+        "dtype_default": default,
         "settings": {
-            "k": args.k,
+            "batches": args.batches,
+            "ks": args.ks,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
             "prompt_len": args.prompt_len,
-            "rounds": args.rounds,
             "threads": args.threads,
-            "sampling": args.sampling,
+            "model": args.model_dir or f"random llama {args.hidden}x{args.layers}",
         },
-        "batches": {},
-        "centralized_tokens_per_s": {},
+        "dtypes": {},
     }
-    print(f"target: {num_params / 1e6:.1f}M parameters, k={args.k}, threads={args.threads}")
-    for batch in batches:
-        row = _bench_verify(model, batch, args)
-        result["batches"][str(batch)] = row
-        print(
-            f"batch {batch:>3}: round {row['round_ms']:8.2f} ms"
-            f"  forward {row['forward_ms']:8.2f} ms"
-            f"  ({100 * row['forward_fraction']:.1f} %)  reference forward "
-            f"{row['reference_forward_ms']:8.2f} ms",
-            flush=True,
-        )
-    subset = _bench_subset(model, args)
-    result["subset_8_of_16"] = subset
-    print(
-        f"batch 8 of 16 resident (gather path): round {subset['round_ms']:8.2f} ms"
-        f"  forward {subset['forward_ms']:8.2f} ms ({100 * subset['forward_fraction']:.1f} %)"
-        f"  gathered {subset['gather_mb_per_round']:.1f} MiB per round",
-        flush=True,
-    )
-    for batch in batches:
-        tps = _bench_centralized(model, batch, args)
-        result["centralized_tokens_per_s"][str(batch)] = round(tps, 2)
-        print(f"centralized batch {batch:>3}: {tps:8.1f} tokens/s", flush=True)
+    print(f"device {device}, dtypes {', '.join(dtypes)} (auto: {default})", flush=True)
+    for name in dtypes:
+        result["dtypes"][name] = _bench_dtype(name, args, device)
+    top = result["dtypes"].get(default) or result["dtypes"][dtypes[0]]
+    result["batches"] = top["batches"]
+    result["mixed_vs_padded"] = top["mixed_vs_padded"]
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
@@ -24,7 +25,7 @@ from verifier_node.quotas import Quotas
 if TYPE_CHECKING:
     from runtime.transport import MqttConfig
 
-DTYPE_NAMES: Final = ("float32", "bfloat16", "float16")
+DTYPE_NAMES: Final = ("auto", "float32", "bfloat16", "float16")
 QUOTA_FIELDS: Final = (
     "device_sessions",
     "device_queued",
@@ -52,7 +53,14 @@ class VerifierConfig(NodeConfig):
         None, "target model: a local Hugging Face model directory (no hub access)"
     )
     dtype: str = setting(
-        "float32", "target weights and KV dtype (float32 on CPU)", choices=DTYPE_NAMES
+        "float32",
+        "target weights and KV dtype; auto: bfloat16 on CUDA and on CPUs with AMX or "
+        "AVX-512 BF16, else float32 (only float32 is token-exact: see the README)",
+        choices=DTYPE_NAMES,
+    )
+    device: str = setting("auto", "target device: auto (CUDA when present), cpu, cuda, cuda:N")
+    device_map: str | None = setting(
+        None, "auto: spread a target too large for one GPU over every GPU (needs accelerate)"
     )
     threads: int = setting(0, "torch intra-op threads (0: torch default)")
     max_batch: int = setting(16, "requests per verification batch, at most")
@@ -98,6 +106,10 @@ class VerifierConfig(NodeConfig):
         NodeConfig.__post_init__(self)
         if self.max_batch < 1 or self.prefill_chunk < 1:
             raise ConfigError("max_batch and prefill_chunk must be >= 1")
+        if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.device_map not in (None, "auto"):
+            raise ConfigError(f"device_map must be auto when set, got {self.device_map!r}")
         if self.threads < 0 or self.metrics_port < 0:
             raise ConfigError("threads and metrics_port must be >= 0")
         if not self.max_wait_ms >= 0:

@@ -6,11 +6,15 @@ Layout, per layer::
     values  [num_slots, kv_heads, capacity, v_dim]
 
 Slot ``s`` holds the KV of one session's tokens at indices ``0 .. cached-1`` (token
-position == index). A forward over a batch of sessions writes each row's new KV at its
-own positions (``start_b .. start_b + n - 1``, one scatter per layer) and attends over
-indices ``0 .. kv_len-1`` of the batch's slots, where ``kv_len = max(start_b) + n``;
-the attention mask (built by the runner) hides every index a row must not see, so what
-lies beyond a row's cached length (old drafts after a rollback, padding) is never read.
+position == index). A forward over a packed batch (:mod:`verifier_node.packing`: row
+``b`` feeds ``n_b`` tokens, ``Σ n_b`` in all, no padding) writes each token's KV at its
+row's slot and position (``start_b .. start_b + n_b - 1``, one scatter per layer) and
+attends over indices ``0 .. kv_len-1`` of the batch's slots, where
+``kv_len = max(start_b + n_b)``; the batch's mask hides every index a row must not see,
+so what lies beyond a row's cached length (old drafts after a rollback) is never read.
+
+Each layer's tensors live on that layer's device (one device, or several when the
+target is spread over GPUs with ``device_map``).
 
 When the batch's slots are a contiguous run (the usual case: the same sessions every
 round, kept in slot order), attention reads a *view* of the cache: no copy at all.
@@ -33,6 +37,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from verifier_node.packing import PackedBatch
+
 
 @dataclass(frozen=True, slots=True)
 class LayerShape:
@@ -41,6 +47,7 @@ class LayerShape:
     kv_heads: int
     k_dim: int
     v_dim: int
+    device: torch.device | None = None  # where the layer runs (None: the cache's device)
 
 
 class SlotLayer(CacheLayerMixin):
@@ -91,8 +98,9 @@ class SlotKVCache(Cache):
         # The planned forward:
         self.kv_len = 0
         self.num_new = 0
-        self._slots = torch.zeros(0, dtype=torch.int64)  # [batch]
-        self._write_pos = torch.zeros(0, 0, dtype=torch.int64)  # [batch, num_new]
+        self._slots: dict[torch.device, torch.Tensor] = {}  # per device [batch]
+        self._token_slot: dict[torch.device, torch.Tensor] = {}  # per device [num_tokens]
+        self._token_pos: dict[torch.device, torch.Tensor] = {}  # per device [num_tokens]
         self._contiguous: tuple[int, int] | None = None  # slot range read as a view
         self.copied_bytes = 0  # bytes gathered by reads that were not views (a counter)
 
@@ -111,12 +119,13 @@ class SlotKVCache(Cache):
         """New tensors of ``num_slots x capacity``; old slot ``keep[i]`` moves to slot ``i``."""
         assert len(keep) <= num_slots, f"{len(keep)} slots kept but only {num_slots} allocated"
         copy_len = min(capacity, self.capacity)
-        keep_idx = torch.tensor(list(keep), dtype=torch.int64, device=self.device)
         new_keys, new_values = [], []
         for layer, shape in enumerate(self.shapes):
+            device = shape.device or self.device
+            keep_idx = torch.tensor(list(keep), dtype=torch.int64, device=device)
             k, v = (
                 torch.zeros(
-                    (num_slots, shape.kv_heads, capacity, dim), dtype=self.dtype, device=self.device
+                    (num_slots, shape.kv_heads, capacity, dim), dtype=self.dtype, device=device
                 )
                 for dim in (shape.k_dim, shape.v_dim)
             )  # [num_slots, kv_heads, capacity, k_dim or v_dim]
@@ -128,20 +137,21 @@ class SlotKVCache(Cache):
         self.keys, self.values = new_keys, new_values
         self.num_slots, self.capacity = num_slots, capacity
 
-    def plan(self, slots: Sequence[int], starts: Sequence[int], num_new: int) -> None:
-        """Plan the next forward: row ``b`` writes ``num_new`` tokens into ``slots[b]``
-        from position ``starts[b]``."""
-        assert len(slots) == len(starts) and len(slots) > 0
+    def plan(self, slots: Sequence[int], batch: PackedBatch) -> None:
+        """Plan the next forward: row ``b`` of the packed ``batch`` writes its tokens
+        into ``slots[b]`` from position ``batch.starts[b]``."""
+        assert len(slots) == batch.batch_size > 0
         assert len(set(slots)) == len(slots), "a slot appears twice in one batch"
-        kv_len = max(starts) + num_new
+        kv_len = batch.kv_len
         assert kv_len <= self.capacity, f"kv_len {kv_len} exceeds capacity {self.capacity}"
         assert max(slots) < self.num_slots
-        self.kv_len, self.num_new = kv_len, num_new
-        self._slots = torch.tensor(list(slots), dtype=torch.int64, device=self.device)
-        self._write_pos = (
-            torch.tensor(list(starts), dtype=torch.int64, device=self.device)[:, None]
-            + torch.arange(num_new, device=self.device)[None, :]
-        )  # [batch, num_new]
+        self.kv_len, self.num_new = kv_len, batch.max_len
+        slot = torch.tensor(list(slots), dtype=torch.int64, device=batch.positions.device)
+        self._slots, self._token_slot, self._token_pos = {}, {}, {}
+        for device in {shape.device or self.device for shape in self.shapes}:
+            self._slots[device] = slot.to(device)
+            self._token_slot[device] = slot[batch.token_row].to(device)  # [num_tokens]
+            self._token_pos[device] = batch.positions.to(device)  # [num_tokens]
         first = slots[0]
         is_run = list(slots) == list(range(first, first + len(slots)))
         self._contiguous = (first, first + len(slots)) if is_run else None
@@ -149,20 +159,21 @@ class SlotKVCache(Cache):
     def write_and_read(
         self,
         layer: int,
-        key_states: torch.Tensor,  # [batch, kv_heads, num_new, k_dim]
-        value_states: torch.Tensor,  # [batch, kv_heads, num_new, v_dim]
+        key_states: torch.Tensor,  # [1, kv_heads, num_tokens, k_dim] packed
+        value_states: torch.Tensor,  # [1, kv_heads, num_tokens, v_dim] packed
     ) -> tuple[torch.Tensor, torch.Tensor]:  # each [batch, kv_heads, kv_len, dim]
         """Scatter the new KV into the batch's slots, return the batch's KV to attend over."""
         keys, values = self.keys[layer], self.values[layer]
-        rows = self._slots[:, None]  # [batch, 1]
-        # Advanced indices (rows, write_pos) around a slice put [batch, num_new] first.
-        keys[rows, :, self._write_pos] = key_states.transpose(1, 2).to(self.dtype)
-        values[rows, :, self._write_pos] = value_states.transpose(1, 2).to(self.dtype)
+        device = keys.device
+        slot, pos = self._token_slot[device], self._token_pos[device]  # [num_tokens] each
+        # Advanced indices (slot, pos) around a slice put [num_tokens] first.
+        keys[slot, :, pos] = key_states[0].transpose(0, 1).to(self.dtype)
+        values[slot, :, pos] = value_states[0].transpose(0, 1).to(self.dtype)
         if self._contiguous is not None:
             lo, hi = self._contiguous
             return keys[lo:hi, :, : self.kv_len], values[lo:hi, :, : self.kv_len]
-        k = keys[self._slots, :, : self.kv_len]
-        v = values[self._slots, :, : self.kv_len]
+        k = keys[self._slots[device], :, : self.kv_len]
+        v = values[self._slots[device], :, : self.kv_len]
         self.copied_bytes += k.numel() * k.element_size() + v.numel() * v.element_size()
         return k, v
 

@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from verifier_node.runner import TargetRunner
 
 # Config fields that are TargetRunner.load options of the same name.
-RUNNER_OPTIONS: Final = ("dtype", "threads", "kv_budget_bytes", "prefill_chunk")
+RUNNER_OPTIONS: Final = (
+    "dtype",
+    "device",
+    "device_map",
+    "threads",
+    "kv_budget_bytes",
+    "prefill_chunk",
+)
 
 
 def load_target(config: VerifierConfig) -> TargetRunner:

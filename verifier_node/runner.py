@@ -1,9 +1,14 @@
 """Target model runner: one forward pass scores a whole batch of sessions.
 
-Any transformers causal LM from a local directory (Llama, Qwen2, GPT-2, …), loaded with
-SDPA attention. Each session has its own prefix length and draft length; the batch is
-padded to the longest row, with per-row position ids and a 4D attention mask, over the
-persistent :class:`~verifier_node.kvcache.SlotKVCache`.
+Any transformers causal LM from a local directory (Llama, Qwen2, GPT-2, …) with SDPA
+attention, on a CPU or CUDA device (or spread over GPUs with ``device_map="auto"``).
+Each session has its own prefix length and draft length; a batch's new tokens are
+*packed* without padding (:mod:`verifier_node.packing`: ``Σ (k_b + 1)`` tokens, each
+with its row's position) over the persistent :class:`~verifier_node.kvcache.SlotKVCache`,
+and attention sees only the row's own cached prefix and new tokens.
+
+Inputs, masks, the cache and the logits stay on the model's device; the engine's
+verification math runs there too, and only each row's (accepted, token) reaches the host.
 
 Cache invariant: a session's cached tokens are a prefix of its committed ids without
 the last one. A round feeds ``[committed[-1], *draft]`` at positions
@@ -18,18 +23,21 @@ The runner is not thread-safe: the service calls it from one worker thread only.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import torch
 
 from runtime.models import eos_ids_of
+from verifier_node import packing
 from verifier_node.kvcache import LayerShape, SlotKVCache, SlotTable, common_prefix_len
 from verifier_node.rows import Row
 
+AUTO: Final = "auto"
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -48,7 +56,8 @@ class ForwardStats:
     prefill_ms: float = 0.0  # forwards that re-prefill new / evicted sessions
     forward_ms: float = 0.0  # the batch's scoring forward (model call)
     num_rows: int = 0
-    num_new: int = 0  # tokens per row in the scoring forward (padded)
+    num_new: int = 0  # tokens of the longest row in the scoring forward
+    num_tokens: int = 0  # tokens in the scoring forward, packed: Σ (k_b + 1)
     num_prefill_tokens: int = 0  # ids re-prefilled (not counting padding)
     num_rolled_back: int = 0  # cached tokens dropped (rejected drafts, divergence)
     evicted: int = 0  # sessions evicted to fit this batch
@@ -61,13 +70,54 @@ class ForwardStats:
 class ScoreOutput:
     """Logits in *slot order*: ``logits[j]`` belongs to ``rows[order[j]]`` (no reorder copy)."""
 
-    logits: torch.Tensor  # [batch, max_k + 1, vocab] float32
+    logits: torch.Tensor  # [batch, max_k + 1, vocab] float32, on the model's device
     order: list[int]  # [batch] input row of each logits row
     stats: ForwardStats
 
     def row(self, b: int) -> torch.Tensor:  # [max_k + 1, vocab]
         """The logits of input row ``b``."""
         return self.logits[self.order.index(b)]
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``'s ``flags`` line; empty if unknown)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def resolve_device(name: str = AUTO) -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """``auto``: bfloat16 on CUDA and on CPUs with AMX or AVX-512 BF16 (``amx_bf16`` /
+    ``avx512_bf16`` flags), float32 elsewhere; a named dtype stays (canonical name)."""
+    if name == AUTO:
+        if device.type == "cuda":
+            return "bfloat16"
+        flags = cpu_flags() if flags is None else flags
+        return "bfloat16" if {"amx_bf16", "avx512_bf16"} & flags else "float32"
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of auto, {', '.join(DTYPES)}")
+    return str(DTYPES[name]).removeprefix("torch.")
 
 
 def configure_torch(threads: int) -> None:
@@ -93,13 +143,15 @@ class TargetRunner:
         eos_ids: Sequence[int] | None = None,
         pad_id: int = 0,
     ) -> None:
+        packing.register()
         self.model = model.eval()
         config = model.config
         self.vocab_size: int = int(model.get_output_embeddings().weight.shape[0])
         positions: Any = getattr(config, "max_position_embeddings", None)
         self.max_positions: int = int(positions or getattr(config, "n_positions", 2048))
         self.dtype: torch.dtype = next(model.parameters()).dtype
-        self.device: torch.device = next(model.parameters()).device
+        # Inputs go where the embeddings are (the first GPU under a device_map).
+        self.device: torch.device = model.get_input_embeddings().weight.device
         self.eos_ids: frozenset[int] = frozenset(
             eos_ids
             if eos_ids is not None
@@ -108,6 +160,7 @@ class TargetRunner:
         self.pad_id = pad_id
         self.prefill_chunk = prefill_chunk
         shapes = self._probe_shapes()
+        model.set_attn_implementation(packing.ATTN_IMPLEMENTATION)
         self.cache = SlotKVCache(shapes, dtype=self.dtype, device=self.device)
         self.table = SlotTable(
             budget_bytes=kv_budget_bytes, bytes_per_token=self.cache.bytes_per_token
@@ -120,11 +173,18 @@ class TargetRunner:
         model_dir: str | Path,
         *,
         dtype: str = "float32",
+        device: str = AUTO,
+        device_map: str | None = None,
         threads: int = 0,
         kv_budget_bytes: int = 1 << 30,
         prefill_chunk: int = 512,
     ) -> TargetRunner:
-        """Load a causal LM from a local directory (never from the network)."""
+        """Load a causal LM from a local directory (never from the network).
+
+        ``device``: auto / cpu / cuda / cuda:N; ``dtype``: auto (see :func:`resolve_dtype`)
+        or a name; ``device_map="auto"`` spreads a target too large for one GPU over
+        every visible GPU (needs ``accelerate``; ``device`` then only picks the dtype).
+        """
         from transformers import AutoModelForCausalLM
 
         configure_torch(threads)
@@ -134,22 +194,35 @@ class TargetRunner:
                 f"model directory {str(model_dir)!r} not found (only local directories work; "
                 "no model hub access)"
             )
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        where = resolve_device(device)
+        dtype = resolve_dtype(dtype, where)
+        if device_map not in (None, "", AUTO):
+            raise ValueError(f"device_map {device_map!r}: only 'auto' is supported")
+        placement: dict[str, Any] = {"device_map": AUTO} if device_map else {}
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[dtype], attn_implementation="sdpa", local_files_only=True
+            path,
+            dtype=DTYPES[dtype],
+            attn_implementation="sdpa",
+            local_files_only=True,
+            **placement,
         )
+        if not device_map:
+            torch.nn.Module.to(model, where)  # in place
         return cls(model, kv_budget_bytes=kv_budget_bytes, prefill_chunk=prefill_chunk)
 
     # -- geometry ---------------------------------------------------------------------
     @torch.inference_mode()
     def _probe_shapes(self) -> list[LayerShape]:
-        """KV shapes per layer, from one 1-token forward with the model's own cache."""
-        out = self.model(input_ids=torch.zeros(1, 1, dtype=torch.int64), use_cache=True)
+        """KV shapes and devices per layer, from one 1-token forward with the model's
+        own cache."""
+        ids = torch.zeros(1, 1, dtype=torch.int64, device=self.device)
+        out = self.model(input_ids=ids, use_cache=True)
         shapes = []
-        for layer in out.past_key_values.layers:
+        for layer in out.cache.layers:
             k, v = layer.keys, layer.values  # [1, kv_heads, 1, dim]
-            shapes.append(LayerShape(kv_heads=k.shape[1], k_dim=k.shape[3], v_dim=v.shape[3]))
+            shapes.append(
+                LayerShape(kv_heads=k.shape[1], k_dim=k.shape[3], v_dim=v.shape[3], device=k.device)
+            )
         return shapes
 
     @property
@@ -173,7 +246,8 @@ class TargetRunner:
     def score(self, rows: Sequence[Row]) -> ScoreOutput:
         """Logits ``[batch, max_k + 1, vocab]``: for input row ``b`` (logits row
         ``order.index(b)``), position ``j`` predicts the token after
-        ``context_b + draft_b[:j]``; positions past ``len(draft_b)`` are padding.
+        ``context_b + draft_b[:j]``; positions past ``len(draft_b)`` are padding (copies
+        of the row's last position: only ``Σ (k_b + 1)`` tokens went through the model).
         """
         t0 = time.perf_counter()
         assert rows, "empty batch"
@@ -222,12 +296,10 @@ class TargetRunner:
             ]
             if not todo:
                 break
-            n = max(len(ids) for _, ids in todo)
             self._forward(
                 [res.slot for res, _ in todo],
                 [len(res.tokens) for res, _ in todo],
                 [ids for _, ids in todo],
-                n,
                 logits_to_keep=1,
             )
             for res, ids in todo:
@@ -239,18 +311,19 @@ class TargetRunner:
         order = sorted(range(len(rows)), key=lambda b: residents[b].slot)
         inputs = [[rows[b].context[-1], *rows[b].draft] for b in order]
         t3 = time.perf_counter()
-        logits = self._forward(
-            [residents[b].slot for b in order],
-            [len(rows[b].context) - 1 for b in order],
-            inputs,
-            num_new,
-            logits_to_keep=0,
-        )  # [batch, num_new, vocab] in slot order
+        batch = packing.pack(
+            [len(rows[b].context) - 1 for b in order], [len(ids) for ids in inputs], self.device
+        )
+        packed = self._forward(
+            [residents[b].slot for b in order], batch.starts, inputs, logits_to_keep=0, batch=batch
+        )  # [num_tokens, vocab] in slot order
+        if self.device.type == "cuda":  # so forward_ms is the forward, not its launch
+            torch.cuda.synchronize(self.device)
         t4 = time.perf_counter()
         view = self.cache._contiguous is not None
         for b in order:
             residents[b].tokens.extend([rows[b].context[-1], *rows[b].draft])
-        logits = logits.float()
+        logits = batch.unpack(packed.float())  # [batch, num_new, vocab]
         t5 = time.perf_counter()
         stats = ForwardStats(
             prepare_ms=((t1 - t0) + (t3 - t2) + (t5 - t4)) * 1e3,
@@ -258,6 +331,7 @@ class TargetRunner:
             forward_ms=(t4 - t3) * 1e3,
             num_rows=len(rows),
             num_new=num_new,
+            num_tokens=batch.num_tokens,
             num_prefill_tokens=prefill_tokens,
             num_rolled_back=rolled_back,
             evicted=len(placement.evicted),
@@ -272,32 +346,25 @@ class TargetRunner:
         slots: Sequence[int],
         starts: Sequence[int],
         token_ids: Sequence[Sequence[int]],
-        num_new: int,
         *,
         logits_to_keep: int,
-    ) -> torch.Tensor:  # [batch, num_new or logits_to_keep, vocab]
-        """One model call: row ``b`` feeds ``token_ids[b]`` (padded to ``num_new``) at
+        batch: packing.PackedBatch | None = None,
+    ) -> torch.Tensor:  # [num_tokens or logits_to_keep, vocab]
+        """One model call over a packed batch: row ``b`` feeds ``token_ids[b]`` at
         positions ``starts[b] …`` into slot ``slots[b]``."""
-        batch = len(slots)
-        input_ids = torch.full((batch, num_new), self.pad_id, dtype=torch.int64)
-        for b, ids in enumerate(token_ids):
-            input_ids[b, : len(ids)] = torch.tensor(list(ids), dtype=torch.int64)
-        start = torch.tensor(list(starts), dtype=torch.int64)  # [batch]
-        positions = start[:, None] + torch.arange(num_new)[None, :]  # [batch, num_new]
-        self.cache.plan(slots, starts, num_new)
-        kv_len = self.cache.kv_len
-        # Row b, query q (position starts[b] + q) sees cache index j <= its position.
-        visible = torch.arange(kv_len)[None, None, :] <= positions[:, :, None]
-        mask = torch.zeros(batch, 1, num_new, kv_len, dtype=self.dtype)  # [batch, 1, n, kv_len]
-        mask.masked_fill_(~visible[:, None], torch.finfo(self.dtype).min)
-        out = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            # padding queries may run past the model's positions; their output is unused
-            position_ids=positions.clamp(max=self.max_positions - 1).to(self.device),
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
-        logits: torch.Tensor = out.logits
+        if batch is None:
+            batch = packing.pack(starts, [len(ids) for ids in token_ids], self.device)
+        flat = [t for ids in token_ids for t in ids]
+        input_ids = torch.tensor([flat], dtype=torch.int64).to(self.device)  # [1, num_tokens]
+        self.cache.plan(slots, batch)
+        with packing.activate(batch):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=batch.mask,  # 4D: transformers passes it through as-is
+                position_ids=batch.positions[None, :],  # [1, num_tokens]
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=logits_to_keep,
+            )
+        logits: torch.Tensor = out.logits[0]
         return logits

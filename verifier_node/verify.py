@@ -268,25 +268,26 @@ def verify_batch(
     its ``seed``; ``q_ids``/``q_probs`` are its drafts' distributions (one-hot without).
     """
     assert target_logits.dim() == 3 and target_logits.shape[0] == len(rows)
-    draft_token_ids, num_draft_tokens = pad_drafts([r.draft for r in rows])
+    device = target_logits.device  # the math runs where the logits are
+    draft_token_ids, num_draft_tokens = (t.to(device) for t in pad_drafts([r.draft for r in rows]))
     batch, max_k = draft_token_ids.shape
     target_logits = target_logits[:, : max_k + 1]  # [batch, max_k + 1, vocab]
     assert target_logits.shape[1] == max_k + 1, "target_logits too short for the drafts"
     vocab = target_logits.shape[-1]
-    out = torch.full((batch, max_k + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int64)
-    num_accepted = torch.zeros(batch, dtype=torch.int64)
+    out = torch.full((batch, max_k + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int64, device=device)
+    num_accepted = torch.zeros(batch, dtype=torch.int64, device=device)
 
     if all(r.greedy for r in rows):  # no row gathers: the common case
         return greedy_verify(draft_token_ids, num_draft_tokens, target_logits)
     greedy = [b for b, r in enumerate(rows) if r.greedy]
     if greedy:
-        g = torch.tensor(greedy)
+        g = torch.tensor(greedy, device=device)
         res = greedy_verify(draft_token_ids[g], num_draft_tokens[g], target_logits[g])
         out[g], num_accepted[g] = res.output_token_ids, res.num_accepted
 
     sampled = [b for b, r in enumerate(rows) if not r.greedy]
     if sampled:
-        s = torch.tensor(sampled)
+        s = torch.tensor(sampled, device=device)
         srows = [rows[b] for b in sampled]
         n = len(sampled)
         s_logits = target_logits if n == batch else target_logits[s]  # no copy if all
@@ -296,8 +297,8 @@ def verify_batch(
             torch.tensor([r.params.top_k for r in srows]).repeat_interleave(max_k + 1),
             torch.tensor([r.params.top_p for r in srows]).repeat_interleave(max_k + 1),
         ).reshape(n, max_k + 1, vocab)
-        q_ids, q_probs = _sparse_q(srows, max_k)
-        draws = RandomDraws.draw(
+        q_ids, q_probs = (t.to(device) for t in _sparse_q(srows, max_k))
+        draws = RandomDraws.draw(  # CPU generators: the same draws on every device
             [len(r.draft) for r in srows],
             max_k,
             [torch.Generator().manual_seed(r.seed) for r in srows],
@@ -307,7 +308,7 @@ def verify_batch(
             num_draft_tokens[s],
             dense_draft_probs(q_ids, q_probs, vocab),
             target_probs,
-            draws,
+            RandomDraws(draws.uniform.to(device), draws.target.to(device)),
         )
         out[s], num_accepted[s] = res.output_token_ids, res.num_accepted
     return VerifyOutput(out, num_accepted)

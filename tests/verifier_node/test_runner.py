@@ -13,7 +13,7 @@ from tests.tiny_models import Family
 from verifier_node.engine import VerifyEngine
 from verifier_node.kvcache import SlotTable, common_prefix_len
 from verifier_node.rows import Row
-from verifier_node.runner import TargetRunner
+from verifier_node.runner import TargetRunner, cpu_flags, resolve_device, resolve_dtype
 
 TOL = 1e-4  # float32 logits, batched vs unbatched
 
@@ -181,3 +181,69 @@ def test_bfloat16_target_runs(llama_dir: Path) -> None:
     out = runner.score([Row("a", [3, 4, 5], [6, 7]), Row("b", [8], [])])
     assert out.logits.dtype == torch.float32 and out.logits.shape[:2] == (2, 3)
     assert torch.isfinite(out.logits).all()
+
+
+CPUINFO_AMX = "processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n"
+CPUINFO_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+
+
+def test_cpu_flags_from_cpuinfo() -> None:
+    assert "amx_bf16" in cpu_flags(CPUINFO_AMX)
+    assert cpu_flags(CPUINFO_AVX2) == frozenset({"fpu", "sse2", "avx2", "fma"})
+    assert cpu_flags("") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "flags", "expected"),
+    [
+        ("auto", "cuda", "", "bfloat16"),
+        ("auto", "cpu", CPUINFO_AMX, "bfloat16"),
+        ("auto", "cpu", "flags : avx512_bf16", "bfloat16"),
+        ("auto", "cpu", CPUINFO_AVX2, "float32"),
+        ("float16", "cpu", CPUINFO_AVX2, "float16"),
+        ("fp32", "cuda", "", "float32"),  # an explicit dtype stays
+        ("bf16", "cpu", CPUINFO_AVX2, "bfloat16"),
+    ],
+)
+def test_resolve_dtype(name: str, device: str, flags: str, expected: str) -> None:
+    assert resolve_dtype(name, torch.device(device), cpu_flags(flags)) == expected
+
+
+def test_resolve_device_and_bad_names() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="not one of"):
+        resolve_dtype("int8", torch.device("cpu"))
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda:0")
+
+
+def test_load_places_model_and_cache_on_the_device(llama_dir: Path) -> None:
+    runner = TargetRunner.load(llama_dir, device="cpu", dtype="auto", threads=1)
+    assert runner.device == torch.device("cpu")
+    assert (
+        runner.dtype
+        == {"bfloat16": torch.bfloat16, "float32": torch.float32}[
+            resolve_dtype("auto", torch.device("cpu"))
+        ]
+    )
+    out = runner.score([Row("a", [3, 4, 5], [6, 7])])
+    assert out.logits.device == runner.device
+    assert all(k.device == runner.device for k in runner.cache.keys)
+
+
+def test_a_ragged_batch_is_packed(llama_dir: Path) -> None:
+    """Σ (k_b + 1) tokens go through the model, not B x (max k + 1); logits per row."""
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa")
+    runner = TargetRunner(model)
+    rows = [Row("a", [3, 4, 5], []), Row("b", [8, 9], [1, 2, 3, 4]), Row("c", [7], [5])]
+    out = runner.score(rows)
+    assert out.stats.num_tokens == 1 + 5 + 2 and out.stats.num_new == 5
+    assert out.logits.shape[:2] == (3, 5)
+    for b, r in enumerate(rows):
+        n = len(r.draft) + 1
+        ref = reference_logits(model, list(r.context), list(r.draft))
+        assert (out.row(b)[:n] - ref).abs().max().item() < TOL

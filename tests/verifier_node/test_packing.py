@@ -1,0 +1,63 @@
+"""Packed ragged batches: literal layouts, and packed attention equals per-row attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from verifier_node.packing import activate, pack, packed_attention
+
+
+def test_layout_of_a_ragged_batch() -> None:
+    # rows: 3 cached + 2 new, 0 cached + 1 new, 5 cached + 3 new
+    b = pack([3, 0, 5], [2, 1, 3])
+    assert b.num_tokens == 6 and b.max_len == 3 and b.kv_len == 8 and not b.uniform
+    assert b.token_row.tolist() == [0, 0, 1, 2, 2, 2]
+    assert b.token_col.tolist() == [0, 1, 0, 0, 1, 2]
+    assert b.positions.tolist() == [3, 4, 0, 5, 6, 7]
+    assert b.cu_num_tokens.tolist() == [0, 2, 3, 6]
+    assert b.mask.shape == (3, 1, 3, 8)
+    # row 0, query 1 (position 4) sees cache indices 0..4 only
+    assert b.mask[0, 0, 1].tolist() == [True] * 5 + [False] * 3
+    # row 1, its only query (position 0) sees index 0 only
+    assert b.mask[1, 0, 0].tolist() == [True] + [False] * 7
+    # padding repeats the row's last token
+    assert b.padded_index().tolist() == [[0, 1, 1], [2, 2, 2], [3, 4, 5]]
+
+
+def test_uniform_batch_unpacks_as_a_view() -> None:
+    b = pack([4, 7], [2, 2])
+    packed = torch.arange(4.0)[:, None]  # [num_tokens, 1]
+    assert b.uniform and b.unpack(packed).data_ptr() == packed.data_ptr()
+    assert b.unpack(packed).squeeze(-1).tolist() == [[0.0, 1.0], [2.0, 3.0]]
+
+
+def test_every_row_feeds_a_token() -> None:
+    with pytest.raises(AssertionError):
+        pack([1, 2], [1, 0])
+
+
+@pytest.mark.parametrize("lengths", [[1, 1, 1], [3, 1, 4], [2, 2, 2]])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_packed_attention_equals_per_row_attention(lengths: list[int], kv_heads: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    starts, heads, dim = [5, 0, 9], 4, 8
+    batch = pack(starts, lengths)
+    key = torch.randn(3, kv_heads, batch.kv_len, dim, generator=gen)
+    value = torch.randn(3, kv_heads, batch.kv_len, dim, generator=gen)
+    query = torch.randn(1, heads, batch.num_tokens, dim, generator=gen)
+    with activate(batch):
+        out, _ = packed_attention(torch.nn.Module(), query, key, value, None, scaling=0.5)
+    assert out.shape == (1, batch.num_tokens, heads, dim)
+    rep = heads // kv_heads
+    for b, (s, n) in enumerate(zip(starts, lengths, strict=True)):
+        lo = int(batch.cu_num_tokens[b])
+        q = query[0, :, lo : lo + n]  # [heads, n, dim]
+        k = key[b, :, : s + n].repeat_interleave(rep, 0)  # only the row's prefix + new
+        v = value[b, :, : s + n].repeat_interleave(rep, 0)
+        causal = torch.ones(n, s + n, dtype=torch.bool).tril(s)
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=causal, scale=0.5
+        )  # [heads, n, dim]
+        got = out[0, lo : lo + n].transpose(0, 1)
+        assert (got - ref).abs().max().item() < 1e-5, b
