@@ -161,6 +161,10 @@ class SledClient:
                 msg = await asyncio.wait_for(messages.__anext__(), timeout_s)
             except TimeoutError as exc:
                 raise TransportTimeout(f"no result message within {timeout_s:g} s") from exc
+            if msg.retain:
+                # Results are never retained (the contract): a stored one was left by
+                # someone else (e.g. a compromised device) and is not this stream's.
+                continue
             try:
                 result = decode(msg.payload, expect=(ResultChunk, ResultFinal))
             except SchemaError:

@@ -77,3 +77,19 @@ async def test_stream_sends_request_and_yields_until_final() -> None:
         await task
     assert [type(r) for r in got] == [ResultChunk, ResultFinal]
     assert isinstance(got[-1], ResultFinal) and got[-1].text == "ab"
+
+
+async def test_follow_ignores_retained_results() -> None:
+    """A result stored retained on out/… (never part of the contract: a compromised
+    device can leave one) is not delivered to the app as a result."""
+    broker = MemoryBroker()
+    topics = Topics("t/retained")
+    final = ResultFinal(request="r1", finish_reason="length", text="ab", tokens=[1, 2])
+    async with MemoryTransport(broker) as evil, MemoryTransport(broker) as app_bus:
+        await evil.publish(topics.out("pi-2", "old"), encode(final), retain=True)
+        follow = SledClient(app_bus, topics).follow(timeout_s=0.2).__aiter__()
+        first = asyncio.ensure_future(follow.__anext__())
+        await asyncio.sleep(0.05)
+        await evil.publish(topics.out("pi-2", "r1"), encode(final))  # live: delivered
+        device, request, result = await first
+    assert (device, request) == ("pi-2", "r1") and isinstance(result, ResultFinal)
