@@ -1,0 +1,148 @@
+"""Greedy acceptance of a drafter against its target, per prompt category.
+
+The SLED greedy rule: the device drafts ``k`` tokens; the verifier accepts the longest
+prefix of the draft that equals the target's argmax at each position, then appends one
+token of its own (the *correction* after a mismatch, or the *bonus* token when all ``k``
+were accepted). So a round yields ``accepted + 1`` tokens and the output is exactly the
+target's greedy output (lossless). Measured here without MQTT: the target's greedy
+continuation of each prompt is computed once, then replayed round by round against the
+drafter's greedy drafts. Terms: *acceptance* = accepted / drafted tokens; *tokens per
+round* = output tokens / verification rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.json"
+
+# (context_len, num_tokens) -> the drafter's greedy tokens after target[:context_len]
+DraftFn = Callable[[int, int], list[int]]
+
+
+def accepted_prefix(draft: Sequence[int], target: Sequence[int]) -> int:
+    """How many leading ``draft`` tokens equal ``target`` (the target's argmax there)."""
+    n = 0
+    for d, t in zip(draft, target, strict=False):
+        if d != t:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Totals of replaying one or more greedy outputs round by round."""
+
+    num_rounds: int = 0
+    num_drafted: int = 0
+    num_accepted: int = 0
+    num_tokens: int = 0  # output tokens (accepted + one per round, clipped at the end)
+
+    def __add__(self, other: Rounds) -> Rounds:
+        return Rounds(
+            self.num_rounds + other.num_rounds,
+            self.num_drafted + other.num_drafted,
+            self.num_accepted + other.num_accepted,
+            self.num_tokens + other.num_tokens,
+        )
+
+    @property
+    def acceptance(self) -> float:
+        return self.num_accepted / self.num_drafted if self.num_drafted else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        return self.num_tokens / self.num_rounds if self.num_rounds else 0.0
+
+
+def replay(target: Sequence[int], draft: DraftFn, k: int) -> Rounds:
+    """Rounds of ``k``-token drafts needed to produce ``target`` (the greedy output)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    pos, total = 0, Rounds()
+    while pos < len(target):
+        proposal = draft(pos, k)[:k]
+        accepted = accepted_prefix(proposal, target[pos : pos + k])
+        made = min(accepted + 1, len(target) - pos)
+        total += Rounds(1, len(proposal), accepted, made)
+        pos += made
+    return total
+
+
+def load_prompts(path: Path = PROMPTS_FILE) -> dict[str, list[str]]:
+    """Category -> user prompts."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {str(c): [str(p) for p in ps] for c, ps in data["categories"].items()}
+
+
+def measure(
+    target_dir: Path,
+    drafter: Any,
+    *,
+    ks: Sequence[int] = (4, 8),
+    max_new_tokens: int = 64,
+    prompts_path: Path = PROMPTS_FILE,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Per category and k: acceptance and tokens per round of ``drafter`` (torch) against
+    the target in ``target_dir``, on the target's chat-templated greedy outputs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(target_dir))
+    target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32).eval()
+    eos = target.generation_config.eos_token_id
+    results: dict[str, Any] = {"k": list(ks), "max_new_tokens": max_new_tokens, "categories": {}}
+    totals = {k: Rounds() for k in ks}
+    started = time.monotonic()
+    for category, prompts in load_prompts(prompts_path).items():
+        per_k = {k: Rounds() for k in ks}
+        for prompt in prompts:
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            ids = tok(text, return_tensors="pt").input_ids  # [1, P]
+            with torch.no_grad():
+                out = target.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+            greedy = out[0, ids.shape[1] :].tolist()  # stops at (and includes) the EOS
+
+            def draft(pos: int, n: int, greedy: list[int] = greedy, ids: Any = ids) -> list[int]:
+                ctx = torch.cat([ids[0], torch.tensor(greedy[:pos], dtype=ids.dtype)])[None]
+                with torch.no_grad():
+                    d = drafter.generate(
+                        ctx, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=eos
+                    )
+                return [int(t) for t in d[0, ctx.shape[1] :].tolist()]
+
+            for k in ks:
+                per_k[k] += replay(greedy, draft, k)
+        row = {}
+        for k in ks:
+            totals[k] += per_k[k]
+            row[str(k)] = _row(per_k[k])
+        results["categories"][category] = row
+        progress(
+            f"{category:14s} "
+            + "  ".join(
+                f"k={k}: acc {per_k[k].acceptance:.2f}, {per_k[k].tokens_per_round:.2f} tok/round"
+                for k in ks
+            )
+            + f"  ({time.monotonic() - started:.0f} s)"
+        )
+    results["all"] = {str(k): _row(totals[k]) for k in ks}
+    return results
+
+
+def _row(r: Rounds) -> dict[str, float | int]:
+    return {
+        "acceptance": round(r.acceptance, 3),
+        "tokens_per_round": round(r.tokens_per_round, 2),
+        "rounds": r.num_rounds,
+        "tokens": r.num_tokens,
+    }

