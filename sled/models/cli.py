@@ -4,6 +4,7 @@
     sled models fetch ./my-model.gguf     # any local GGUF file (a llama.cpp model)
     sled models fetch ./hf-folder         # a Hugging Face folder, copied as is
     sled models list
+    sled models accept smollm2-135m       # drafter's greedy acceptance per prompt category
 
 The cache is ``$SLED_MODELS_DIR`` (default ``~/.cache/sled/models``); see
 :mod:`sled.models.store`. torch and transformers are imported only by ``fetch``.
@@ -42,6 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     show = sub.add_parser("list", help="list the cached models")
     show.add_argument("--json", action="store_true", help="print the entries as JSON")
+    accept = sub.add_parser(
+        "accept", help="measure the drafter's greedy acceptance per prompt category"
+    )
+    accept.add_argument("name", nargs="?", default="smollm2-135m", help="cached model")
+    accept.add_argument(
+        "--drafter", type=Path, default=None, help="drafter weights folder (default: the repo's)"
+    )
+    accept.add_argument("--k", type=int, nargs="+", default=[4, 8], help="draft lengths")
+    accept.add_argument("--max-new-tokens", type=int, default=64, help="tokens per prompt")
+    accept.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    accept.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.set_defaults(_models_help=parser.print_help)
 
 
@@ -81,6 +93,32 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accept(args: argparse.Namespace) -> int:
+    import torch
+
+    from sled.models.acceptance import measure
+    from sled.models.drafter import load_drafter
+    from sled.models.registry import DRAFTERS_DIR
+    from sled.models.store import FetchError, models_dir, read_entry
+
+    entry = read_entry((args.cache or models_dir()) / args.name)
+    if entry is None:
+        raise FetchError(f"{args.name} is not in the cache: sled models fetch {args.name}")
+    own = args.drafter or DRAFTERS_DIR / str(entry.facts.get("drafter", args.name))
+    torch.set_num_threads(max(1, args.threads))
+    results = measure(
+        entry.target, load_drafter(entry.target, own), ks=args.k, max_new_tokens=args.max_new_tokens
+    )
+    for k, row in results["all"].items():
+        print(
+            f"all            k={k}: acceptance {row['acceptance']:.3f}, "
+            f"{row['tokens_per_round']:.2f} tokens/round"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from sled.models.store import FetchError
 
@@ -89,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             return _fetch(args)
         if args.models_command == "list":
             return _list(args)
+        if args.models_command == "accept":
+            return _accept(args)
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
