@@ -27,12 +27,8 @@ DraftFn = Callable[[int, int], list[int]]
 
 def accepted_prefix(draft: Sequence[int], target: Sequence[int]) -> int:
     """How many leading ``draft`` tokens equal ``target`` (the target's argmax there)."""
-    n = 0
-    for d, t in zip(draft, target, strict=False):
-        if d != t:
-            break
-        n += 1
-    return n
+    pairs = enumerate(zip(draft, target, strict=False))
+    return next((i for i, (d, t) in pairs if d != t), min(len(draft), len(target)))
 
 
 @dataclass(frozen=True)
@@ -88,16 +84,21 @@ def measure(
     ks: Sequence[int] = (4, 8),
     max_new_tokens: int = 64,
     prompts_path: Path = PROMPTS_FILE,
+    greedy_cache: Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Per category and k: acceptance and tokens per round of ``drafter`` (torch) against
-    the target in ``target_dir``, on the target's chat-templated greedy outputs."""
+    the target in ``target_dir``, on the target's chat-templated greedy outputs (kept in
+    ``greedy_cache``, a JSON file, so that the next drafter is measured faster)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(target_dir))
     target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32).eval()
     eos = target.generation_config.eos_token_id
+    cached: dict[str, list[int]] = {}
+    if greedy_cache is not None and greedy_cache.is_file():
+        cached = json.loads(greedy_cache.read_text())
     results: dict[str, Any] = {"k": list(ks), "max_new_tokens": max_new_tokens, "categories": {}}
     totals = {k: Rounds() for k in ks}
     started = time.monotonic()
@@ -108,9 +109,14 @@ def measure(
                 [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
             )
             ids = tok(text, return_tensors="pt").input_ids  # [1, P]
-            with torch.no_grad():
-                out = target.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
-            greedy = out[0, ids.shape[1] :].tolist()  # stops at (and includes) the EOS
+            key = f"{max_new_tokens}:{text}"
+            if key not in cached:
+                with torch.no_grad():
+                    out = target.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+                cached[key] = out[0, ids.shape[1] :].tolist()  # ends at (with) the EOS
+                if greedy_cache is not None:
+                    greedy_cache.write_text(json.dumps(cached))
+            greedy = cached[key]
 
             def draft(pos: int, n: int, greedy: list[int] = greedy, ids: Any = ids) -> list[int]:
                 ctx = torch.cat([ids[0], torch.tensor(greedy[:pos], dtype=ids.dtype)])[None]
