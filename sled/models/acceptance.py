@@ -6,8 +6,9 @@ token of its own (the *correction* after a mismatch, or the *bonus* token when a
 were accepted). So a round yields ``accepted + 1`` tokens and the output is exactly the
 target's greedy output (lossless). Measured here without MQTT: the target's greedy
 continuation of each prompt is computed once, then replayed round by round against the
-drafter's greedy drafts. Terms: *acceptance* = accepted / drafted tokens; *tokens per
-round* = output tokens / verification rounds.
+drafter's greedy drafts (one drafter forward pass per output: :func:`forced_drafts`).
+Terms: *acceptance* = accepted / drafted tokens; *tokens per round* = output tokens /
+verification rounds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.json"
 
 # (context_len, num_tokens) -> the drafter's greedy tokens after target[:context_len]
 DraftFn = Callable[[int, int], list[int]]
+NO_TOKEN = -1  # a draft position that cannot be accepted
 
 
 def accepted_prefix(draft: Sequence[int], target: Sequence[int]) -> int:
@@ -71,6 +73,26 @@ def replay(target: Sequence[int], draft: DraftFn, k: int) -> Rounds:
     return total
 
 
+def forced_drafts(argmax: Sequence[int], target: Sequence[int]) -> DraftFn:
+    """The drafter's greedy drafts along ``target``, from one forward pass over it.
+
+    ``argmax[i]`` is the drafter's argmax after the true prefix ``target[:i]``. A greedy
+    draft from ``pos`` follows the true prefix as long as it matches, so up to and
+    including its first mismatch its tokens ARE these argmaxes; after a mismatch nothing
+    more can be accepted, and the draft is padded with ``NO_TOKEN``.
+    """
+
+    def draft(pos: int, num: int) -> list[int]:
+        out: list[int] = []
+        for i in range(pos, min(pos + num, len(argmax))):
+            out.append(argmax[i])
+            if argmax[i] != target[i]:
+                break
+        return out + [NO_TOKEN] * (num - len(out))
+
+    return draft
+
+
 def load_prompts(path: Path = PROMPTS_FILE) -> dict[str, list[str]]:
     """Category -> user prompts."""
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -95,7 +117,6 @@ def measure(
 
     tok = AutoTokenizer.from_pretrained(str(target_dir))
     target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32).eval()
-    eos = target.generation_config.eos_token_id
     cached: dict[str, list[int]] = {}
     if greedy_cache is not None and greedy_cache.is_file():
         cached = json.loads(greedy_cache.read_text())
@@ -118,14 +139,10 @@ def measure(
                     greedy_cache.write_text(json.dumps(cached))
             greedy = cached[key]
 
-            def draft(pos: int, n: int, greedy: list[int] = greedy, ids: Any = ids) -> list[int]:
-                ctx = torch.cat([ids[0], torch.tensor(greedy[:pos], dtype=ids.dtype)])[None]
-                with torch.no_grad():
-                    d = drafter.generate(
-                        ctx, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=eos
-                    )
-                return [int(t) for t in d[0, ctx.shape[1] :].tolist()]
-
+            ctx = torch.cat([ids[0], torch.tensor(greedy, dtype=ids.dtype)])[None]  # [1, P+G]
+            with torch.no_grad():
+                logits = drafter(ctx).logits[0, ids.shape[1] - 1 : -1]  # [G, V]
+            draft = forced_drafts(logits.argmax(-1).tolist(), greedy)
             for k in ks:
                 per_k[k] += replay(greedy, draft, k)
         row = {}

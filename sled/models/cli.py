@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -107,7 +108,11 @@ def _accept(args: argparse.Namespace) -> int:
     own = args.drafter or DRAFTERS_DIR / str(entry.facts.get("drafter", args.name))
     torch.set_num_threads(max(1, args.threads))
     results = measure(
-        entry.target, load_drafter(entry.target, own), ks=args.k, max_new_tokens=args.max_new_tokens
+        entry.target,
+        load_drafter(entry.target, own),
+        ks=args.k,
+        max_new_tokens=args.max_new_tokens,
+        greedy_cache=entry.path / "greedy-outputs.json",
     )
     for k, row in results["all"].items():
         print(
@@ -120,6 +125,7 @@ def _accept(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    os.environ["HF_HUB_OFFLINE"] = "1"  # weights come from the cache, never the hub
     from sled.models.store import FetchError
 
     try:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from sled.models.acceptance import Rounds, accepted_prefix, load_prompts, replay
+from sled.models.acceptance import (
+    NO_TOKEN,
+    Rounds,
+    accepted_prefix,
+    forced_drafts,
+    load_prompts,
+    replay,
+)
 
 
 @pytest.mark.parametrize(
@@ -51,3 +58,32 @@ def test_prompt_set_spans_the_categories() -> None:
     prompts = load_prompts()
     assert set(prompts) == {"chat", "qa", "code", "summarisation", "translation", "reasoning"}
     assert all(len(ps) >= 5 and all(p.strip() for p in ps) for ps in prompts.values())
+
+
+def test_forced_drafts_follow_the_target_until_the_first_mismatch() -> None:
+    target = [5, 6, 7, 8, 9]
+    argmax = [5, 6, 0, 8, 4]  # the drafter's argmax after each true prefix
+    draft = forced_drafts(argmax, target)
+    assert draft(0, 4) == [5, 6, 0, NO_TOKEN]  # stops being knowable after the mismatch
+    assert draft(3, 4) == [8, 4, NO_TOKEN, NO_TOKEN]
+    rounds = replay(target, draft, k=4)
+    # pos 0: 2 accepted + correction 7; pos 3: 1 accepted + correction 9
+    assert rounds == Rounds(num_rounds=2, num_drafted=8, num_accepted=3, num_tokens=5)
+
+
+def test_forced_drafts_equal_step_by_step_greedy_drafting() -> None:
+    """On a toy 'model' (next token = f(last token)), drafting step by step and the
+    forced replay give the same rounds."""
+    table = {0: 1, 1: 2, 2: 3, 3: 9, 9: 4, 4: 5, 5: 6, 6: 0}
+
+    def greedy_draft(context: list[int], num: int) -> list[int]:
+        out = []
+        for _ in range(num):
+            out.append(table.get((context + out)[-1], 0))
+        return out
+
+    prompt, target = [0], [1, 2, 3, 4, 5, 6, 7]
+    full = prompt + target
+    argmax = [table.get(full[len(prompt) + i - 1], 0) for i in range(len(target))]
+    stepwise = replay(target, lambda pos, n: greedy_draft(full[: len(prompt) + pos], n), k=3)
+    assert replay(target, forced_drafts(argmax, target), k=3) == stepwise
