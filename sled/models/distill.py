@@ -120,11 +120,12 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def make_prompts(num: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
+def make_prompts(num: int, part: int) -> list[str]:
+    """Prompts ``[part * num, (part + 1) * num)`` of one fixed shuffle of templates x topics."""
+    rng = random.Random(0)
     pairs = [(c, tmpl, t) for c, ts in TEMPLATES.items() for tmpl in ts for t in TOPICS]
     rng.shuffle(pairs)
-    return [tmpl.format(t=t) for _, tmpl, t in pairs[:num]]
+    return [tmpl.format(t=t) for _, tmpl, t in pairs[part * num : (part + 1) * num]]
 
 
 def kjv_text(work_dir: Path) -> list[str]:
@@ -138,7 +139,7 @@ def kjv_text(work_dir: Path) -> list[str]:
 
 
 def generate(
-    target: Any, tok: Any, prompts: list[str], args: argparse.Namespace
+    target: Any, tok: Any, prompts: list[str], seed: int, args: argparse.Namespace
 ) -> list[list[int]]:
     import torch
 
@@ -155,7 +156,7 @@ def generate(
         ]
         enc = tok(texts, return_tensors="pt", padding=True)
         sample = (b // args.batch_gen) % 2 == 1
-        torch.manual_seed(args.seed + b)
+        torch.manual_seed(seed + b)
         with torch.no_grad():
             out = target.generate(
                 **enc,
@@ -297,6 +298,34 @@ def train(
                 log(f"saved best ({agree:.3f}) to {args.out}")
 
 
+def make_part(target: Any, tok: Any, part: int, args: argparse.Namespace) -> list[Any]:
+    """Labelled sequences of data part ``part`` (its own prompts and seeds), cached."""
+    import torch
+
+    name = f"data-{args.seed}-{args.num_prompts}-{args.kjv_chunks}"
+    data_path = args.work_dir / (f"{name}.pt" if part == 0 else f"{name}-part{part}.pt")
+    if data_path.exists():
+        rows: list[Any] = torch.load(data_path)
+        log(f"data part {part}: {len(rows)} sequences from {data_path}")
+        return rows
+    started = time.monotonic()
+    prompts = make_prompts(args.num_prompts, part)
+    seqs = generate(target, tok, prompts, args.seed + 1000 * part, args)
+    rng = random.Random(args.seed + part)
+    chapters = kjv_text(args.work_dir)
+    for _ in range(args.kjv_chunks):
+        ids = tok(rng.choice(chapters)).input_ids
+        start = rng.randrange(max(1, len(ids) - args.kjv_tokens))
+        seqs.append(ids[start : start + args.kjv_tokens])
+    rows = label(target, seqs, batch=32)
+    torch.save(rows, data_path)
+    log(
+        f"data part {part}: {len(rows)} sequences, {sum(len(r['ids']) for r in rows)} tokens "
+        f"in {(time.monotonic() - started) / 60:.1f} min"
+    )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--target", type=Path, required=True, help="cached target HF folder")
@@ -312,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", type=int, default=2, help="data parts to train on")
+    p.add_argument(
+        "--only-part", type=int, default=None, help="only build (cache) this data part, then exit"
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -323,25 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(str(args.target))
     target = AutoModelForCausalLM.from_pretrained(str(args.target), dtype=torch.float32).eval()
-    data_path = args.work_dir / f"data-{args.seed}-{args.num_prompts}-{args.kjv_chunks}.pt"
     started = time.monotonic()
-    if data_path.exists():
-        rows = torch.load(data_path)
-        log(f"data: {len(rows)} sequences from {data_path}")
-    else:
-        seqs = generate(target, tok, make_prompts(args.num_prompts, args.seed), args)
-        rng = random.Random(args.seed)
-        chapters = kjv_text(args.work_dir)
-        for _ in range(args.kjv_chunks):
-            ids = tok(rng.choice(chapters)).input_ids
-            start = rng.randrange(max(1, len(ids) - args.kjv_tokens))
-            seqs.append(ids[start : start + args.kjv_tokens])
-        rows = label(target, seqs, batch=32)
-        torch.save(rows, data_path)
-        log(
-            f"data: {len(rows)} sequences, {sum(len(r['ids']) for r in rows)} tokens "
-            f"in {(time.monotonic() - started) / 60:.1f} min"
-        )
+    parts = [args.only_part] if args.only_part is not None else range(args.parts)
+    rows = [row for part in parts for row in make_part(target, tok, part, args)]
+    if args.only_part is not None:
+        return 0
     random.Random(args.seed).shuffle(rows)
     num_val = min(len(rows) // 2, max(8, len(rows) // 16))
     train(target, rows[num_val:], rows[:num_val], args)
