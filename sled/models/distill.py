@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for part in parts for row in make_part(target, tok, part, args)]
     if args.only_part is not None:
         return 0
-    turn_start = int(tok.convert_tokens_to_ids("<|im_start|>"))
+    (turn_start,) = tok("<|im_start|>").input_ids
     (newline,) = tok("\n").input_ids
     for row in rows:
         row["reply_from"] = reply_start(row["ids"].tolist(), turn_start, newline)
