@@ -24,6 +24,8 @@ PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.json"
 
 # (context_len, num_tokens) -> the drafter's greedy tokens after target[:context_len]
 DraftFn = Callable[[int, int], list[int]]
+# (prompt ids, reply ids) -> the drafter's argmax before each reply token: [len(reply)]
+ArgmaxFn = Callable[[list[int], list[int]], list[int]]
 NO_TOKEN = -1  # a draft position that cannot be accepted
 
 
@@ -93,6 +95,37 @@ def forced_drafts(argmax: Sequence[int], target: Sequence[int]) -> DraftFn:
     return draft
 
 
+def torch_argmax(model: Any) -> ArgmaxFn:
+    """:data:`ArgmaxFn` of a torch causal LM: one forward pass over prompt + reply."""
+    import torch
+
+    def argmax(prompt: list[int], reply: list[int]) -> list[int]:
+        ids = torch.tensor([prompt + reply])  # [1, P+R]
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1 : -1]  # [R, V]
+        return [int(t) for t in logits.argmax(-1).tolist()]
+
+    return argmax
+
+
+def onnx_argmax(model_dir: Path) -> ArgmaxFn:
+    """:data:`ArgmaxFn` of an exported drafter, run by the edge node's own runtime."""
+    from edge_node.drafter import LOGITS_HISTORY, Drafter
+
+    drafter = Drafter(model_dir, threads=1)
+
+    def argmax(prompt: list[int], reply: list[int]) -> list[int]:
+        state = drafter.new_state()
+        out = [int(drafter.feed(state, prompt).argmax())]
+        for start in range(0, len(reply) - 1, LOGITS_HISTORY):
+            chunk = reply[start : min(start + LOGITS_HISTORY, len(reply) - 1)]
+            drafter.feed(state, chunk)
+            out += [int(state.logits[len(prompt) + start + j].argmax()) for j in range(len(chunk))]
+        return out
+
+    return argmax
+
+
 def load_prompts(path: Path = PROMPTS_FILE) -> dict[str, list[str]]:
     """Category -> user prompts."""
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -101,7 +134,7 @@ def load_prompts(path: Path = PROMPTS_FILE) -> dict[str, list[str]]:
 
 def measure(
     target_dir: Path,
-    drafter: Any,
+    drafter: ArgmaxFn,
     *,
     ks: Sequence[int] = (4, 8),
     max_new_tokens: int = 64,
@@ -109,7 +142,7 @@ def measure(
     greedy_cache: Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Per category and k: acceptance and tokens per round of ``drafter`` (torch) against
+    """Per category and k: acceptance and tokens per round of ``drafter`` against
     the target in ``target_dir``, on the target's chat-templated greedy outputs (kept in
     ``greedy_cache``, a JSON file, so that the next drafter is measured faster)."""
     import torch
@@ -139,10 +172,7 @@ def measure(
                     greedy_cache.write_text(json.dumps(cached))
             greedy = cached[key]
 
-            ctx = torch.cat([ids[0], torch.tensor(greedy, dtype=ids.dtype)])[None]  # [1, P+G]
-            with torch.no_grad():
-                logits = drafter(ctx).logits[0, ids.shape[1] - 1 : -1]  # [G, V]
-            draft = forced_drafts(logits.argmax(-1).tolist(), greedy)
+            draft = forced_drafts(drafter(ids[0].tolist(), greedy), greedy)
             for k in ks:
                 per_k[k] += replay(greedy, draft, k)
         row = {}

@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     accept.add_argument(
         "--drafter", type=Path, default=None, help="drafter weights folder (default: the repo's)"
     )
+    accept.add_argument(
+        "--onnx",
+        choices=("fp32", "int8"),
+        default=None,
+        help="measure the exported ONNX drafter in the cache (edge runtime) instead of torch",
+    )
     accept.add_argument("--k", type=int, nargs="+", default=[4, 8], help="draft lengths")
     accept.add_argument("--max-new-tokens", type=int, default=64, help="tokens per prompt")
     accept.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -97,7 +103,7 @@ def _list(args: argparse.Namespace) -> int:
 def _accept(args: argparse.Namespace) -> int:
     import torch
 
-    from sled.models.acceptance import measure
+    from sled.models.acceptance import measure, onnx_argmax, torch_argmax
     from sled.models.drafter import load_drafter
     from sled.models.registry import DRAFTERS_DIR
     from sled.models.store import FetchError, models_dir, read_entry
@@ -105,11 +111,18 @@ def _accept(args: argparse.Namespace) -> int:
     entry = read_entry((args.cache or models_dir()) / args.name)
     if entry is None:
         raise FetchError(f"{args.name} is not in the cache: sled models fetch {args.name}")
-    own = args.drafter or DRAFTERS_DIR / str(entry.facts.get("drafter", args.name))
     torch.set_num_threads(max(1, args.threads))
+    if args.onnx:
+        onnx_dir = entry.facts.get("drafter_onnx", {}).get(args.onnx)
+        if onnx_dir is None:
+            raise FetchError(f"{args.name} has no {args.onnx} ONNX drafter: sled models fetch")
+        drafter = onnx_argmax(Path(onnx_dir))
+    else:
+        own = args.drafter or DRAFTERS_DIR / str(entry.facts.get("drafter", args.name))
+        drafter = torch_argmax(load_drafter(entry.target, own))
     results = measure(
         entry.target,
-        load_drafter(entry.target, own),
+        drafter,
         ks=args.k,
         max_new_tokens=args.max_new_tokens,
         greedy_cache=entry.path / "greedy-outputs.json",
@@ -120,6 +133,7 @@ def _accept(args: argparse.Namespace) -> int:
             f"{row['tokens_per_round']:.2f} tokens/round"
         )
     if args.json:
+        results["drafter"] = f"onnx-{args.onnx}" if args.onnx else "torch"
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 

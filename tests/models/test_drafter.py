@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sled.models import drafter as drafter_mod
+from sled.models.acceptance import onnx_argmax, torch_argmax
 from sled.models.drafter import (
     WEIGHTS_FILE,
     assemble,
@@ -82,4 +83,9 @@ def test_ensure_drafter_exports_onnx_once(
         assert manifest["dtype"] == dtype and manifest["num_layers"] == 1
         assert manifest["eos_ids"] == [2]
     assert read_entry(entry_dir) == done  # recorded in the marker
+    # the edge runtime's view of the fp32 export drafts what torch drafts
+    fp32 = onnx_argmax(Path(done.facts["drafter_onnx"]["fp32"]))
+    reference = torch_argmax(load_drafter(entry.target, repo / "tiny"))
+    prompt, reply = [1, 40, 41, 42], [43, 44, 45, 2]
+    assert fp32(prompt, reply) == reference(prompt, reply)
     assert ensure_drafter(done, progress=lines.append) == done  # once
