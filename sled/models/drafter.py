@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from sled.models.registry import DRAFTERS_DIR
-from sled.models.store import Entry, FetchError, Progress, print_progress, write_marker
+from sled.models.store import (
+    Entry,
+    FetchError,
+    Progress,
+    print_progress,
+    sha256_file,
+    write_marker,
+)
 
 WEIGHTS_FILE = "drafter.safetensors"
 META_FILE = "drafter.json"
@@ -142,7 +149,8 @@ def export_onnx(
 def ensure_drafter(
     entry: Entry, *, force: bool = False, progress: Progress = print_progress
 ) -> Entry:
-    """Assemble and export the drafter of a cached target, once (recorded in its marker).
+    """Assemble and export the drafter of a cached target, once per version of its
+    weights (their sha256 is recorded in the entry's marker).
 
     Does nothing for a target without a drafter, or whose drafter weights are absent
     from this checkout (they are distilled by :mod:`sled.models.distill`).
@@ -151,7 +159,8 @@ def ensure_drafter(
     own_dir = DRAFTERS_DIR / str(name) if name else None
     if own_dir is None or not (own_dir / WEIGHTS_FILE).is_file():
         return entry
-    if entry.facts.get("drafter_onnx") and not force:
+    digest = sha256_file(own_dir / WEIGHTS_FILE, progress=lambda _: None)
+    if entry.facts.get("drafter_sha256") == digest and not force:
         return entry
     started = time.monotonic()
     progress(f"[drafter 1/2] assembling the {name} drafter on the target's embeddings")
@@ -160,6 +169,7 @@ def ensure_drafter(
     outs = export_onnx(hf_dir, entry.path, progress=progress)
     facts = entry.facts | {
         "drafter_onnx": {k: str(v) for k, v in outs.items()},
+        "drafter_sha256": digest,
         "drafter_meta": json.loads((own_dir / META_FILE).read_text()),
         "drafter_s": round(time.monotonic() - started, 1),
     }

@@ -89,3 +89,6 @@ def test_ensure_drafter_exports_onnx_once(
     prompt, reply = [1, 40, 41, 42], [43, 44, 45, 2]
     assert fp32(prompt, reply) == reference(prompt, reply)
     assert ensure_drafter(done, progress=lines.append) == done  # once
+    save_own(build_drafter(_target(entry), [1]), repo / "tiny", {"layers": [1]})
+    redone = ensure_drafter(done, progress=lines.append)  # new weights: built again
+    assert redone.facts["drafter_sha256"] != done.facts["drafter_sha256"]
