@@ -48,6 +48,10 @@ def _load(command: str) -> ModuleType:
             from sled.demo import train_cli
 
             return train_cli
+        case "models":
+            from sled.models import cli as models
+
+            return models
         case "credentials":
             from sled import credentials
 
@@ -84,6 +88,7 @@ COMMANDS: dict[str, str] = {
     "generate": "ask a device to generate text and print it",
     "export-drafter": "export a Hugging Face causal LM to ONNX with KV cache",
     "train-demo": "rebuild the demo models from the KJV corpus",
+    "models": "fetch real models (SmolLM2, any GGUF), convert once, list the cache",
     "credentials": "create broker passwords and ACLs for devices/verifiers",
     "soak": "load/soak test: many simulated devices against one verifier",
 }
