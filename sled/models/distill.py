@@ -131,7 +131,7 @@ def make_prompts(num: int, part: int) -> list[str]:
 
 
 def kjv_text(work_dir: Path) -> list[str]:
-    from sled.demo.train import BIBLE_COMMAND, parse_bible
+    from sled.demo.training.corpus import BIBLE_COMMAND, parse_bible
 
     raw = work_dir / "kjv-raw.txt"
     if not raw.exists():
