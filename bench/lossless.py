@@ -69,19 +69,14 @@ def _reference(model: Any, prompts: list[list[int]], eos: frozenset[int]) -> lis
 
 
 def _engine_decode(
-    engine: Any,
-    prompts: list[list[int]],
-    truth: list[list[int]],
-    *,
-    k: int,
-    alpha: float,
-    max_batch: int,
-    seed: int,
+    engine: Any, prompts: list[list[int]], truth: list[list[int]], k: int, args: argparse.Namespace
 ) -> list[list[int]]:
-    """SLED rounds (``k`` > 0) or centralized steps (``k`` = 0), batched like the service."""
+    """SLED rounds (``k`` > 0) or centralized steps (``k`` = 0), batched like the service
+    (``args``: ``alpha``, ``max_batch``, ``seed``)."""
     from verifier_node.rows import Row
 
-    rng = random.Random(seed)
+    alpha, max_batch = args.alpha, args.max_batch
+    rng = random.Random(args.seed)
     vocab = engine.runner.vocab_size
     eos = engine.runner.eos_ids
     gen: list[list[int]] = [[] for _ in prompts]
@@ -144,15 +139,7 @@ def measure(model_dir: Path, variant: str, args: argparse.Namespace) -> dict[str
     result: dict[str, Any] = {}
     for mode, k in (("sled", args.k), ("centralized", 0)):
         engine = VerifyEngine(TargetRunner(model))
-        outs = _engine_decode(
-            engine,
-            prompts,
-            truth,
-            k=k,
-            alpha=args.alpha,
-            max_batch=args.max_batch,
-            seed=args.seed,
-        )
+        outs = _engine_decode(engine, prompts, truth, k, args)
         result[mode] = _summary(outs, truth)
     return result
 

@@ -21,3 +21,8 @@ def percentile(values: Sequence[float], q: float, *, empty: float | None = None)
     pos = (len(ordered) - 1) * q / 100.0
     lo, hi = math.floor(pos), math.ceil(pos)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def ratio(num: float, den: float) -> float:
+    """``num / den``, 0.0 when ``den`` is 0 (a rate over nothing observed yet)."""
+    return num / den if den else 0.0

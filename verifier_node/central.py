@@ -12,11 +12,12 @@ seconds of a monotonic clock passed in by the caller.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from schemas import CentralizedRequest, ErrorCode, GeneratedTokens, SamplingParams
 from verifier_node.quotas import Ask, Gate
 from verifier_node.rows import Mode, Row, SessionKey, round_seed
+from verifier_node.tables import LiveTable
 
 
 def final_error(session: str, code: ErrorCode, message: str, *, seq: int = 0) -> GeneratedTokens:
@@ -54,40 +55,8 @@ class CentralSession:
 
 
 @dataclass
-class CentralTable:
+class CentralTable(LiveTable[CentralSession]):
     """All centralized sessions; a duplicate request for a known session is ignored."""
-
-    idle_s: float
-    fingerprint: str | None = None
-    max_positions: int | None = None  # the target's; a longer prompt: too_large
-    _sessions: dict[SessionKey, CentralSession] = field(default_factory=dict)
-    _live: dict[str, dict[SessionKey, CentralSession]] = field(default_factory=dict)
-
-    def _track(self, s: CentralSession) -> None:
-        """Keep ``_live`` (live sessions by device) in step with ``s``."""
-        device = s.key[0]
-        live = self._live.setdefault(device, {})
-        if s.done or self._sessions.get(s.key) is not s:
-            live.pop(s.key, None)
-        else:
-            live[s.key] = s
-        if not live:
-            del self._live[device]
-
-    def usage(self, device: str) -> tuple[int, int]:
-        """``(live sessions, their committed tokens)`` of ``device``."""
-        live = self._live.get(device, {})
-        return len(live), sum(len(s.committed_ids) for s in live.values())
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def get(self, key: SessionKey) -> CentralSession | None:
-        return self._sessions.get(key)
-
-    @property
-    def num_active(self) -> int:
-        return sum(len(live) for live in self._live.values())
 
     def admit(
         self, device: str, req: CentralizedRequest, now_s: float, gate: Gate | None = None

@@ -39,8 +39,8 @@ Times are seconds of a monotonic clock passed in by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 from schemas import (
@@ -57,6 +57,7 @@ from schemas import (
 from schemas.messages import check_ident
 from verifier_node.quotas import Ask, Gate
 from verifier_node.rows import Mode, Outcome, Row, SessionKey, round_seed
+from verifier_node.tables import LiveTable
 
 
 # -- stop rules -------------------------------------------------------------------------
@@ -206,43 +207,8 @@ def _peek(payload: bytes) -> tuple[str, int, str]:
 
 
 @dataclass
-class SessionTable:
+class SessionTable(LiveTable[Session]):
     """All SLED sessions of one verifier."""
-
-    idle_s: float  # a session idle this long is forgotten (seconds)
-    fingerprint: str | None = None  # the target tokenizer's; None: not checked
-    max_positions: int | None = None  # the target's; context + draft beyond: too_large
-    _sessions: dict[SessionKey, Session] = field(default_factory=dict)
-    _live: dict[str, dict[SessionKey, Session]] = field(default_factory=dict)  # by device
-
-    def _track(self, s: Session) -> None:
-        """Keep ``_live`` (live sessions by device) in step with ``s``."""
-        live = self._live.setdefault(s.device, {})
-        if s.done or self._sessions.get(s.key) is not s:
-            live.pop(s.key, None)
-        else:
-            live[s.key] = s
-        if not live:
-            del self._live[s.device]
-
-    def usage(self, device: str) -> tuple[int, int]:
-        """``(live sessions, their committed tokens)`` of ``device``."""
-        live = self._live.get(device, {})
-        return len(live), sum(len(s.committed_ids) for s in live.values())
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def __iter__(self) -> Iterator[Session]:
-        return iter(self._sessions.values())
-
-    def get(self, key: SessionKey) -> Session | None:
-        return self._sessions.get(key)
-
-    @property
-    def num_active(self) -> int:
-        """Sessions that may still send a request (not finished)."""
-        return sum(len(live) for live in self._live.values())
 
     def admit(
         self, device: str, req: DraftRequest, now_s: float, gate: Gate | None = None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_node.policy import DraftToken, PolicyConfig, RttEstimator, SledSession
+from runtime.stats import ratio
 from schemas import SamplingParams, Verdict
 
 
@@ -147,12 +148,12 @@ class AcceptanceCounts:
     @property
     def acceptance_rate(self) -> float:
         """Accepted / drafted tokens."""
-        return self.accepted / self.drafted if self.drafted else 0.0
+        return ratio(self.accepted, self.drafted)
 
     @property
     def mean_accepted(self) -> float:
         """Mean accepted drafts per verification round."""
-        return self.accepted / self.rounds if self.rounds else 0.0
+        return ratio(self.accepted, self.rounds)
 
 
 @dataclass(frozen=True, slots=True)

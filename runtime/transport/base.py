@@ -65,6 +65,21 @@ class Transport(Protocol):
     def messages(self) -> AsyncIterator[Message]: ...
 
 
+class ClosesOnExit:
+    """``async with`` leaves by ``await self.close()`` (each transport defines ``close``)."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
 class QueueMessages:
     """The ``messages()`` iterator of a transport: the next message of its receive queue.
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import Self
 
-from runtime.transport.base import Message, QueueMessages, TransportError, Will, topic_matches
+from runtime.transport.base import (
+    ClosesOnExit,
+    Message,
+    QueueMessages,
+    TransportError,
+    Will,
+    topic_matches,
+)
 
 
 class MemoryBroker:
@@ -61,7 +67,7 @@ class MemoryBroker:
         ]
 
 
-class MemoryTransport:
+class MemoryTransport(ClosesOnExit):
     """A client of a :class:`MemoryBroker`; same interface as the MQTT transport."""
 
     def __init__(
@@ -81,12 +87,7 @@ class MemoryTransport:
             self._broker._route(self._birth)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         self._open = False
         self._broker._detach(self)
 

@@ -22,7 +22,6 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
@@ -34,7 +33,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from runtime.config import redact_url
-from runtime.transport.base import Message, QueueMessages, TransportError, TransportTimeout, Will
+from runtime.transport.base import (
+    ClosesOnExit,
+    Message,
+    QueueMessages,
+    TransportError,
+    TransportTimeout,
+    Will,
+)
 
 log = structlog.get_logger("runtime.transport")
 
@@ -92,7 +98,7 @@ class MqttConfig:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-class MqttTransport:
+class MqttTransport(ClosesOnExit):
     """The :class:`~runtime.transport.base.Transport` over a real MQTT broker."""
 
     def __init__(
@@ -140,12 +146,7 @@ class MqttTransport:
                 )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         await self._stop()
 
     async def _stop(self) -> None:

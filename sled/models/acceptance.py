@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.stats import ratio
+
 PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.json"
 
 # (context_len, num_tokens) -> the drafter's greedy tokens after target[:context_len]
@@ -54,11 +56,13 @@ class Rounds:
 
     @property
     def acceptance(self) -> float:
-        return self.num_accepted / self.num_drafted if self.num_drafted else 0.0
+        """Accepted / drafted tokens."""
+        return ratio(self.num_accepted, self.num_drafted)
 
     @property
     def tokens_per_round(self) -> float:
-        return self.num_tokens / self.num_rounds if self.num_rounds else 0.0
+        """Output tokens per verification round (accepted drafts + the target's token)."""
+        return ratio(self.num_tokens, self.num_rounds)
 
 
 def replay(target: Sequence[int], draft: DraftFn, k: int) -> Rounds:

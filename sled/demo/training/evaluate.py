@@ -55,7 +55,8 @@ def greedy_next(model: Any, ids: torch.Tensor) -> int:
 
 @torch.no_grad()
 def target_greedy(target: Any, prompt: torch.Tensor, num_new: int) -> list[int]:
-    """The target's own greedy continuation of prompt: [1, T] (the lossless reference)."""
+    """``target``'s own greedy continuation of prompt: [1, T] (the lossless reference;
+    with the drafter as ``target``, a round's greedy drafts)."""
     ids = prompt
     out: list[int] = []
     for _ in range(num_new):
@@ -80,12 +81,8 @@ def speculative_greedy(
     generated: list[int] = []
     accepted_per_round: list[int] = []
     while len(generated) < num_new:
-        draft_ids = ids
-        draft: list[int] = []
-        for _ in range(k):
-            token = greedy_next(drafter, draft_ids)
-            draft.append(token)
-            draft_ids = torch.cat([draft_ids, torch.tensor([[token]])], dim=1)
+        draft = target_greedy(drafter, ids, k)  # the drafter's own greedy continuation
+        draft_ids = torch.cat([ids, torch.tensor([draft], dtype=ids.dtype)], dim=1)
         # target_top[i] is the target's choice for the position of draft[i]; [k + 1]
         target_top = logits_of(target, draft_ids)[0, ids.shape[1] - 1 :].argmax(dim=-1).tolist()
         num_accepted = 0
