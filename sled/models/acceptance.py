@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.sim.trace import AcceptanceCounts
 from runtime.stats import ratio
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.json"
@@ -38,31 +39,27 @@ def accepted_prefix(draft: Sequence[int], target: Sequence[int]) -> int:
 
 
 @dataclass(frozen=True)
-class Rounds:
-    """Totals of replaying one or more greedy outputs round by round."""
+class Rounds(AcceptanceCounts):
+    """Totals of replaying one or more greedy outputs round by round
+    (``acceptance_rate``: accepted / drafted, as in the paper benchmark)."""
 
-    num_rounds: int = 0
-    num_drafted: int = 0
-    num_accepted: int = 0
-    num_tokens: int = 0  # output tokens (accepted + one per round, clipped at the end)
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    tokens: int = 0  # output tokens (accepted + one per round, clipped at the end)
 
     def __add__(self, other: Rounds) -> Rounds:
         return Rounds(
-            self.num_rounds + other.num_rounds,
-            self.num_drafted + other.num_drafted,
-            self.num_accepted + other.num_accepted,
-            self.num_tokens + other.num_tokens,
+            self.rounds + other.rounds,
+            self.drafted + other.drafted,
+            self.accepted + other.accepted,
+            self.tokens + other.tokens,
         )
-
-    @property
-    def acceptance(self) -> float:
-        """Accepted / drafted tokens."""
-        return ratio(self.num_accepted, self.num_drafted)
 
     @property
     def tokens_per_round(self) -> float:
         """Output tokens per verification round (accepted drafts + the target's token)."""
-        return ratio(self.num_tokens, self.num_rounds)
+        return ratio(self.tokens, self.rounds)
 
 
 def replay(target: Sequence[int], draft: DraftFn, k: int) -> Rounds:
@@ -187,8 +184,8 @@ def measure(
         progress(
             f"{category:14s} "
             + "  ".join(
-                f"k={k}: acc {per_k[k].acceptance:.2f}, {per_k[k].tokens_per_round:.2f} tok/round"
-                for k in ks
+                f"k={k}: acc {r.acceptance_rate:.2f}, {r.tokens_per_round:.2f} tok/round"
+                for k, r in per_k.items()
             )
             + f"  ({time.monotonic() - started:.0f} s)"
         )
@@ -198,8 +195,8 @@ def measure(
 
 def _row(r: Rounds) -> dict[str, float | int]:
     return {
-        "acceptance": round(r.acceptance, 3),
+        "acceptance": round(r.acceptance_rate, 3),
         "tokens_per_round": round(r.tokens_per_round, 2),
-        "rounds": r.num_rounds,
-        "tokens": r.num_tokens,
+        "rounds": r.rounds,
+        "tokens": r.tokens,
     }

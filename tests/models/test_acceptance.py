@@ -32,21 +32,21 @@ def test_perfect_drafter_makes_k_plus_one_per_round() -> None:
     target = list(range(10))
     rounds = replay(target, lambda pos, n: target[pos : pos + n] + [99] * n, k=4)
     # rounds: 5 tokens, 5 tokens -> 2 rounds, all 8 drafted accepted
-    assert rounds == Rounds(num_rounds=2, num_drafted=8, num_accepted=8, num_tokens=10)
-    assert rounds.tokens_per_round == 5.0 and rounds.acceptance == 1.0
+    assert rounds == Rounds(rounds=2, drafted=8, accepted=8, tokens=10)
+    assert rounds.tokens_per_round == 5.0 and rounds.acceptance_rate == 1.0
 
 
 def test_useless_drafter_makes_one_per_round() -> None:
     rounds = replay([1, 2, 3], lambda pos, n: [0] * n, k=2)
-    assert rounds == Rounds(num_rounds=3, num_drafted=6, num_accepted=0, num_tokens=3)
-    assert rounds.tokens_per_round == 1.0 and rounds.acceptance == 0.0
+    assert rounds == Rounds(rounds=3, drafted=6, accepted=0, tokens=3)
+    assert rounds.tokens_per_round == 1.0 and rounds.acceptance_rate == 0.0
 
 
 def test_partial_acceptance() -> None:
     target = [5, 6, 7, 8, 9]
     # pos 0: drafts [5, 6, 0] -> 2 accepted + correction 7; pos 3: [8, 9, 1] -> 2 accepted
     rounds = replay(target, lambda pos, n: {0: [5, 6, 0], 3: [8, 9, 1]}[pos], k=3)
-    assert rounds == Rounds(num_rounds=2, num_drafted=6, num_accepted=4, num_tokens=5)
+    assert rounds == Rounds(rounds=2, drafted=6, accepted=4, tokens=5)
 
 
 def test_k_must_be_positive() -> None:
@@ -68,7 +68,7 @@ def test_forced_drafts_follow_the_target_until_the_first_mismatch() -> None:
     assert draft(3, 4) == [8, 4, NO_TOKEN, NO_TOKEN]
     rounds = replay(target, draft, k=4)
     # pos 0: 2 accepted + correction 7; pos 3: 1 accepted + correction 9
-    assert rounds == Rounds(num_rounds=2, num_drafted=8, num_accepted=3, num_tokens=5)
+    assert rounds == Rounds(rounds=2, drafted=8, accepted=3, tokens=5)
 
 
 def test_forced_drafts_equal_step_by_step_greedy_drafting() -> None:
