@@ -157,7 +157,14 @@ def ensure_drafter(
     """
     name = entry.facts.get("drafter")
     own_dir = DRAFTERS_DIR / str(name) if name else None
-    if own_dir is None or not (own_dir / WEIGHTS_FILE).is_file():
+    if own_dir is None:
+        return entry
+    if not (own_dir / WEIGHTS_FILE).is_file():
+        progress(
+            f"no drafter built: {own_dir / WEIGHTS_FILE} is not in this install (the "
+            "drafters' own layers ship in the source tree, not in the wheel): run "
+            "`sled models fetch` from a checkout of the project"
+        )
         return entry
     digest = sha256_file(own_dir / WEIGHTS_FILE, progress=lambda _: None)
     if entry.facts.get("drafter_sha256") == digest and not force:
