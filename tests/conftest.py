@@ -73,16 +73,24 @@ class SecureBroker:
 
     def config(self, username: str | None, **changes: Any) -> MqttConfig:
         """Client config for ``username`` (its real password unless ``password=`` is given)."""
-        password = self.users[username].password if username in self.users else None
-        cfg = MqttConfig(
-            host=self.broker.host,
-            port=self.broker.port,
-            username=username,
-            password=password,
-            connect_timeout_s=5,
-            op_timeout_s=5,
-        )
-        return cfg.with_(**changes)
+        return login_config(self.broker, self.users, username, **changes)
+
+
+def login_config(
+    broker: Mosquitto, users: dict[str, Credential], username: str | None, **changes: Any
+) -> MqttConfig:
+    """A client of ``broker`` logged in as ``username`` with its password from ``users``
+    (none for an unknown name), 5 s timeouts; ``changes`` override any field."""
+    password = users[username].password if username in users else None
+    cfg = MqttConfig(
+        host=broker.host,
+        port=broker.port,
+        username=username,
+        password=password,
+        connect_timeout_s=5,
+        op_timeout_s=5,
+    )
+    return cfg.with_(**changes)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from runtime.transport import MqttConfig
 from sled.certs import CaFiles, make_test_ca
 from sled.credentials import Credential, default_group, write_credentials
 from sled.dynsec import write_dynsec
+from tests.conftest import login_config
 
 BROKER_DIR = Path(__file__).resolve().parents[2] / "broker"
 PRODUCTION_CONF = BROKER_DIR / "mosquitto.conf"
@@ -72,16 +73,7 @@ class ProductionBroker:
 
     def plain(self, username: str | None, **changes: Any) -> MqttConfig:
         """A client of the plain listener (loopback only)."""
-        password = self.users[username].password if username in self.users else None
-        cfg = MqttConfig(
-            host=self.broker.host,
-            port=self.broker.port,
-            username=username,
-            password=password,
-            connect_timeout_s=5,
-            op_timeout_s=5,
-        )
-        return cfg.with_(**changes)
+        return login_config(self.broker, self.users, username, **changes)
 
     def tls(self, username: str | None, **changes: Any) -> MqttConfig:
         """A client of the TLS listener, trusting the test CA."""
