@@ -29,6 +29,7 @@ from schemas.codec import decode, encode, from_map, peek, to_map
 from schemas.errors import ErrorCode, SchemaError
 from schemas.messages import (
     BY_KIND,
+    CHAT_ROLES,
     DEFAULT_LIMITS,
     FINISH_REASONS,
     FORMATS,
@@ -37,6 +38,7 @@ from schemas.messages import (
     NO_TOKEN,
     SCHEMA_VERSION,
     CentralizedRequest,
+    ChatMessage,
     DeviceStatus,
     DraftRequest,
     GeneratedTokens,
@@ -54,6 +56,7 @@ from schemas.topics import DEFAULT_PREFIX, Channel, ParsedTopic, Topics, check_i
 
 __all__ = [
     "BY_KIND",
+    "CHAT_ROLES",
     "DEFAULT_LIMITS",
     "DEFAULT_PREFIX",
     "FINISH_REASONS",
@@ -64,6 +67,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CentralizedRequest",
     "Channel",
+    "ChatMessage",
     "DeviceStatus",
     "DraftRequest",
     "ErrorCode",

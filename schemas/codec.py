@@ -64,7 +64,11 @@ def to_map(record: Record) -> dict[str, Any]:
         value = getattr(record, spec.name)
         if value is None:
             continue
-        out[spec.wire_key] = to_map(value) if isinstance(value, Record) else value
+        if isinstance(value, Record):
+            value = to_map(value)
+        elif isinstance(value, list) and value and isinstance(value[0], Record):
+            value = [to_map(v) for v in value]  # a list of records (chat messages)
+        out[spec.wire_key] = value
     return out
 
 

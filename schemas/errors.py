@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"  # payload or list longer than the configured limit
     BAD_TOPIC = "bad_topic"  # topic outside the contract's layout
     TOKENIZER_MISMATCH = "tokenizer_mismatch"  # drafter and target tokenizers differ
+    NO_CHAT_TEMPLATE = "no_chat_template"  # chat messages sent to a model without a template
     RESYNC = "resync"  # the verifier lacks this session's state: resend full context
     OVERLOADED = "overloaded"  # too many sessions; try again later
     OVER_QUOTA = "over_quota"  # this device exceeds one of its per-device quotas

@@ -7,8 +7,8 @@ import X`` works for each:
   :class:`SamplingParams`, field checks, version and enumerations;
 * :mod:`schemas.protocol` — the draft protocol, device ⇄ verifier: ``DraftRequest``,
   ``Verdict``, ``CentralizedRequest``, ``GeneratedTokens``;
-* :mod:`schemas.results` — app ⇄ device: ``GenerateRequest``, ``ResultChunk``,
-  ``ResultFinal``;
+* :mod:`schemas.results` — app ⇄ device: ``GenerateRequest`` (with its nested
+  ``ChatMessage``), ``ResultChunk``, ``ResultFinal``;
 * :mod:`schemas.status` — retained presence: ``DeviceStatus``, ``VerifierStatus``.
 
 Hot-path records (draft, verdict) use one- or two-letter wire keys so a draft of 8
@@ -26,6 +26,7 @@ from schemas.protocol import CentralizedRequest as CentralizedRequest
 from schemas.protocol import DraftRequest as DraftRequest
 from schemas.protocol import GeneratedTokens as GeneratedTokens
 from schemas.protocol import Verdict as Verdict
+from schemas.record import CHAT_ROLES as CHAT_ROLES
 from schemas.record import DEFAULT_LIMITS as DEFAULT_LIMITS
 from schemas.record import FINISH_REASONS as FINISH_REASONS
 from schemas.record import FORMATS as FORMATS
@@ -39,6 +40,7 @@ from schemas.record import check_ident as check_ident
 from schemas.record import check_ids as check_ids
 from schemas.record import check_nonneg as check_nonneg
 from schemas.record import key as key
+from schemas.results import ChatMessage as ChatMessage
 from schemas.results import GenerateRequest as GenerateRequest
 from schemas.results import ResultChunk as ResultChunk
 from schemas.results import ResultFinal as ResultFinal
@@ -56,6 +58,6 @@ MESSAGE_TYPES: Final[tuple[type[Record], ...]] = (
     DeviceStatus,
     VerifierStatus,
 )
-"""Top-level messages (SamplingParams only appears nested)."""
+"""Top-level messages (SamplingParams and ChatMessage only appear nested)."""
 
 BY_KIND: Final[dict[str, type[Record]]] = {t.KIND: t for t in MESSAGE_TYPES}

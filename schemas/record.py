@@ -20,6 +20,7 @@ SCHEMA_VERSION: Final = 1
 MODES: Final = ("sled", "local", "centralized")
 FORMATS: Final = ("msgpack", "json")
 FINISH_REASONS: Final = ("stop", "length", "error", "cancelled")
+CHAT_ROLES: Final = ("system", "user", "assistant")  # roles of GenerateRequest.messages
 
 NO_TOKEN: Final = -1  # Verdict.token when there is no target token (error, resync)
 
@@ -42,7 +43,8 @@ class Limits:
     max_context: int = 32768  # context / prompt tokens
     max_top_k: int = 64  # entries of the truncated draft distribution per token
     max_new_tokens: int = 8192  # generation budget per request
-    max_text_chars: int = 65536  # prompt or text delta
+    max_text_chars: int = 65536  # prompt or text delta; all chat message contents together
+    max_messages: int = 256  # messages of one chat conversation
     max_id_chars: int = 64  # session / request / device ids
     max_map_keys: int = 64  # keys of one map (a record has fewer than 30 fields)
 

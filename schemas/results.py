@@ -1,6 +1,7 @@
 """What apps and devices exchange: a generation request and its result stream.
 
-* :class:`GenerateRequest` — app → device: generate text for a prompt.
+* :class:`GenerateRequest` — app → device: generate text for a prompt, or for a chat
+  conversation (a list of :class:`ChatMessage`) in the model's chat template.
 * :class:`ResultChunk` — device → apps: a piece of the text (verified or provisional).
 * :class:`ResultFinal` — device → apps: the end, with usage and timings.
 
@@ -15,6 +16,7 @@ from typing import ClassVar
 
 from schemas.errors import ErrorCode
 from schemas.record import (
+    CHAT_ROLES,
     FINISH_REASONS,
     FORMATS,
     MODES,
@@ -30,16 +32,30 @@ from schemas.record import (
 
 
 @dataclass(frozen=True, slots=True)
+class ChatMessage(Record):
+    """One turn of a conversation (only nested, in ``GenerateRequest.messages``)."""
+
+    KIND: ClassVar[str] = "message"
+
+    role: str  # system, user or assistant
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateRequest(Record):
     """App → device on ``…/dev/{device}/req``: please generate text for this prompt.
 
+    Exactly one of ``prompt`` (text, tokenized as it is) and ``messages`` (a
+    conversation: the device renders it with its model's chat template, opens the
+    assistant's turn, and the answer stops at the model's end-of-turn token) is given.
     Results stream to ``…/dev/{device}/out/{request}`` in ``format`` (msgpack or json).
     """
 
     KIND: ClassVar[str] = "generate"
 
     request: str
-    prompt: str
+    prompt: str = ""
+    messages: list[ChatMessage] | None = None  # a conversation instead of a prompt
     max_new_tokens: int = 64
     params: SamplingParams = field(default_factory=SamplingParams)
     mode: str = "sled"
@@ -48,14 +64,19 @@ class GenerateRequest(Record):
 
     def check(self, limits: Limits) -> None:
         check_ident("generate.request", self.request, limits)
-        if not self.prompt:
-            raise fail("generate.prompt", "must not be empty")
-        if len(self.prompt) > limits.max_text_chars:
-            raise fail(
-                "generate.prompt",
-                f"{len(self.prompt)} characters exceed {limits.max_text_chars}",
-                ErrorCode.TOO_LARGE,
-            )
+        if self.messages is None:
+            if not self.prompt:
+                raise fail("generate.prompt", "must not be empty (send prompt or messages)")
+            if len(self.prompt) > limits.max_text_chars:
+                raise fail(
+                    "generate.prompt",
+                    f"{len(self.prompt)} characters exceed {limits.max_text_chars}",
+                    ErrorCode.TOO_LARGE,
+                )
+        else:
+            if self.prompt:
+                raise fail("generate", "send prompt or messages, not both")
+            check_messages("generate.messages", self.messages, limits)
         if not 1 <= self.max_new_tokens <= limits.max_new_tokens:
             raise fail(
                 "generate.max_new_tokens",
@@ -65,6 +86,28 @@ class GenerateRequest(Record):
         check_choice("generate.format", self.format, FORMATS)
         self.params.check(limits)
         check_nonneg("generate.sent_at_ns", self.sent_at_ns)
+
+
+def check_messages(where: str, messages: list[ChatMessage], limits: Limits) -> None:
+    """A conversation: 1 to ``max_messages`` turns with known roles, all contents
+    together at most ``max_text_chars`` characters."""
+    if not messages:
+        raise fail(where, "must not be empty (at least one message)")
+    if len(messages) > limits.max_messages:
+        raise fail(
+            where,
+            f"{len(messages)} messages exceed the limit of {limits.max_messages}",
+            ErrorCode.TOO_LARGE,
+        )
+    for i, message in enumerate(messages):
+        check_choice(f"{where}[{i}].role", message.role, CHAT_ROLES)
+    total = sum(len(m.content) for m in messages)
+    if total > limits.max_text_chars:
+        raise fail(
+            where,
+            f"{total} characters of content exceed {limits.max_text_chars}",
+            ErrorCode.TOO_LARGE,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from schemas import (
+    CHAT_ROLES,
     FINISH_REASONS,
     FORMATS,
     MODES,
     NO_TOKEN,
     CentralizedRequest,
+    ChatMessage,
     DeviceStatus,
     DraftRequest,
     ErrorCode,
@@ -156,15 +158,28 @@ generated = st.one_of(
     ),
 )
 
-generate_requests = st.builds(
-    GenerateRequest,
-    request=idents,
-    prompt=st.text(min_size=1, max_size=200),
-    max_new_tokens=st.integers(1, 8192),
-    params=sampling,
-    mode=st.sampled_from(MODES),
-    format=st.sampled_from(FORMATS),
-    sent_at_ns=nonneg,
+chat_messages = st.lists(
+    st.builds(ChatMessage, role=st.sampled_from(CHAT_ROLES), content=st.text(max_size=60)),
+    min_size=1,
+    max_size=5,
+)
+# exactly one of prompt and messages
+prompt_or_messages = st.one_of(
+    st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=200)}),
+    st.fixed_dictionaries({"messages": chat_messages}),
+)
+
+generate_requests = prompt_or_messages.flatmap(
+    lambda text: st.builds(
+        GenerateRequest,
+        request=idents,
+        max_new_tokens=st.integers(1, 8192),
+        params=sampling,
+        mode=st.sampled_from(MODES),
+        format=st.sampled_from(FORMATS),
+        sent_at_ns=nonneg,
+        **{k: st.just(v) for k, v in text.items()},
+    )
 )
 
 chunks = st.builds(

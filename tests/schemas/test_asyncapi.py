@@ -22,6 +22,7 @@ import yaml
 import schemas
 from schemas import (
     BY_KIND,
+    CHAT_ROLES,
     FINISH_REASONS,
     FORMATS,
     MESSAGE_TYPES,
@@ -188,10 +189,17 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 
 def nested_records(cls: type[Record]) -> set[type[Record]]:
     found: set[type[Record]] = set()
+
+    def visit(hint: Any) -> None:  # through unions and lists: list[ChatMessage] | None
+        if typing.get_origin(hint) is None and isinstance(hint, type):
+            if issubclass(hint, Record):
+                found.update({hint} | nested_records(hint))
+            return
+        for arg in typing.get_args(hint):
+            visit(arg)
+
     for _, _, hint in wire_fields(cls):
-        for arg in (hint, *typing.get_args(hint)):
-            if isinstance(arg, type) and issubclass(arg, Record):
-                found |= {arg} | nested_records(arg)
+        visit(hint)
     return found
 
 
@@ -245,7 +253,7 @@ def test_payload_schema_matches_the_record(cls: type[Record]) -> None:
 
 def test_nested_records_match_their_schemas() -> None:
     nested = set().union(*(nested_records(t) for t in MESSAGE_TYPES))
-    assert {t.__name__ for t in nested} == {"SamplingParams"}
+    assert {t.__name__ for t in nested} == {"SamplingParams", "ChatMessage"}
     for cls in nested:
         schema = doc()["components"]["schemas"][cls.__name__]
         assert record_mismatches(cls, schema, top=False) == []
@@ -258,6 +266,11 @@ def test_enumerated_strings_match_the_code(kind: str, wire_key: str) -> None:
     if prop.get("type") == "array":
         _, prop = deref(prop["items"])
     assert tuple(prop["enum"]) == ENUMS[(kind, wire_key)]
+
+
+def test_chat_roles_match_the_code() -> None:
+    _, message = deref(doc()["components"]["schemas"]["ChatMessage"])
+    assert tuple(message["properties"]["role"]["enum"]) == CHAT_ROLES
 
 
 def test_error_codes_match_the_code() -> None:
