@@ -12,6 +12,13 @@ the ``loopcontrols`` extension, a ``tojson`` filter that does not escape HTML, a
 Terms: a *message* is ``{"role": str, "content": str}``; a *conversation* is a list of
 them; the *generation prompt* is the opening of the assistant's turn that the template
 appends when ``add_generation_prompt`` is true.
+
+On the device, :class:`ChatPrompts` holds the drafter folder's template (``sled
+export-drafter`` copies ``tokenizer_config.json`` and ``chat_template.jinja`` beside
+``tokenizer.json``) and turns a ``GenerateRequest`` into prompt text: ``prompt`` as it
+is, ``messages`` rendered with the generation prompt appended. The text is then
+tokenized without adding special tokens, as transformers' ``apply_chat_template(...,
+tokenize=True)`` does, so the device's prompt ids equal the target's.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from schemas import ErrorCode, GenerateRequest, SchemaError
 
 CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
@@ -125,6 +134,10 @@ class ChatTemplate:
             )
         return cls.from_config(config, source)
 
+    def compile(self) -> None:
+        """Compile the template now; :class:`ChatTemplateError` when it does not."""
+        _compile(self.source)
+
     def render(
         self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
     ) -> str:
@@ -144,3 +157,40 @@ class ChatTemplate:
             )
         except TemplateError as exc:
             raise ChatTemplateError(f"the chat template refused the messages: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ChatPrompts:
+    """A device's chat template, or why it has none: a request's prompt text.
+
+    :meth:`load` reads it once from the drafter folder; a folder without a usable
+    template still serves ``prompt`` requests, and ``messages`` get ``no_chat_template``.
+    """
+
+    template: ChatTemplate | None = None
+    missing: str = "none loaded"  # why there is no template
+
+    @classmethod
+    def load(cls, folder: Path) -> ChatPrompts:
+        try:
+            template = ChatTemplate.from_folder(folder)
+            template.compile()
+        except (ChatTemplateError, OSError, ValueError) as exc:
+            return cls(None, str(exc))
+        return cls(template, "")
+
+    def text(self, req: GenerateRequest) -> str:
+        """``req.prompt``, or ``req.messages`` in the template with the assistant's turn
+        opened. :class:`SchemaError` (``no_chat_template`` / ``bad_field``) otherwise."""
+        if req.messages is None:
+            return req.prompt
+        if self.template is None:
+            raise SchemaError(
+                ErrorCode.NO_CHAT_TEMPLATE,
+                f"this device's model has no chat template ({self.missing}); send prompt",
+            )
+        messages = [{"role": m.role, "content": m.content} for m in req.messages]
+        try:
+            return self.template.render(messages)
+        except ChatTemplateError as exc:
+            raise SchemaError(ErrorCode.BAD_FIELD, f"generate.messages: {exc}") from exc

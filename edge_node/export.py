@@ -39,7 +39,14 @@ from edge_node.manifest import (
 from runtime.models import eos_ids, load_causal_lm
 
 DEFAULT_OPSET = 17
-COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+# the tokenizer, and the chat template the device renders (tokenizer_config.json holds it;
+# transformers 5 may write it to chat_template.jinja instead): see edge_node.chat
+COPIED_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 Progress = Callable[[str], None]
 

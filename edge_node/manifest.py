@@ -5,6 +5,8 @@ An exported drafter directory holds::
     model.onnx       the graph: input_ids, attention_mask, position_ids, past_key_values.*
                      → logits, present.*  (KV cache in and out, one pair per layer)
     tokenizer.json   the Hugging Face ``tokenizers`` file of the source model
+    tokenizer_config.json, chat_template.jinja   when the source has them: the chat
+                     template the device renders for ``messages`` (edge_node.chat)
     manifest.json    this record
 
 Graph interface (names are in ``input_names`` / ``output_names``)::

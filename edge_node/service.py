@@ -35,6 +35,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import structlog
 
+from edge_node.chat import ChatPrompts
 from edge_node.config import EdgeConfig
 from edge_node.drafter import Drafter, DrafterError
 from edge_node.errors import EdgeError, TokenizerMismatch
@@ -47,6 +48,7 @@ from schemas import (
     DEFAULT_LIMITS,
     MODES,
     Channel,
+    ChatMessage,
     DeviceStatus,
     GeneratedTokens,
     GenerateRequest,
@@ -106,6 +108,7 @@ class EdgeNode:
         self._status_seen = asyncio.Event()
         self._serving = False
         self._seen_requests: dict[str, None] = {}  # request ids served, oldest first
+        self.chat = ChatPrompts()  # the drafter folder's chat template, read on start
         self.verification_expired = 0  # generations that ended with text left unverified
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -136,6 +139,7 @@ class EdgeNode:
             self._drafter = await asyncio.to_thread(
                 Drafter, Path(self.config.drafter_dir), threads=self.config.threads
             )
+        self.chat = await asyncio.to_thread(ChatPrompts.load, self.drafter.model_dir)
         status_topic = self.topics.device_status(self.device)
         if self._transport is None:
             self._transport = MqttTransport(
@@ -157,6 +161,7 @@ class EdgeNode:
             broker=self.config.broker_url_redacted,
             drafter=str(self.drafter.model_dir),
             fingerprint=self.drafter.fingerprint,
+            chat_template=self.chat.template is not None,
         )
         return self
 
@@ -297,8 +302,9 @@ class EdgeNode:
 
     async def generate(
         self,
-        prompt: str,
+        prompt: str = "",
         *,
+        messages: list[ChatMessage] | None = None,
         max_new_tokens: int | None = None,
         params: SamplingParams | None = None,
         mode: str | None = None,
@@ -306,7 +312,8 @@ class EdgeNode:
         fmt: Format = "msgpack",
         publish: bool = True,
     ) -> AsyncIterator[Result]:
-        """Generate text for ``prompt``: ResultChunks, then one ResultFinal.
+        """Generate text for ``prompt`` (or chat ``messages``): ResultChunks, then one
+        ResultFinal.
 
         ``publish`` also streams them to ``…/out/{request}`` in ``fmt``. Bad arguments
         raise ``ValueError``; failures during generation end in a ResultFinal with
@@ -315,6 +322,7 @@ class EdgeNode:
         req = GenerateRequest(
             request=request_id or uuid.uuid4().hex[:12],
             prompt=prompt,
+            messages=messages,
             max_new_tokens=max_new_tokens or self.config.max_new_tokens,
             params=params or SamplingParams(),
             mode=mode or self.config.mode,
@@ -329,7 +337,7 @@ class EdgeNode:
         async for rec in self._run_request(req, publish=publish):
             yield rec
 
-    async def generate_text(self, prompt: str, **kwargs: Any) -> ResultFinal:
+    async def generate_text(self, prompt: str = "", **kwargs: Any) -> ResultFinal:
         """Run :meth:`generate` to the end and return its ResultFinal."""
         final: ResultFinal | None = None
         async for rec in self.generate(prompt, **kwargs):
@@ -343,8 +351,9 @@ class EdgeNode:
         log = self.log.bind(request=req.request, mode=req.mode)
         stream = ResultStream(req.request, req.mode, 0, self.drafter.decode, self.clock)
         try:
+            text = await asyncio.to_thread(self.chat.text, req)  # messages: chat template
             limit = self.config.max_prompt_tokens  # bounded, and tokenized off the loop
-            prompt_ids = await asyncio.to_thread(self.drafter.encode_prompt, req.prompt, limit)
+            prompt_ids = await asyncio.to_thread(self.drafter.encode_prompt, text, limit)
             if not prompt_ids:
                 raise EdgeError("the prompt encodes to no tokens")
             stream.prompt_tokens = len(prompt_ids)
@@ -365,7 +374,8 @@ class EdgeNode:
                 log.warning("edge.generate_failed", error=str(exc), kind=type(exc).__name__)
             else:
                 log.exception("edge.generate_crashed", error=str(exc), kind=type(exc).__name__)
-            final = stream.final("error", error=f"{type(exc).__name__}: {exc}")
+            why = f"{exc.code}: {exc.message}" if isinstance(exc, SchemaError) else None
+            final = stream.final("error", error=why or f"{type(exc).__name__}: {exc}")
             if publish:
                 await self._publish_result(req.request, final, req.format)  # type: ignore[arg-type]
             yield final

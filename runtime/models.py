@@ -60,13 +60,44 @@ def eos_ids_of(configs: Iterable[Any]) -> list[int]:
 
 
 def eos_ids(model_dir: str | Path) -> list[int]:
-    """EOS ids of a model folder: ``config.json`` then ``generation_config.json``."""
+    """EOS ids of a model folder: ``config.json``, ``generation_config.json``, then the
+    tokenizer's own EOS token (``tokenizer_config.json``'s ``eos_token``).
+
+    The last is an instruct model's end-of-turn token (SmolLM2's ``<|im_end|>``, Qwen2's
+    ``<|im_end|>``, Llama 3's ``<|eot_id|>``), where a chat answer stops even when the
+    model configs name only the end-of-text token. The edge export (the drafter's
+    manifest), the verifier and the reference decoding all take their EOS ids here, so
+    they stop at the same token.
+    """
     docs = []
     for name in ("config.json", "generation_config.json"):
         path = Path(model_dir) / name
         if path.is_file():
             docs.append(json.loads(path.read_text()))
-    return eos_ids_of(docs)
+    found = eos_ids_of(docs)
+    end_of_turn = _eos_token_id(Path(model_dir))
+    if end_of_turn is not None and end_of_turn not in found:
+        found.append(end_of_turn)
+    return found
+
+
+def _eos_token_id(model_dir: Path) -> int | None:
+    """The id of ``tokenizer_config.json``'s ``eos_token`` in ``tokenizer.json``."""
+    config_path, tokenizer_path = model_dir / "tokenizer_config.json", model_dir / "tokenizer.json"
+    if not (config_path.is_file() and tokenizer_path.is_file()):
+        return None
+    token = json.loads(config_path.read_text()).get("eos_token")
+    if isinstance(token, dict):  # AddedToken form: {"content": "</s>", ...}
+        token = token.get("content")
+    if not isinstance(token, str):
+        return None
+    tokenizer = json.loads(tokenizer_path.read_text())
+    for added in tokenizer.get("added_tokens") or []:
+        if added.get("content") == token and isinstance(added.get("id"), int):
+            return int(added["id"])
+    vocab = (tokenizer.get("model") or {}).get("vocab")
+    token_id = vocab.get(token) if isinstance(vocab, dict) else None
+    return token_id if isinstance(token_id, int) else None
 
 
 # --------------------------------------------------------------------------- tokenizer

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import torch
 
-from runtime.models import eos_ids_of
+from runtime.models import eos_ids, eos_ids_of
 from verifier_node import packing
 from verifier_node.kvcache import LayerShape, SlotKVCache, SlotTable, common_prefix_len
 from verifier_node.rows import Row
@@ -208,7 +208,12 @@ class TargetRunner:
         )
         if not device_map:
             torch.nn.Module.to(model, where)  # in place
-        return cls(model, kv_budget_bytes=kv_budget_bytes, prefill_chunk=prefill_chunk)
+        # the folder's EOS ids include the tokenizer's end-of-turn token, as the edge's
+        stop = eos_ids_of((getattr(model, "generation_config", None), model.config))
+        stop += [i for i in eos_ids(path) if i not in stop]
+        return cls(
+            model, kv_budget_bytes=kv_budget_bytes, prefill_chunk=prefill_chunk, eos_ids=stop
+        )
 
     # -- geometry ---------------------------------------------------------------------
     @torch.inference_mode()

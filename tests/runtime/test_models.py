@@ -71,3 +71,27 @@ def test_build_llama_shape_and_seed() -> None:
     assert torch.allclose(w2, 2.0 * w)
     norm = a.model.layers[0].input_layernorm.weight
     assert torch.equal(norm, scaled.model.layers[0].input_layernorm.weight)
+
+
+def test_eos_ids_add_the_tokenizers_end_of_turn_token(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 0}))
+    tokenizer = {
+        "added_tokens": [
+            {"id": 0, "content": "<|endoftext|>"},
+            {"id": 2, "content": "<|im_end|>"},
+        ],
+        "model": {"vocab": {"<|endoftext|>": 0, "<|im_end|>": 2, "</s>": 7}},
+    }
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    assert eos_ids(tmp_path) == [0, 2]  # configs first, then the end-of-turn token
+    config.write_text(json.dumps({"eos_token": {"content": "</s>", "lstrip": False}}))
+    assert eos_ids(tmp_path) == [0, 7]  # AddedToken form, found in the vocabulary
+    config.write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    assert eos_ids(tmp_path) == [0]  # already there: no duplicate
+    config.write_text(json.dumps({"eos_token": "<none>"}))
+    assert eos_ids(tmp_path) == [0]  # not in the tokenizer: ignored
+    (tmp_path / "tokenizer.json").unlink()
+    config.write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    assert eos_ids(tmp_path) == [0]  # no tokenizer.json: configs only
