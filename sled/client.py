@@ -4,6 +4,7 @@
         client = SledClient(bus)
         async for chunk in client.stream("pi-1", "In the beginning"):
             print(chunk.text, end="", flush=True)
+        final = await client.generate("pi-1", messages=[{"role": "user", "content": "Hi!"}])
 
 ``stream`` sends a ``GenerateRequest`` to the device's request topic and yields its
 ``ResultChunk``s, then the ``ResultFinal``. ``follow`` watches everything a device
@@ -16,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from runtime.transport import Transport, TransportTimeout
 from schemas import (
+    DEFAULT_LIMITS,
+    ChatMessage,
+    ErrorCode,
     GenerateRequest,
     ResultChunk,
     ResultFinal,
@@ -32,6 +36,7 @@ from schemas import (
 from schemas.codec import Format, encode
 
 Result = ResultChunk | ResultFinal
+Messages = Sequence[ChatMessage | Mapping[str, str]]
 
 
 def new_request_id() -> str:
@@ -94,8 +99,9 @@ class SledClient:
     async def stream(
         self,
         device: str,
-        prompt: str,
+        prompt: str = "",
         *,
+        messages: Messages | None = None,
         max_new_tokens: int = 64,
         params: SamplingParams | None = None,
         mode: str = "sled",
@@ -105,20 +111,26 @@ class SledClient:
     ) -> AsyncIterator[Result]:
         """Send a request to ``device`` and yield its chunks, then its final result.
 
-        ``timeout_s`` bounds the wait for each next message (not the whole generation).
+        Give ``prompt`` (text) or ``messages`` (a chat conversation: ``ChatMessage``s or
+        ``{"role": ..., "content": ...}`` maps; the device applies its model's chat
+        template). A request that breaks the contract raises ``SchemaError`` before
+        anything is sent. ``timeout_s`` bounds the wait for each next message (not the
+        whole generation).
         """
         request = request_id or new_request_id()
-        out_topic = self._topics.out(device, request)
-        await self._bus.subscribe(out_topic)
         message = GenerateRequest(
             request=request,
             prompt=prompt,
+            messages=None if messages is None else [_chat_message(m) for m in messages],
             max_new_tokens=max_new_tokens,
             params=params or SamplingParams(),
             mode=mode,
             format=fmt,
             sent_at_ns=time.time_ns(),
         )
+        message.check(DEFAULT_LIMITS)
+        out_topic = self._topics.out(device, request)
+        await self._bus.subscribe(out_topic)
         await self._bus.publish(self._topics.req(device), encode(message, fmt))
         try:
             async for result in self._results(out_topic, timeout_s):
@@ -131,7 +143,7 @@ class SledClient:
             except Exception:  # best effort on the way out
                 pass
 
-    async def generate(self, device: str, prompt: str, **kwargs: object) -> ResultFinal:
+    async def generate(self, device: str, prompt: str = "", **kwargs: object) -> ResultFinal:
         """Run one request to the end; returns the final result (text included)."""
         async for result in self.stream(device, prompt, **kwargs):  # type: ignore[arg-type]
             if isinstance(result, ResultFinal):
@@ -171,3 +183,14 @@ class SledClient:
                 continue  # not a result (or not ours to read): ignore
             assert isinstance(result, ResultChunk | ResultFinal)
             yield msg.topic, result
+
+
+def _chat_message(message: ChatMessage | Mapping[str, str]) -> ChatMessage:
+    if isinstance(message, ChatMessage):
+        return message
+    role, content = message.get("role"), message.get("content")
+    if not isinstance(role, str) or not isinstance(content, str):
+        raise SchemaError(
+            ErrorCode.BAD_FIELD, f"a chat message needs a role and a content string: {message!r}"
+        )
+    return ChatMessage(role=role, content=content)
