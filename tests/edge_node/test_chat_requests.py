@@ -147,3 +147,19 @@ async def test_request_topic_errors_reach_the_sender(
     assert (finals["chat-1"].error or "").startswith("no_chat_template: ")
     assert (finals["role-1"].error or "").startswith("bad_field: generate.messages[0].role")
     assert finals["plain-1"].finish_reason == "length" and finals["plain-1"].error is None
+
+
+def test_the_template_travels_with_the_drafter_export(
+    llama_drafter: TinyDrafter, tmp_path: Path
+) -> None:
+    """``sled export-drafter`` copies chat_template.jinja (transformers 5's file) too."""
+    from edge_node.export import export_drafter
+
+    source = tmp_path / "hf"
+    shutil.copytree(llama_drafter.hf_dir, source)
+    (source / "chat_template.jinja").write_text(TEMPLATE)
+    out = tmp_path / "onnx"
+    export_drafter(source, out, dtype="fp32", progress=lambda _line: None)
+    assert (out / "chat_template.jinja").read_text() == TEMPLATE
+    prompts = ChatPrompts.load(out)
+    assert prompts.text(GenerateRequest(request="r", messages=CHAT)) == RENDERED
