@@ -247,3 +247,25 @@ def test_a_ragged_batch_is_packed(llama_dir: Path) -> None:
         n = len(r.draft) + 1
         ref = reference_logits(model, list(r.context), list(r.draft))
         assert (out.row(b)[:n] - ref).abs().max().item() < TOL
+
+
+def test_loaded_runner_stops_at_the_tokenizers_end_of_turn(llama_dir: Path, tmp_path: Path):
+    """The verifier's EOS ids are the folder's (runtime.models.eos_ids), as the edge's are:
+    the tokenizer's own eos_token (an instruct model's end of turn) is one of them."""
+    import json
+    import shutil
+
+    from runtime.models import eos_ids
+
+    folder = tmp_path / "model"
+    shutil.copytree(llama_dir, folder)
+    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    end_of_turn = next(t for t in vocab if vocab[t] > 100)  # some ordinary token
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["eos_token"] = end_of_turn
+    config_path.write_text(json.dumps(config))
+    runner = TargetRunner.load(folder, threads=1)
+    assert vocab[end_of_turn] in runner.eos_ids
+    assert runner.eos_ids == set(eos_ids(folder))
+    assert runner.eos_ids == TargetRunner.load(llama_dir, threads=1).eos_ids | {vocab[end_of_turn]}
