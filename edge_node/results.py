@@ -20,9 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from edge_node.errors import EdgeError
-from schemas import ResultChunk, ResultFinal
+from schemas import ResultChunk, ResultFinal, SchemaError, check_id
+from schemas.codec import peek
+
+Format = Literal["msgpack", "json"]
 
 Result = ResultChunk | ResultFinal
 INCOMPLETE = "\ufffd"  # what a decoder shows for an incomplete UTF-8 character
@@ -144,3 +148,19 @@ def common_prefix(a: str, b: str) -> int:
             break
         n += 1
     return n
+
+
+def peek_request(payload: bytes) -> tuple[str | None, Format]:
+    """Best effort: the request id and format of a GenerateRequest that failed to decode."""
+    body = peek(payload)
+    if body is None:
+        return None, "msgpack"
+    request = body.get("request")
+    fmt: Format = "json" if body.get("format") == "json" or payload[:1] == b"{" else "msgpack"
+    if not isinstance(request, str):
+        return None, fmt
+    try:
+        check_id("request", request)
+    except SchemaError:
+        return None, fmt
+    return request, fmt
