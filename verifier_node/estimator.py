@@ -171,7 +171,7 @@ def calibration_shapes(
     ``max_draft`` drafts). Rows stay <= 8 and contexts within the target's positions."""
     big = max(1, min(8, max_batch))
     mid = max(1, big // 2)
-    long_ctx = max(2, min(512, max_positions - max_draft - 2))
+    long_ctx = max(2, min(256, max_positions - max_draft - 2))
     short_ctx = max(2, min(32, long_ctx))
     plan = [
         (1, short_ctx, 0),

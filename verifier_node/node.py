@@ -5,20 +5,25 @@
   checked against each device's drafter.
 * :func:`status_record` is the retained :class:`~schemas.VerifierStatus`;
   :func:`make_mqtt_transport` connects with it online as the birth message and
-  offline as the Last Will.
+  offline as the Last Will; :func:`say_status` publishes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Final
 
-from runtime.transport import Message, MqttTransport, Will
+import structlog
+
+from runtime.transport import Message, MqttTransport, Transport, Will
 from schemas import VerifierStatus, encode
 from verifier_node.config import VerifierConfig
 
 if TYPE_CHECKING:
     from verifier_node.runner import TargetRunner
+
+log = structlog.get_logger("verifier_node")
 
 # Config fields that are TargetRunner.load options of the same name.
 RUNNER_OPTIONS: Final = (
@@ -70,3 +75,14 @@ def make_mqtt_transport(
         will=Will(topic, encode(offline), retain=True),
         birth=Message(topic, encode(online), retain=True),
     )
+
+
+async def say_status(
+    transport: Transport, config: VerifierConfig, record: VerifierStatus, timeout_s: float
+) -> None:
+    """Publish the retained status; a failure is logged (the Last Will covers offline)."""
+    topic = config.topics.verifier_status(config.verifier_id)
+    try:
+        await asyncio.wait_for(transport.publish(topic, encode(record), retain=True), timeout_s)
+    except Exception as exc:
+        log.warning("verifier.status_failed", online=record.online, error=str(exc))
