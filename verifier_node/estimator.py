@@ -128,6 +128,12 @@ class Estimator:
         x = shape.features()
         return max(MIN_MS, sum(t * v for t, v in zip(self.theta, x, strict=True)))
 
+    def row_ms(self, row: RoundShape) -> float:
+        """What ``row`` adds to any round's predicted time (ms, >= MIN_MS): the model is
+        linear, so it is everything but the intercept."""
+        x = row.features()
+        return max(MIN_MS, sum(t * v for t, v in zip(self.theta[1:], x[1:], strict=True)))
+
     def marginal_ms(self, batch: RoundShape, row: RoundShape) -> float:
         """What adding ``row`` to ``batch`` adds to the predicted time (ms, >= MIN_MS)."""
         return max(MIN_MS, self.predict_ms(batch + row) - self.predict_ms(batch))

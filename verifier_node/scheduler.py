@@ -49,6 +49,7 @@ Times are seconds of a monotonic clock passed in by the caller (tests use a fake
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -174,7 +175,9 @@ class DeadlineScheduler(Batcher[T]):
                     deferred_deadline += 1
                 urgent.append(q)
         num_urgent = len(plan.batch)
-        rest = [q for q in rest if all(q is not u for u in urgent)]
+        done = {id(u) for u in urgent}
+        rest = [q for q in rest if id(q) not in done]
+        rest.sort(key=plan.value, reverse=True)  # stable: deadline order on ties
         while rest and len(plan.batch) < self.max_batch:  # phase 2: by value, fairly
             q = plan.best(rest)
             rest.remove(q)
@@ -218,7 +221,7 @@ class _Plan(Generic[T]):
         self.group = group
         self.batch: list[Queued[T]] = []
         self.shape = RoundShape()
-        self.guarded: list[float] = []  # deadlines the batch still meets
+        self.guarded_s = math.inf  # the earliest deadline the batch still meets
         self.per_group: Counter[Hashable] = Counter()
         self.late = 0
 
@@ -234,7 +237,7 @@ class _Plan(Generic[T]):
     def fits(self, q: Queued[T]) -> bool:
         """Admitting ``q`` keeps every guarded deadline."""
         end = self.end_s(self.shape + _job(q).shape)
-        return all(end <= d for d in self.guarded)
+        return end <= self.guarded_s
 
     def admit(self, q: Queued[T]) -> None:
         job = _job(q)
@@ -242,20 +245,20 @@ class _Plan(Generic[T]):
         self.shape = self.shape + job.shape
         self.per_group[self.group(q.key)] += 1
         if self.end_s(self.shape) <= job.deadline_s:
-            self.guarded.append(job.deadline_s)
+            self.guarded_s = min(self.guarded_s, job.deadline_s)
         else:
             self.late += 1
 
     def best(self, rest: Sequence[Queued[T]]) -> Queued[T]:
-        """The highest-value request among those of the devices with the fewest places."""
+        """The first of ``rest`` (sorted by value) among the devices with the fewest places."""
         fewest = min(self.per_group[self.group(q.key)] for q in rest)
-        fair = [q for q in rest if self.per_group[self.group(q.key)] == fewest]
-        return max(fair, key=self.value)  # max keeps the first (deadline order) on ties
+        fair = [q for q in rest if self.per_group[self.group(q.key)] == fewest][:1]
+        return fair[0]  # ``rest`` is in value order
 
     def value(self, q: Queued[T]) -> float:
-        """Expected tokens per ms the request adds to the round."""
+        """Expected tokens per ms the request adds to any round (the model is linear)."""
         job = _job(q)
-        return job.tokens / self.estimator.marginal_ms(self.shape, job.shape)
+        return job.tokens / self.estimator.row_ms(job.shape)
 
 
 class BusyMeter:
