@@ -4,7 +4,9 @@
     verdict = decode(payload, expect=Verdict, limits=Limits(vocab_size=4096))
 
 A message is a map: ``k`` (kind), ``v`` (schema version) and the record's fields under
-their wire keys (see :mod:`schemas.messages`). ``None`` fields are left out. Decoding
+their wire keys (see :mod:`schemas.messages`). ``None`` fields are left out. In msgpack,
+floats take 5 bytes (float32) when every float of the message survives float32 exactly
+(e.g. a verdict's ``load``, probabilities from a float32 softmax), else 9. Decoding
 accepts JSON too (a payload starting with ``{``; no msgpack message can), so apps and
 tools that only speak JSON can send requests. Everything that breaks the contract
 raises :class:`~schemas.errors.SchemaError` with a message naming the field.
@@ -17,6 +19,7 @@ import json
 import math
 import types
 import typing
+from array import array
 from collections.abc import Mapping
 from typing import Any, Final, Literal, TypeVar, overload
 
@@ -77,8 +80,24 @@ def encode(record: Record, fmt: Format = "msgpack") -> bytes:
     body = {KIND_KEY: record.KIND, VERSION_KEY: record.VERSION, **to_map(record)}
     if fmt == "json":
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True, use_single_float=_single_exact(body))
     return packed
+
+
+def _single_exact(value: Any) -> bool:
+    """Every float in ``value`` is a float32 (so msgpack may store it in 5 bytes, exactly)."""
+    if isinstance(value, float):
+        value = [value]
+    elif isinstance(value, dict):
+        return all(_single_exact(v) for v in value.values())
+    if not isinstance(value, list) or not value:
+        return True
+    if all(type(v) is float for v in value):  # a row of floats: compared at C speed
+        try:
+            return array("f", value).tolist() == value
+        except OverflowError:
+            return False
+    return all(_single_exact(v) for v in value)
 
 
 def _unpack(data: bytes, limits: Limits) -> Any:

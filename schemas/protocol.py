@@ -15,6 +15,7 @@ in ~100 bytes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -39,7 +40,9 @@ class DraftRequest(Record):
 
     The opening request of a session (and any resend after a ``resync`` verdict)
     carries ``context`` (the committed ids, ``len(context) == start``), ``params``,
-    ``max_new_tokens``, ``prompt_len`` and the tokenizer ``fingerprint``. Follow-ups
+    ``max_new_tokens``, ``prompt_len``, the tokenizer ``fingerprint`` and optionally
+    ``tpot_ms``, the device's latency objective in milliseconds per generated token
+    (positive, finite; the verifier's default when absent). Follow-ups
     carry only the drafts that extend position ``start``. Build them with
     :meth:`opening` and :meth:`follow_up`.
 
@@ -62,6 +65,7 @@ class DraftRequest(Record):
     max_new_tokens: int | None = field(default=None, metadata=key("m"))
     params: SamplingParams | None = field(default=None, metadata=key("p"))
     fingerprint: str | None = field(default=None, metadata=key("f"))
+    tpot_ms: float | None = field(default=None, metadata=key("o"))
 
     @classmethod
     def opening(
@@ -137,6 +141,8 @@ class DraftRequest(Record):
             self.params.check(limits)
         if self.fingerprint is not None and len(self.fingerprint) > limits.max_id_chars:
             raise fail("draft.f", "fingerprint too long")
+        if self.tpot_ms is not None and not (math.isfinite(self.tpot_ms) and self.tpot_ms > 0):
+            raise fail("draft.o", f"tpot_ms must be a positive finite number, got {self.tpot_ms}")
 
     def _check_q(self, limits: Limits) -> None:
         """The truncated draft distributions: one row per draft token, each summing to 1."""
@@ -170,7 +176,10 @@ class Verdict(Record):
     target token and ``committed == start + accepted + 1``. ``done`` means the session
     ended (EOS or max_new_tokens) and the verifier dropped it. On failure ``code`` says
     why (``ErrorCode.RESYNC``: resend with full context) and ``token`` is ``NO_TOKEN``.
-    ``queue_us``/``verify_us`` are server timings in microseconds.
+    ``queue_us``/``verify_us`` are server timings in microseconds; ``load`` is the
+    verifier's recent busy fraction in [0, 1]: the share of wall time spent in
+    verification rounds over the last ~1 s (a hint: devices draft longer when it is
+    high). The verifier sends it in steps of 1/128, so it packs as a 5-byte float.
     """
 
     KIND: ClassVar[str] = "verdict"
@@ -185,6 +194,7 @@ class Verdict(Record):
     message: str | None = field(default=None, metadata=key("m"))
     queue_us: int = field(default=0, metadata=key("w"))
     verify_us: int = field(default=0, metadata=key("u"))
+    load: float = field(default=0.0, metadata=key("l"))
 
     @property
     def ok(self) -> bool:
@@ -196,6 +206,8 @@ class Verdict(Record):
         check_nonneg("verdict.c", self.committed)
         check_nonneg("verdict.w", self.queue_us)
         check_nonneg("verdict.u", self.verify_us)
+        if not 0.0 <= self.load <= 1.0:
+            raise fail("verdict.l", f"load must be in [0, 1], got {self.load}")
         if self.code is None:
             check_nonneg("verdict.q", self.seq)
             check_ids("verdict.x", [self.token], limits, 1)

@@ -14,6 +14,10 @@
   :meth:`Batcher.queued` counts a group's waiting requests (its queue quota).
 
 Times are seconds from a monotonic clock passed in by the caller (tests use a fake one).
+
+A request may carry a :class:`Job` (its deadline, shape and expected tokens): this FIFO
+batcher ignores it; the deadline-aware :class:`~verifier_node.scheduler.DeadlineScheduler`
+(a subclass) forms batches from it.
 """
 
 from __future__ import annotations
@@ -23,16 +27,29 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from verifier_node.estimator import RoundShape
+
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """What a deadline-aware scheduler knows of a request (FIFO ignores it)."""
+
+    deadline_s: float  # verified by then to keep its session's TPOT objective (monotonic s)
+    shape: RoundShape  # the request's share of a round (rows == 1)
+    tokens: float = 1.0  # expected tokens committed by its round (accepted + 1)
+
+
+@dataclass(frozen=True, slots=True)
 class Queued(Generic[T]):
-    """One waiting request: its session key, payload and arrival time (s, monotonic)."""
+    """One waiting request: its session key, payload, arrival time (s, monotonic) and,
+    for the deadline scheduler, its :class:`Job`."""
 
     key: Hashable
     item: T
     arrived_s: float
+    job: Job | None = None
 
 
 class Batcher(Generic[T]):
@@ -61,8 +78,8 @@ class Batcher(Generic[T]):
         """Requests of ``group`` waiting."""
         return self._per_group[group]
 
-    def add(self, key: Hashable, item: T, now_s: float) -> None:
-        self._queue.append(Queued(key, item, now_s))
+    def add(self, key: Hashable, item: T, now_s: float, job: Job | None = None) -> None:
+        self._queue.append(Queued(key, item, now_s, job))
         self._per_group[self.group(key)] += 1
 
     def _forget(self, gone: list[Queued[T]]) -> None:
@@ -82,12 +99,7 @@ class Batcher(Generic[T]):
     def _eligible(self) -> list[Queued[T]]:
         """The requests the next batch would take: the first of each session, FIFO, or
         round-robin over groups when there are more than ``max_batch`` (in FIFO order)."""
-        seen: set[Hashable] = set()
-        firsts: list[Queued[T]] = []
-        for q in self._queue:
-            if q.key not in seen:
-                seen.add(q.key)
-                firsts.append(q)
+        firsts = self._firsts()
         if len(firsts) <= self.max_batch:
             return firsts
         by_group: dict[Hashable, list[Queued[T]]] = {}  # insertion order: oldest first
@@ -127,10 +139,24 @@ class Batcher(Generic[T]):
         deadline = self.deadline_s()
         return deadline is not None and now_s >= deadline
 
-    def take(self) -> list[Queued[T]]:
-        """Remove and return the next batch (FIFO, at most one request per session)."""
-        picked = self._eligible()
+    def take(self, now_s: float | None = None) -> list[Queued[T]]:
+        """Remove and return the next batch (FIFO, at most one request per session);
+        ``now_s`` is for subclasses that plan with the clock."""
+        return self._take(self._eligible())
+
+    def _take(self, picked: list[Queued[T]]) -> list[Queued[T]]:
+        """Remove ``picked`` from the queue and return them."""
         taken = {id(q) for q in picked}
         self._queue = [q for q in self._queue if id(q) not in taken]
         self._forget(picked)
         return picked
+
+    def _firsts(self) -> list[Queued[T]]:
+        """The first waiting request of each session, FIFO."""
+        seen: set[Hashable] = set()
+        firsts: list[Queued[T]] = []
+        for q in self._queue:
+            if q.key not in seen:
+                seen.add(q.key)
+                firsts.append(q)
+        return firsts

@@ -39,6 +39,7 @@ class CentralSession:
     last_active_s: float
     chunk_seq: int = 0  # seq of the next GeneratedTokens chunk
     done: bool = False
+    started_s: float = 0.0  # when the request arrived (monotonic s)
 
     @property
     def generated(self) -> int:
@@ -101,6 +102,7 @@ class CentralTable(LiveTable[CentralSession]):
             max_new_tokens=req.max_new_tokens,
             params=req.params,
             last_active_s=now_s,
+            started_s=now_s,
         )
         self._sessions[key] = s
         self._track(s)

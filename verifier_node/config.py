@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from runtime.transport import MqttConfig
 
 DTYPE_NAMES: Final = ("auto", "float32", "bfloat16", "float16")
+SCHEDULERS: Final = ("deadline", "fifo", "static")
 QUOTA_FIELDS: Final = (
     "device_sessions",
     "device_queued",
@@ -80,6 +81,23 @@ class VerifierConfig(NodeConfig):
         "longest wait of the oldest queued request before a batch fires, milliseconds "
         "(inf: static batching, wait for max_batch or every active session)",
     )
+    scheduler: str = setting(
+        "deadline",
+        "batch former: deadline (earliest deadline first under each session's TPOT "
+        "objective, then fill by value, with the verification-time estimator; waits at "
+        "most max_wait_ms), fifo (arrival order, fires at max_batch or max_wait_ms: the "
+        "paper's dynamic batching) or static (fifo without a time limit: the paper's "
+        "static batching)",
+        choices=SCHEDULERS,
+    )
+    tpot_ms: float = setting(
+        200.0,
+        "default latency objective, milliseconds per generated token, for sessions whose "
+        "device sends none (200: 5 tokens/s, the paper benchmark's rate target)",
+    )
+    calibrate: bool = setting(
+        True, "run a few calibration rounds at start-up to fit the verification-time estimator"
+    )
     kv_budget_mb: float = setting(1024.0, "KV cache memory budget, MiB (LRU eviction beyond)")
     prefill_chunk: int = setting(512, "longest prompt piece per prefill forward, tokens")
     session_idle_s: float = setting(
@@ -129,6 +147,8 @@ class VerifierConfig(NodeConfig):
             raise ConfigError("threads and metrics_port must be >= 0")
         if not self.max_wait_ms >= 0:
             raise ConfigError(f"max_wait_ms must be >= 0 or inf, got {self.max_wait_ms}")
+        if not (math.isfinite(self.tpot_ms) and self.tpot_ms > 0):
+            raise ConfigError(f"tpot_ms must be a positive finite number, got {self.tpot_ms}")
         if not self.kv_budget_mb > 0 or not self.session_idle_s > 0:
             raise ConfigError("kv_budget_mb and session_idle_s must be > 0")
         for name in QUOTA_FIELDS:
@@ -140,8 +160,11 @@ class VerifierConfig(NodeConfig):
     # -- derived values ---------------------------------------------------------------
     @property
     def batch_wait_ms(self) -> float | None:
-        """``max_wait_ms`` for the batcher: None means static batching."""
-        return None if math.isinf(self.max_wait_ms) else self.max_wait_ms
+        """``max_wait_ms`` for the batcher: None means static batching (``scheduler =
+        "static"`` or ``max_wait_ms = inf``)."""
+        if self.scheduler == "static" or math.isinf(self.max_wait_ms):
+            return None
+        return self.max_wait_ms
 
     @property
     def kv_budget_bytes(self) -> int:

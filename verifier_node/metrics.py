@@ -16,6 +16,18 @@ Names (all prefixed ``sled_verifier_``)::
     kv_evictions_total         counter    sessions evicted from the KV cache
     kv_share_releases_total    counter    sessions released to keep a device in its KV share
     rows_retried_total         counter    rows run again one by one after a round raised
+    estimator_mape{target}     gauge      verification-time estimator: mean |error| / actual
+                                          over the last 100 served rounds (a fraction)
+    estimator_error            histogram  the estimator's relative error per round
+    estimated_round_seconds    histogram  estimated time of each batch formed (deadline)
+    load                       gauge      busy fraction of the last second (Verdict.load)
+    slo_requests_total{met}    counter    requests answered by their deadline (yes / no)
+    slo_sessions_total{met}    counter    sessions finished within their TPOT objective
+    batch_fired_total{reason}  counter    why a batch fired: full, all_waiting, deadline,
+                                          max_wait (deadline scheduler)
+    batch_admitted_total{phase}  counter  requests admitted: urgent (EDF) or value (fill)
+    batch_deferred_total{why}  counter    requests left for a later batch: deadline (would
+                                          push an admitted deadline past) or full
 """
 
 from __future__ import annotations
@@ -77,6 +89,43 @@ class VerifierMetrics:
         )
         self.rows_retried = Counter(
             p + "rows_retried", "rows run again one by one after a round raised", registry=r
+        )
+        self.estimator_mape = Gauge(
+            p + "estimator_mape",
+            "verification-time estimator: mean absolute percentage error, recent rounds",
+            labelnames=("target",),
+            registry=r,
+        )
+        self.estimator_error = Histogram(
+            p + "estimator_error",
+            "verification-time estimator: relative error per round",
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0),
+            registry=r,
+        )
+        self.estimated_round = Histogram(
+            p + "estimated_round_seconds",
+            "estimated time of each batch formed",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.load = Gauge(p + "load", "busy fraction of the last second", registry=r)
+        self.slo_requests = Counter(
+            p + "slo_requests", "requests by deadline met", labelnames=("met",), registry=r
+        )
+        self.slo_sessions = Counter(
+            p + "slo_sessions", "sessions by TPOT objective met", labelnames=("met",), registry=r
+        )
+        self.batch_fired = Counter(
+            p + "batch_fired", "why a batch fired", labelnames=("reason",), registry=r
+        )
+        self.batch_admitted = Counter(
+            p + "batch_admitted", "requests admitted by phase", labelnames=("phase",), registry=r
+        )
+        self.batch_deferred = Counter(
+            p + "batch_deferred",
+            "requests deferred to a later batch",
+            labelnames=("why",),
+            registry=r,
         )
         self._server: Any = None
 

@@ -5,21 +5,26 @@
   checked against each device's drafter.
 * :func:`status_record` is the retained :class:`~schemas.VerifierStatus`;
   :func:`make_mqtt_transport` connects with it online as the birth message and
-  offline as the Last Will.
+  offline as the Last Will; :func:`say_status` publishes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Final
 
-from runtime.transport import Message, MqttTransport, Will
+import structlog
+
+from runtime.transport import Message, MqttTransport, Transport, Will
 from schemas import VerifierStatus, encode
 from verifier_node.announce import capacity_of
 from verifier_node.config import VerifierConfig
 
 if TYPE_CHECKING:
     from verifier_node.runner import TargetRunner
+
+log = structlog.get_logger("verifier_node")
 
 # Config fields that are TargetRunner.load options of the same name.
 RUNNER_OPTIONS: Final = (
@@ -76,3 +81,27 @@ def make_mqtt_transport(
         will=Will(topic, encode(offline), retain=True),
         birth=Message(topic, encode(online), retain=True),
     )
+
+
+async def say_status(
+    transport: Transport, config: VerifierConfig, record: VerifierStatus, timeout_s: float
+) -> None:
+    """Publish the retained status; a failure is logged (the Last Will covers offline)."""
+    topic = config.topics.verifier_status(config.verifier_id)
+    try:
+        await asyncio.wait_for(transport.publish(topic, encode(record), retain=True), timeout_s)
+    except Exception as exc:
+        log.warning("verifier.status_failed", online=record.online, error=str(exc))
+
+
+def ready_fields(config: VerifierConfig) -> dict[str, object]:
+    """The settings the ``verifier.ready`` log line reports."""
+    return {
+        "verifier": config.verifier_id,
+        "max_batch": config.max_batch,
+        "max_wait_ms": config.max_wait_ms,
+        "scheduler": config.scheduler,
+        "tpot_ms": config.tpot_ms,
+        "share_group": config.share_group,
+        "quotas": str(config.quotas()),
+    }

@@ -2,26 +2,25 @@
 
 Wiring (all I/O of the verifier lives here)::
 
-    transport.messages() ──decode──▶ SessionTable / CentralTable ──Row──▶ Batcher
+    transport.messages() ──decode──▶ SessionTable / CentralTable ──Row+Job──▶ batcher
                                         │ reply (duplicate, resync, error)
-    worker: Batcher.take() ──▶ VerifyEngine.run (one torch thread) ──Outcome──▶ verdicts
+    worker: batcher.take() ──▶ VerifyEngine.run (one torch thread) ──Outcome──▶ verdicts
 
 A request is one :class:`~verifier_node.rows.Row` from admission to its verdict (QoS 1).
 
 * Reads its assigned and the plain drafts, or ``$share/<group>/…`` (:mod:`.announce`).
-* Publishes a retained :class:`~schemas.VerifierStatus` (online) as the transport's
-  birth message, with an offline Last Will; a clean stop publishes offline itself.
+* A retained :class:`~schemas.VerifierStatus`: online (birth), offline (Will, clean stop).
 * Bad input gets an error verdict (the :class:`~schemas.SchemaError` code and message)
   and a log line; everyone else keeps being served.
 * Model forwards run on a single worker thread, so MQTT I/O goes on meanwhile.
-* Centralized requests are decoded one token per round with continuous batching:
-  a session re-enters the queue after each token and leaves when done.
+* Centralized requests: continuous batching, one token per session per round.
+* Batches are formed by ``--scheduler`` (:mod:`verifier_node.pacing`): deadline-aware
+  (default), FIFO or static; every verdict carries its queue time and the load hint.
 * Per-device fairness (:mod:`verifier_node.fairness`): quotas at admission
   (``over_quota``), batches round-robin over devices, a KV share per device, and at
   most ``device_error_backlog`` error answers per device in flight (:mod:`.replies`).
-* One bad row never fails a batch: a round that raises is run again row by row, and
-  only a row that still raises gets the ``internal`` error. Decoding is bounded while
-  unpacking and costs a few ms at most (docs/reliability.md), so it stays inline.
+* One bad row never fails a batch: a round that raises is run again row by row; only a
+  row that still raises gets ``internal``. Decoding is bounded, so it stays inline.
 """
 
 from __future__ import annotations
@@ -47,16 +46,22 @@ from schemas import (
     Record,
     SchemaError,
     decode,
-    encode,
 )
 from verifier_node.announce import DRAFT_CHANNELS, Announcer, draft_filters
-from verifier_node.batching import Batcher, Queued
+from verifier_node.batching import Job, Queued
 from verifier_node.central import CentralTable
 from verifier_node.config import VerifierConfig
 from verifier_node.engine import RoundMetrics, VerifyEngine
 from verifier_node.fairness import DeviceLimits, device_of, kv_share_tokens
 from verifier_node.metrics import VerifierMetrics
-from verifier_node.node import load_target, make_mqtt_transport, status_record
+from verifier_node.node import (
+    load_target,
+    make_mqtt_transport,
+    ready_fields,
+    say_status,
+    status_record,
+)
+from verifier_node.pacing import Pacer
 from verifier_node.quotas import KvShares
 from verifier_node.replies import Replies
 from verifier_node.rows import Mode, Outcome, Row, RowKey
@@ -101,9 +106,8 @@ class VerifierService:
         self.central = CentralTable(
             idle_s=config.session_idle_s, fingerprint=fingerprint, max_positions=positions
         )
-        self.batcher: Batcher[Row] = Batcher(
-            config.max_batch, config.batch_wait_ms, group=device_of
-        )
+        self.pacer = Pacer(config, runner, self.metrics, device_of)
+        self.batcher = self.pacer.batcher
         share = kv_share_tokens(config.device_kv_share, config.kv_budget_bytes, runner)
         self.limits_of = DeviceLimits(
             config.quotas(),
@@ -122,7 +126,9 @@ class VerifierService:
 
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> None:
-        """Serve until cancelled; a clean stop publishes the offline status."""
+        """Calibrate, then serve until cancelled; a clean stop publishes the offline status."""
+        if self.config.calibrate:  # on the worker thread, own counters, before serving
+            await self.pacer.calibrate_on(self._executor, VerifyEngine(self.engine.runner))
         async with self.transport:
             for topic in draft_filters(self.config, self.topics):
                 await self.transport.subscribe(topic, qos=1)
@@ -131,14 +137,10 @@ class VerifierService:
             self.ready.set()
             log.info(
                 "verifier.ready",
-                verifier=self.config.verifier_id,
                 model=self.model_name,
                 vocab=self.limits.vocab_size,
-                max_batch=self.config.max_batch,
-                max_wait_ms=self.config.max_wait_ms,
-                share_group=self.config.share_group,
-                quotas=str(self.config.quotas()),
                 kv_share_tokens=self.limits_of.kv_shares.share_tokens,
+                **ready_fields(self.config),
             )
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -149,24 +151,21 @@ class VerifierService:
             finally:
                 await self._say_status(online=False)
                 self._executor.shutdown(wait=False, cancel_futures=True)
+                mape = self.pacer.estimator.mape()
+                log.info("verifier.stopped", rounds=self.batches, estimator_mape=mape)
 
     async def _say_status(self, *, online: bool, **counts: int) -> None:
         """Publish the retained status; a failure is logged (the Last Will covers offline)."""
+        vocab, fp = self.limits.vocab_size or 0, self.fingerprint
         record = status_record(
             self.config,
             online=online,
             model=self.model_name,
-            fingerprint=self.fingerprint,
-            vocab_size=self.limits.vocab_size or 0,
+            fingerprint=fp,
+            vocab_size=vocab,
             **counts,  # load, started_at_ns (verifier_node.announce)
         )
-        topic = self.topics.verifier_status(self.config.verifier_id)
-        try:
-            await asyncio.wait_for(
-                self.transport.publish(topic, encode(record), retain=True), STATUS_TIMEOUT_S
-            )
-        except Exception as exc:
-            log.warning("verifier.status_failed", online=online, error=str(exc))
+        await say_status(self.transport, self.config, record, STATUS_TIMEOUT_S)
 
     # -- receiving --------------------------------------------------------------------
     async def _receive(self) -> None:
@@ -202,8 +201,9 @@ class VerifierService:
         adm = self.sessions.admit(device, record, now, self.limits_of.gate)
         blog = log.bind(device=device, session=record.session, seq=record.seq)
         if adm.action is Action.VERIFY:
-            assert adm.row is not None
-            self._queue(adm.row, now)
+            assert adm.row is not None and adm.session is not None
+            fresh = adm.reason in ("new", "rebuilt")
+            self._queue(adm.row, now, self.pacer.sled_job(adm.session, adm.row, fresh))
             if adm.reason in ("new", "rebuilt"):
                 blog.info("session." + adm.reason, start=record.start, k=len(record.draft))
         elif adm.action is Action.REPLY:
@@ -232,12 +232,13 @@ class VerifierService:
             self._count(got.code or "error")
             blog.warning("verifier.reply", code=got.code)
         else:
-            self._queue(got.row(), now)
+            row = got.row()
+            self._queue(row, now, self.pacer.central_job(got, row))
             blog.info("session.new", prompt=len(req.prompt), max_new_tokens=req.max_new_tokens)
         self._gauge_sessions()
 
-    def _queue(self, row: Row, now: float) -> None:
-        self.batcher.add(row.key, row, now)
+    def _queue(self, row: Row, now: float, job: Job) -> None:
+        self.batcher.add(row.key, row, now, job)
         self._wake.set()
         self._count("queued")
 
@@ -268,34 +269,37 @@ class VerifierService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            await self._run_batch(self.batcher.take(), loop)
+            batch = self.batcher.take(now)
+            self.pacer.took(batch)
+            await self._run_batch(batch, loop)
 
     async def _run_batch(
         self, batch: Sequence[Queued[Row]], loop: asyncio.AbstractEventLoop
     ) -> None:
         started = self.clock()
         rows = [q.item for q in batch]
-        queue_us = [int((started - q.arrived_s) * 1e6) for q in batch]
-        for us in queue_us:
-            self.metrics.queue_wait.observe(us / 1e6)
+        queue_us = self.pacer.queue_us(batch, started)
         self.batches += 1
         blog = log.bind(batch=self.batches)
         for victim in self.limits_of.kv_releases(rows):  # devices within their KV shares
             self._executor.submit(self.engine.release, victim)
             self.metrics.kv_share_releases.inc()
         outcomes, m = await self._verify(rows, loop, blog)
-        if m is not None:
-            self.metrics.observe_round(m)
-            blog.debug("verifier.round", **asdict(m))
         now = self.clock()
+        self.pacer.ran(rows, m, started, now)  # metrics, estimator, load
+        if m is not None:
+            blog.debug("verifier.round", **asdict(m))
+        verify_us, load = int(m.round_ms * 1e3) if m is not None else 0, self.pacer.load(now)
         out: list[tuple[str, Record]] = []
-        for row, outcome, wait_us in zip(rows, outcomes, queue_us, strict=True):
-            key = row.key
+        for q, outcome, wait_us in zip(batch, outcomes, queue_us, strict=True):
+            key, row = q.key, q.item
             assert isinstance(key, RowKey)
             if key.mode is Mode.SLED:
-                out.append(self._finish_sled(key, row, outcome, m, wait_us, now))
+                timing = (wait_us, verify_us, load)
+                out.append(self._finish_sled(key, row, outcome, timing, now))
             else:
                 out.append(self._finish_central(key, outcome, now))
+            self.pacer.answered(q.job, now)
         self.replies.publish(out)
         self._gauge_sessions()
 
@@ -322,8 +326,7 @@ class VerifierService:
         key: RowKey,
         row: Row,
         outcome: Outcome,
-        m: RoundMetrics | None,
-        queue_us: int,
+        timing: tuple[int, int, float],  # queue_us, verify_us, load
         now: float,
     ) -> tuple[str, Record]:
         device, session = key.session_key
@@ -341,14 +344,17 @@ class VerifierService:
             outcome.token,
             eos_ids=self.eos_ids,
             now_s=now,
-            queue_us=queue_us,
-            verify_us=int(m.round_ms * 1e3) if m is not None else 0,
+            queue_us=timing[0],
+            verify_us=timing[1],
+            load=timing[2],
         )
         self._count("verified")
         self.metrics.accepted_length.observe(verdict.accepted)
         if verdict.done:
             self._release(key)
             s = self.sessions.get(key.session_key)
+            if s is not None:
+                self.pacer.finished(s.started_s, s.generated, s.tpot_ms, now)
             blog.info(
                 "session.done",
                 finish=stop.finish,
@@ -380,9 +386,11 @@ class VerifierService:
         self.metrics.generated_tokens.inc()
         if chunk.done:
             self._release(key)
+            self.pacer.finished(c.started_s, c.generated, None, now)
             log.info("session.done", device=device, session=session, generated=c.generated)
         else:  # continuous batching: back in the queue for its next token
-            self.batcher.add(key, c.row(), now)
+            row = c.row()
+            self.batcher.add(key, row, now, self.pacer.central_job(c, row))
         return device, chunk
 
     def _release(self, key: RowKey) -> None:
@@ -418,20 +426,12 @@ async def serve(config: VerifierConfig) -> None:
     fingerprint = tokenizer_fingerprint_of(config.model_dir)
     if fingerprint is None:
         log.warning("verifier.no_tokenizer", model_dir=config.model_dir)
-    name = Path(config.model_dir).name
-    transport = make_mqtt_transport(
-        config,
-        *(
-            status_record(
-                config,
-                online=online,
-                model=name,
-                fingerprint=fingerprint,
-                vocab_size=runner.vocab_size,
-            )
-            for online in (True, False)
-        ),
+    name, vocab = Path(config.model_dir).name, runner.vocab_size
+    online, offline = (
+        status_record(config, online=on, model=name, fingerprint=fingerprint, vocab_size=vocab)
+        for on in (True, False)
     )
+    transport = make_mqtt_transport(config, online, offline)
     metrics = VerifierMetrics()
     if config.metrics_port:
         metrics.serve(config.metrics_port, config.metrics_addr)

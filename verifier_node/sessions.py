@@ -115,6 +115,8 @@ class Session:
     rounds: int = 0
     drafted: int = 0  # draft tokens verified so far
     accepted: int = 0  # of which accepted
+    started_s: float = 0.0  # when the session's opening request arrived (monotonic s)
+    tpot_ms: float | None = None  # the device's latency objective (ms per token), if sent
 
     @property
     def device(self) -> str:
@@ -304,6 +306,9 @@ class SessionTable(LiveTable[Session]):
             last_active_s=now_s,
             pending_seq=req.seq,
         )
+        s.started_s, s.tpot_ms = now_s, req.tpot_ms
+        if old is not None and not old.done:  # a resync: the same generation goes on
+            s.started_s, s.tpot_ms = old.started_s, req.tpot_ms or old.tpot_ms
         if old is not None:  # keep the counters across a resync
             s.rounds, s.drafted, s.accepted = old.rounds, old.drafted, old.accepted
         self._sessions[key] = s
@@ -323,6 +328,7 @@ class SessionTable(LiveTable[Session]):
         now_s: float,
         queue_us: int = 0,
         verify_us: int = 0,
+        load: float = 0.0,
     ) -> tuple[Verdict, Outcome]:
         """Commit a verification result; the verdict is stored for duplicates."""
         s = self._sessions[key]
@@ -347,6 +353,7 @@ class SessionTable(LiveTable[Session]):
             done=stop.done,
             queue_us=queue_us,
             verify_us=verify_us,
+            load=load,
         )
         s.last_seq, s.last_verdict, s.pending_seq = seq, verdict, None
         s.done = stop.done

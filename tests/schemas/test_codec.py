@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from typing import Any
 
 import msgpack
@@ -120,9 +122,41 @@ def test_none_fields_are_left_out_and_hot_path_keys_are_short() -> None:
         "d": False,
         "w": 0,
         "u": 0,
+        "l": 0.0,
     }
     draft = msgpack.unpackb(encode(DraftRequest(session="s1", seq=1, start=4, draft=[5])))
     assert set(draft) == {"k", "v", "s", "q", "n", "d", "t"}  # no qi/qp/c/pl/m/p/f
+
+
+def test_floats_pack_in_5_bytes_when_float32_holds_them_exactly() -> None:
+    base = Verdict(session="s1", seq=3, accepted=2, token=9, committed=12)
+    sizes = {load: len(encode(dataclasses.replace(base, load=load))) for load in (0.0, 0.375, 0.1)}
+    assert sizes[0.0] == sizes[0.375] == sizes[0.1] - 4  # 0.1 is not a float32: 9 bytes
+    for load in sizes:
+        got = decode(encode(dataclasses.replace(base, load=load)), expect=Verdict)
+        assert got.load == load  # exact either way
+    probs = [0.1, 0.9]  # one non-float32 value keeps every float of the message at 9 bytes
+    req = DraftRequest(session="s1", seq=1, start=4, draft=[5, 6], q_ids=[[5, 7], [6]])
+    req = dataclasses.replace(req, q_probs=[probs, [1.0]])
+    assert decode(encode(req), expect=DraftRequest).q_probs == [probs, [1.0]]
+
+
+@pytest.mark.parametrize("tpot_ms", [0.0, -5.0, math.inf, math.nan])
+def test_tpot_objective_must_be_positive_and_finite(tpot_ms: float) -> None:
+    req = DraftRequest.opening(
+        "s1", 0, [1, 2], [3], prompt_len=2, max_new_tokens=8, fingerprint="0123456789abcdef"
+    )
+    assert (
+        decode(encode(dataclasses.replace(req, tpot_ms=50.0)), expect=DraftRequest).tpot_ms == 50.0
+    )
+    with pytest.raises(SchemaError, match=r"draft\.o"):
+        dataclasses.replace(req, tpot_ms=tpot_ms).check(LIMITS)
+
+
+@pytest.mark.parametrize("load", [-0.1, 1.5, math.nan])
+def test_verdict_load_must_be_a_fraction(load: float) -> None:
+    with pytest.raises(SchemaError, match=r"verdict\.l"):
+        Verdict(session="s1", seq=3, load=load).check(LIMITS)
 
 
 def test_nested_params_use_field_names() -> None:

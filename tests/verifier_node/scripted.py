@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 import uuid
@@ -47,6 +48,7 @@ class DeviceStats:
     drafted: int = 0
     accepted: int = 0
     errors: list[Verdict] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)  # Verdict.load of each good verdict
 
 
 @dataclass
@@ -54,7 +56,8 @@ class ScriptedDevice:
     """One device: runs its prompts one after another over ``transport``.
 
     ``duplicate``: publish every request twice back to back; ``redeliver``: publish it
-    once more after its verdict arrived (a late broker redelivery).
+    once more after its verdict arrived (a late broker redelivery). ``tpot_ms``: the
+    latency objective its opening requests carry (None: the verifier's default).
     """
 
     transport: Transport
@@ -69,6 +72,7 @@ class ScriptedDevice:
     duplicate: bool = False
     redeliver: bool = False
     seed: int = 0
+    tpot_ms: float | None = None
     stats: DeviceStats = field(default_factory=DeviceStats, init=False)
     inbox: asyncio.Queue[Record] = field(default_factory=asyncio.Queue, init=False)
     _reader: asyncio.Task[None] | None = field(default=None, init=False)
@@ -93,6 +97,8 @@ class ScriptedDevice:
             self.inbox.put_nowait(rec)
 
     async def _send(self, req: DraftRequest | CentralizedRequest) -> None:
+        if isinstance(req, DraftRequest) and req.context is not None and self.tpot_ms:
+            req = dataclasses.replace(req, tpot_ms=self.tpot_ms)
         payload = encode(req)
         for _ in range(2 if self.duplicate else 1):
             await self.transport.publish(self.topics.draft(self.device), payload)
@@ -188,6 +194,8 @@ class ScriptedDevice:
             outcome = sess.on_verdict(verdict, time.monotonic())
             if verdict.code is not None and verdict.code != ErrorCode.RESYNC:
                 self.stats.errors.append(verdict)
+            elif verdict.code is None:
+                self.stats.loads.append(verdict.load)
             if outcome is Event.IGNORED:
                 if verdict.session == sess.session and verdict.seq < sess.seq:
                     self.stats.duplicate_verdicts += 1

@@ -287,3 +287,38 @@ async def test_sled_verifier_command_serves_and_stops_cleanly(
             await proc.wait()
     stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
     assert "verifier.ready" in stderr
+
+
+async def test_deadline_scheduler_is_token_exact_and_measured(
+    broker: Mosquitto, topics: Topics, mqtt_config: MqttConfig, llama_dir: Path, cases
+) -> None:
+    """The deadline scheduler, its estimator calibrated at start-up, with devices of
+    different objectives (one hopelessly tight): token-exact output; SLO attainment, the
+    estimator's error and the batch decisions are metrics; verdicts carry the load."""
+    prompts, truth = cases
+    cfg = verifier_config(broker, topics, scheduler="deadline", tpot_ms=50.0, calibrate=True)
+    async with running_verifier(cfg, llama_dir, mqtt_factory) as service:
+        devices = await start_devices(mqtt_config, topics, 4, service.fingerprint)
+        devices[0].tpot_ms = 0.01  # always late: must not starve the others
+        devices[1].tpot_ms = 2000.0
+        try:
+            out = await asyncio.wait_for(run_prompts(devices, prompts[:12], truth[:12]), 120)
+        finally:
+            await stop_devices(devices)
+        value = service.metrics.value
+        verified = value("sled_verifier_requests_total", outcome="verified")
+        answered = sum(value("sled_verifier_slo_requests_total", met=m) for m in ("yes", "no"))
+        sessions = sum(value("sled_verifier_slo_sessions_total", met=m) for m in ("yes", "no"))
+        late = value("sled_verifier_slo_sessions_total", met="no")
+        reasons = ("full", "all_waiting", "deadline", "max_wait", "forced")
+        fired = sum(value("sled_verifier_batch_fired_total", reason=r) for r in reasons)
+        mape = value("sled_verifier_estimator_mape", target=service.pacer.target)
+        calibration_rounds = service.pacer.estimator.rounds - service.batches
+    assert out == truth[:12]  # 12 prompts, token for token
+    assert answered == verified > 0  # every verdict was checked against its deadline
+    assert sessions == 12 and late >= 3  # the 0.01 ms/token device missed every time
+    assert fired == service.batches  # every batch says why it fired
+    assert calibration_rounds >= 4  # start-up calibration fed the estimator
+    assert mape > 0  # the error of served rounds is measured
+    loads = [load for d in devices for load in d.stats.loads]
+    assert all(0.0 <= load <= 1.0 for load in loads) and max(loads) > 0
