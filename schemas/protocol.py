@@ -62,6 +62,7 @@ class DraftRequest(Record):
     max_new_tokens: int | None = field(default=None, metadata=key("m"))
     params: SamplingParams | None = field(default=None, metadata=key("p"))
     fingerprint: str | None = field(default=None, metadata=key("f"))
+    tpot_ms: float | None = field(default=None, metadata=key("o"))
 
     @classmethod
     def opening(
@@ -78,6 +79,7 @@ class DraftRequest(Record):
         sent_at_ns: int = 0,
         q_ids: list[list[int]] | None = None,
         q_probs: list[list[float]] | None = None,
+        tpot_ms: float | None = None,
     ) -> DraftRequest:
         """A request with the full ``context`` (committed ids): a session's first, or a
         resend after ``resync``. ``start == len(context)``."""
@@ -94,6 +96,7 @@ class DraftRequest(Record):
             max_new_tokens=max_new_tokens,
             params=params,
             fingerprint=fingerprint,
+            tpot_ms=tpot_ms,
         )
 
     @classmethod
@@ -185,6 +188,7 @@ class Verdict(Record):
     message: str | None = field(default=None, metadata=key("m"))
     queue_us: int = field(default=0, metadata=key("w"))
     verify_us: int = field(default=0, metadata=key("u"))
+    load: float = field(default=0.0, metadata=key("l"))
 
     @property
     def ok(self) -> bool:
