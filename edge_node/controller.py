@@ -27,6 +27,9 @@ draft it. Two controllers:
   when the verifier is idle and near. A draft ahead is kept with probability
   ``P_sent * p_guess * ...``; it is drafted while keeping it is at least as likely as
   wasting it, weighted: ``P_kept >= waste / (1 + waste)`` (``waste_weight`` 1: 0.5).
+  Every round drafts at least ``min_drafts`` (1): a probe, so the predictor keeps
+  learning even where it predicts little (a drafter that is right but never confident
+  would otherwise never be tried); it costs one drafting step a round at most.
 
 Before anything is measured the predictor's prior is a calibrated drafter (``p =
 confidence``) and ``round_s = prior_round_drafts * draft_s``, so it works from the
@@ -162,6 +165,7 @@ class ControllerConfig:
     """Knobs of :class:`SpeculationController` (none is a threshold on confidence)."""
 
     prior_round_drafts: float = 4.0  # round trip / draft time until both are measured
+    min_drafts: int = 1  # drafts a round always has (a probe: keeps the predictor learning)
     waste_weight: float = 1.0  # cost of a wasted draft ahead / gain of a kept one
     alpha: float = 0.2  # weight of a new sample in the time and load EWMAs
     lr: float = 0.05  # predictor step size
@@ -169,8 +173,8 @@ class ControllerConfig:
     def __post_init__(self) -> None:
         if not self.prior_round_drafts > 0 or not self.waste_weight >= 0:
             raise ValueError("prior_round_drafts must be > 0 and waste_weight >= 0")
-        if not 0 < self.alpha <= 1 or not self.lr > 0:
-            raise ValueError("alpha must be in (0, 1] and lr > 0")
+        if not 0 < self.alpha <= 1 or not self.lr > 0 or self.min_drafts < 0:
+            raise ValueError("alpha must be in (0, 1], lr > 0 and min_drafts >= 0")
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -266,8 +270,11 @@ class SpeculationController:
     ) -> StopReason | None:
         """Drafts of the round so far and the candidate: stop (PREDICTED) or None.
 
-        Draft the candidate iff ``P_{k+1} * T(k) > draft_s * A(k)`` (module docstring).
+        Draft the candidate iff ``P_{k+1} * T(k) > draft_s * A(k)`` (module docstring)
+        or the round has fewer than ``min_drafts``.
         """
+        if len(drafts) < self.config.min_drafts:
+            return None
         draft_s, round_s = self.costs_s()
         prob, tokens = 1.0, 1.0  # P_k, A(k)
         for f in drafts:

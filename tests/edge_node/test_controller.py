@@ -84,7 +84,7 @@ def test_unknown_features_do_not_teach() -> None:
 
 
 def ctl(*, draft_ms: float = 10.0, rtt_ms: float = 40.0, **hints: float) -> SpeculationController:
-    c = SpeculationController()
+    c = SpeculationController(ControllerConfig(min_drafts=0))  # the cost rule alone
     c.observe_draft(draft_ms / 1000)
     c.observe_round(rtt_ms / 1000, **hints)  # type: ignore[arg-type]
     return c
@@ -141,7 +141,23 @@ def test_longer_drafts_under_high_load() -> None:
 
 def test_works_before_anything_is_measured() -> None:
     c = SpeculationController()  # round trip = 4 draft tokens until measured
-    assert round_length(c, 0.8) == 3 and round_length(c, 0.2) == 0
+    assert round_length(c, 0.8) == 3
+    assert round_length(c, 0.2) == 1  # not worth it, but one probe a round
+
+
+def test_probe_teaches_a_right_but_unsure_drafter() -> None:
+    """Confidence 0.01, always accepted: the probe's verdicts teach the predictor, and
+    rounds grow (the prior alone would never draft, so never learn)."""
+    c = SpeculationController()
+    c.observe_draft(0.002)
+    c.observe_round(0.040)
+    unsure = DraftFeatures(0.01, 4.0, 0.001)
+    lengths = []
+    for _ in range(30):
+        n = round_length(c, 0.01)
+        lengths.append(n)
+        c.learn([unsure] * n, n)
+    assert lengths[0] == 1 and lengths[-1] > 4
 
 
 def test_ahead_drafts_while_keeping_is_likelier_than_waste() -> None:
@@ -218,7 +234,8 @@ def test_session_learns_from_its_verdicts() -> None:
     draft the first and not the second (the prior, p = confidence, drafts neither)."""
     s = session(async_drafting=False)
     assert s.controller is not None
-    assert s.controller.round_stop([], DraftFeatures(0.2, 0.5, 0.1, 0)) is StopReason.PREDICTED
+    probe = DraftFeatures(0.2, 0.5, 0.1, 0)
+    assert s.controller.round_stop([probe], DraftFeatures(0.2, 0.5, 0.1, 1)) is not None
     for i in range(60):
         s.pending = [DraftToken(7, features=DraftFeatures(0.2, 0.5, 0.1, j)) for j in range(3)]
         s.pending.append(DraftToken(8, features=DraftFeatures(0.05, 0.5, 0.02, 3)))
