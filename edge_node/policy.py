@@ -5,17 +5,14 @@ Terms are those of :mod:`schemas` (context, draft, accepted, target token, commi
 committed context — sent or not yet sent, all in the drafter's KV cache — and
 *unverified* tokens are pending tokens released to the app during fallback.
 
-* **Dynamic drafting**: draft up to ``max_draft`` tokens, then request verification.
-  How many (:mod:`edge_node.controller`): ``threshold`` (paper eq. 1,
-  :func:`draft_stop`): while the drafter's confidence in the next token is at least
-  ``threshold``; ``adaptive``: while one more draft pays, as an acceptance predictor
-  trained on this device's verdicts and the measured costs say.
+* **Dynamic drafting** (:mod:`edge_node.controller`): draft up to ``max_draft`` tokens
+  while the next token's confidence is >= ``threshold`` (paper eq. 1) or, ``adaptive``,
+  while one more draft pays (learned acceptance vs measured costs); then send them.
 * **Asynchronous drafting**: while a request is in flight keep drafting past the sent
   drafts as if all will be accepted (as the controller allows, up to ``max_draft + 1``
-  extra: the first extra
-  guesses the target token, the rest are the next round's drafts). A verdict that
-  accepts all sent drafts and whose target token equals the first extra keeps the rest;
-  otherwise they are dropped (:meth:`SledSession.on_verdict` returns what stays).
+  extra: the first guesses the target token, the rest are the next round's drafts). A
+  verdict that accepts all sent drafts and whose target token equals the first extra
+  keeps the rest; otherwise they are dropped and counted as ``wasted``.
 * **Adaptive timeout** (:class:`RttEstimator`): ``multiplier x`` the round-trip EWMA,
   doubled per consecutive timeout, clamped to ``[floor, ceiling]``; RTT samples only
   from requests sent once (Karn's rule).
@@ -180,6 +177,7 @@ class SledSession:
     timeouts: int = 0
     resends: int = 0
     fallbacks: int = 0
+    wasted: int = 0  # drafts thrown away: rejected, or drafted ahead and not kept
     _candidate: DraftFeatures | None = field(default=None, repr=False)  # should_draft's
 
     def __post_init__(self) -> None:
@@ -244,9 +242,8 @@ class SledSession:
             drafted, limit = len(self.pending) - o.num_drafts, cfg.max_draft + 1
         if ctl is None:
             return draft_stop(confidence, drafted, threshold=cfg.threshold, max_draft=limit)
-        stop = draft_stop(confidence, drafted, threshold=0.0, max_draft=limit)
-        if stop is not None:
-            return stop
+        if drafted >= limit:
+            return StopReason.MAX_DRAFT
         cand = self._candidate
         if cand is None or cand.confidence != confidence:  # asked without should_draft
             cand = DraftFeatures(confidence, position=len(self.pending))
@@ -409,7 +406,8 @@ class SledSession:
             )
         x = verdict.token
         tokens = [*self.pending_ids[:a], x]
-        kept = self.pending[a + 1 :] if a < len(self.pending) and self.pending[a].id == x else []
+        hit = a < len(self.pending) and self.pending[a].id == x  # the next pending token is x
+        kept = self.pending[a + 1 :] if hit else []
         retract = self.released if self.fallback else 0
         rtt_s = now_s - o.last_sent_s if o.attempts == 1 else None
         if rtt_s is not None:
@@ -422,6 +420,7 @@ class SledSession:
         self.accepted += a
         self.rounds += 1
         self.committed_ids.extend(tokens)
+        self.wasted += 0 if hit else len(self.pending) - a
         self.pending = list(kept)
         self.seq += 1
         self.outstanding = None

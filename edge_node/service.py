@@ -111,6 +111,7 @@ class EdgeNode:
         self._serving = False
         self._seen_requests: dict[str, None] = {}  # request ids served, oldest first
         self.verification_expired = 0  # generations that ended with text left unverified
+        self.drafts_wasted = 0  # SLED drafts thrown away (rejected, or ahead and dropped)
 
     # -- lifecycle ---------------------------------------------------------------------
     @property

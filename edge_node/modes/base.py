@@ -47,6 +47,7 @@ class Node(Protocol):
     sleep: Sleep
     log: Any  # structlog logger bound to the device
     verification_expired: int  # generations that ended past the verification deadline
+    drafts_wasted: int  # drafts thrown away (rejected, or drafted ahead and dropped)
 
     @property
     def drafter(self) -> Drafter: ...

@@ -62,6 +62,7 @@ async def run(
                 yield stream.chunk(commit.tokens, verified=True, retract=commit.retract)
             else:
                 stream.count(drafted=sess.drafted, accepted=sess.accepted, rounds=sess.rounds)
+                node.drafts_wasted += sess.wasted
                 if step.expired:
                     node.verification_expired += 1
                     link.log.warning(
