@@ -15,16 +15,24 @@ draft it. Two controllers:
   verdicts) gives ``p_j``, the probability that draft ``j`` is accepted given that the
   ones before it were. With ``P_j = p_1 ... p_j`` (all of the first ``j`` accepted), a
   round of ``k`` drafts commits ``A(k) = 1 + P_1 + ... + P_k`` tokens on average and
-  takes ``T(k) = k * draft_s + round_s`` seconds. One more draft raises the round's
+  costs ``T(k) = k * token_s + round_s`` seconds. One more draft raises the round's
   tokens per second ``A / T`` iff::
 
-      P_{k+1} * T(k) > draft_s * A(k)        # gain of one more token vs its cost
+      P_{k+1} * T(k) > token_s * A(k)        # gain of one more token vs its cost
 
-  ``round_s`` is the measured round trip (EWMA over verdicts) plus the round's cost to
-  the other devices on a busy verifier: ``verify_s * load / (1 - load)`` (an M/M/1
-  queue's wait per unit of service at busy fraction ``load``, the verdict's hint). So a
-  device drafts longer when the round trip is long or the verifier busy, and shorter
-  when the verifier is idle and near. A draft ahead is kept with probability
+  The costs are measured. The verifier's time for this device's rounds is fitted as
+  ``verify_fixed_s + verify_token_s * (drafts + 1)`` (:class:`VerifyCost`, from the
+  verdicts' ``verify_us``). With ``c = load / (1 - load)`` (an M/M/1 queue's wait per
+  unit of service at the busy fraction ``load``, the verdicts' hint: what this device's
+  work costs the others on a busy verifier)::
+
+      token_s = draft_s + verify_token_s * (1 + c)          # one more draft
+      round_s = rtt_s - verify_token_s * drafts + c * verify_fixed_s   # per round
+
+  with ``rtt_s`` the round trip's EWMA. So a device drafts longer when the round trip
+  is long or the verifier busy with fixed per-round costs (the paper's Fig. 5), shorter
+  when the verifier is idle and near, or when each verified token is what costs. A
+  draft ahead is kept with probability
   ``P_sent * p_guess * ...``; it is drafted while keeping it is at least as likely as
   wasting it, weighted: ``P_kept >= waste / (1 + waste)`` (``waste_weight`` 1: 0.5).
   Every round drafts at least ``min_drafts`` (1): a probe, so the predictor keeps
@@ -181,6 +189,41 @@ def _ewma(old: float | None, new: float, alpha: float) -> float:
     return new if old is None else (1 - alpha) * old + alpha * new
 
 
+class VerifyCost:
+    """The verifier's time for this device's rounds, ``fixed_s + token_s * tokens``
+    (``tokens``: drafts + 1), fitted online from EWMA moments of (tokens, verify time).
+
+    The slope is this device's marginal cost per verified token (other devices' rows in
+    the same batch land in the intercept). It shrinks towards 0 while the device's
+    round sizes hardly vary (``shrink``, tokens squared), so it starts as all fixed.
+    """
+
+    def __init__(self, alpha: float, shrink: float = 1.0) -> None:
+        self.alpha, self.shrink = alpha, shrink
+        self.samples = 0
+        self.mean_tokens = self.mean_s = self._var = self._cov = 0.0
+
+    def observe(self, tokens: int, verify_s: float) -> None:
+        if self.samples == 0:
+            self.mean_tokens, self.mean_s = float(tokens), verify_s
+        else:
+            a = self.alpha
+            dn, ds = tokens - self.mean_tokens, verify_s - self.mean_s
+            self.mean_tokens += a * dn
+            self.mean_s += a * ds
+            self._var = (1 - a) * (self._var + a * dn * dn)
+            self._cov = (1 - a) * (self._cov + a * dn * ds)
+        self.samples += 1
+
+    @property
+    def token_s(self) -> float:
+        return max(0.0, self._cov / (self._var + self.shrink))
+
+    @property
+    def fixed_s(self) -> float:
+        return max(0.0, self.mean_s - self.token_s * self.mean_tokens)
+
+
 class SpeculationController:
     """The adaptive controller of one device (see the module docstring).
 
@@ -194,7 +237,7 @@ class SpeculationController:
         self.predictor = AcceptancePredictor(lr=self.config.lr)
         self.draft_s: float | None = None  # EWMA of one draft token's drafting time
         self.rtt_s: float | None = None  # EWMA of the round trip
-        self.verify_s: float | None = None  # EWMA of the verifier's verify time
+        self.verify = VerifyCost(self.config.alpha)  # the verifier's time for my rounds
         self.queue_s: float | None = None  # EWMA of the verifier's queue time
         self.load: float | None = None  # EWMA of the verifier's busy fraction (hint)
 
@@ -204,14 +247,21 @@ class SpeculationController:
             self.draft_s = _ewma(self.draft_s, seconds_per_token, self.config.alpha)
 
     def observe_round(
-        self, rtt_s: float | None, *, queue_us: int = 0, verify_us: int = 0, load: float = 0.0
+        self,
+        rtt_s: float | None,
+        *,
+        tokens: int = 1,
+        queue_us: int = 0,
+        verify_us: int = 0,
+        load: float = 0.0,
     ) -> None:
-        """A verdict came: its round trip (None: resent, not a sample) and server hints."""
+        """A verdict came for ``tokens`` (drafts + 1): its round trip (None: resent, not
+        a sample) and the server's hints."""
         a = self.config.alpha
         if rtt_s is not None and rtt_s >= 0 and math.isfinite(rtt_s):
             self.rtt_s = _ewma(self.rtt_s, rtt_s, a)
         if verify_us > 0:
-            self.verify_s = _ewma(self.verify_s, verify_us / 1e6, a)
+            self.verify.observe(tokens, verify_us / 1e6)
         if queue_us >= 0:
             self.queue_s = _ewma(self.queue_s, queue_us / 1e6, a)
         if math.isfinite(load):
@@ -241,12 +291,17 @@ class SpeculationController:
             self.learn(pending[: a if verdict.done else a + 1], a)
         else:
             self.learn(pending[: num_sent + 1], a + (guess is not None and guess == verdict.token))
-        load = verdict.load
-        self.observe_round(rtt_s, queue_us=verdict.queue_us, verify_us=verdict.verify_us, load=load)
+        self.observe_round(
+            rtt_s,
+            tokens=num_sent + 1,
+            queue_us=verdict.queue_us,
+            verify_us=verdict.verify_us,
+            load=verdict.load,
+        )
 
     # -- costs -------------------------------------------------------------------------
     def costs_s(self) -> tuple[float, float]:
-        """``(draft_s, round_s)``: one draft token's time, and a round's fixed cost."""
+        """``(token_s, round_s)``: one more draft's cost, and a round's fixed cost."""
         ratio = self.config.prior_round_drafts
         draft_s, rtt_s = self.draft_s, self.rtt_s
         if draft_s is None and rtt_s is None:
@@ -257,8 +312,11 @@ class SpeculationController:
         if rtt_s is None:
             rtt_s = ratio * draft_s
         load = min(self.load or 0.0, MAX_LOAD)
-        verify_s = self.verify_s or 0.0
-        return draft_s, rtt_s + verify_s * load / (1.0 - load)
+        c = load / (1.0 - load)
+        v = self.verify
+        token_s = draft_s + v.token_s * (1.0 + c)
+        own_s = v.token_s * max(0.0, v.mean_tokens - 1.0)  # my drafts' share of the rtt
+        return token_s, max(0.0, rtt_s - own_s) + c * (v.fixed_s + v.token_s)
 
     def p(self, f: DraftFeatures | None) -> float:
         """P(accepted | the drafts before it were); 1 for a token without features."""
@@ -270,18 +328,18 @@ class SpeculationController:
     ) -> StopReason | None:
         """Drafts of the round so far and the candidate: stop (PREDICTED) or None.
 
-        Draft the candidate iff ``P_{k+1} * T(k) > draft_s * A(k)`` (module docstring)
+        Draft the candidate iff ``P_{k+1} * T(k) > token_s * A(k)`` (module docstring)
         or the round has fewer than ``min_drafts``.
         """
         if len(drafts) < self.config.min_drafts:
             return None
-        draft_s, round_s = self.costs_s()
+        token_s, round_s = self.costs_s()
         prob, tokens = 1.0, 1.0  # P_k, A(k)
         for f in drafts:
             prob *= self.p(f)
             tokens += prob
-        gain = prob * self.p(candidate) * (len(drafts) * draft_s + round_s)
-        return None if gain > draft_s * tokens else StopReason.PREDICTED
+        gain = prob * self.p(candidate) * (len(drafts) * token_s + round_s)
+        return None if gain > token_s * tokens else StopReason.PREDICTED
 
     def ahead_stop(
         self,
@@ -302,10 +360,13 @@ class SpeculationController:
 
     def snapshot(self) -> dict[str, float]:
         """The measurements as plain numbers (for logs and benchmarks)."""
-        draft_s, round_s = self.costs_s()
+        token_s, round_s = self.costs_s()
         return {
-            "draft_ms": draft_s * 1e3,
+            "draft_ms": (self.draft_s or math.nan) * 1e3,
+            "token_ms": token_s * 1e3,
             "round_ms": round_s * 1e3,
+            "verify_token_ms": self.verify.token_s * 1e3,
+            "verify_fixed_ms": self.verify.fixed_s * 1e3,
             "load": self.load or 0.0,
             "updates": float(self.predictor.updates),
         }

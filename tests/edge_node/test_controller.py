@@ -12,6 +12,7 @@ from edge_node.controller import (
     DraftFeatures,
     SpeculationController,
     StopReason,
+    VerifyCost,
 )
 from edge_node.policy import DraftToken, PolicyConfig, RttEstimator, SledSession
 from schemas import SamplingParams, Verdict
@@ -137,6 +138,31 @@ def test_longer_drafts_under_high_load() -> None:
     assert busy.costs_s()[1] == pytest.approx(0.040 + 0.030 * 9)
     assert round_length(idle, 0.8) == 3
     assert round_length(busy, 0.8) > round_length(idle, 0.8)
+
+
+def test_verify_cost_learns_its_per_token_slope() -> None:
+    v = VerifyCost(alpha=0.1)
+    v.observe(5, 0.020)
+    assert (v.token_s, v.fixed_s) == (0.0, 0.020)  # one size seen: all fixed
+    for i in range(400):
+        n = 2 + i % 8  # rounds of 1..8 drafts
+        v.observe(n, 0.010 + 0.002 * n)
+    # slope 2 ms a token, shrunk by var / (var + 1) with var ~ 5.25 tokens^2
+    assert 0.0015 < v.token_s < 0.0020
+    assert 0.010 < v.fixed_s < 0.013
+
+
+def test_shorter_drafts_when_each_verified_token_costs() -> None:
+    fixed = ctl(draft_ms=1.0, rtt_ms=40.0)
+    per_token = ctl(draft_ms=1.0, rtt_ms=40.0)
+    for i in range(400):
+        n = 2 + i % 8
+        per_token.observe_round(None, tokens=n, verify_us=2000 + 3000 * n)  # 3 ms a token
+    assert round_length(per_token, 0.8) < round_length(fixed, 0.8)
+    # and a busy verifier makes each token dearer still: shorter again
+    busy = ctl(draft_ms=1.0, rtt_ms=40.0)
+    busy.verify, busy.load = per_token.verify, 0.8
+    assert round_length(busy, 0.8) < round_length(per_token, 0.8)
 
 
 def test_works_before_anything_is_measured() -> None:
