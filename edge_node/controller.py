@@ -227,9 +227,11 @@ class VerifyCost:
 class SpeculationController:
     """The adaptive controller of one device (see the module docstring).
 
-    The service feeds it drafting times (:meth:`observe_draft`) and each verdict's
-    timings and load (:meth:`observe_round`); the session feeds it the verdicts'
-    lessons (:meth:`learn`) and asks :meth:`round_stop` / :meth:`ahead_stop`.
+    The service feeds it drafting times (:meth:`observe_draft`); the sessions of the
+    device feed it each verdict (:meth:`on_verdict`: the lesson, timings and load) and
+    ask :meth:`round_stop` / :meth:`ahead_stop`. Drafting runs in a worker thread and
+    verdicts on the event loop: updates assign new numbers (and new weight arrays), so a
+    decision made meanwhile uses old or new estimates, never fails.
     """
 
     def __init__(self, config: ControllerConfig | None = None) -> None:
