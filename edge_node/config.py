@@ -19,7 +19,6 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from edge_node.controller import CONTROLLERS
 from edge_node.policy import PolicyConfig
 from runtime.config import ConfigError, NodeConfig, check_config_id, doc, setting
 from runtime.config import add_config_arguments as _add_config_arguments
@@ -97,16 +96,12 @@ class EdgeConfig(NodeConfig):
         NodeConfig.__post_init__(self)
         if self.threads < 1 or self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ConfigError("threads, max_new_tokens and max_prompt_tokens must be >= 1")
-        if self.controller is not None and self.controller not in CONTROLLERS:
-            raise ConfigError(
-                f"controller must be one of {', '.join(CONTROLLERS)}, got {self.controller!r}"
-            )
-        if self.tpot_ms is not None and not 0 < self.tpot_ms < math.inf:
-            raise ConfigError(f"tpot_ms must be finite and > 0, got {self.tpot_ms}")
         try:
             self.policy()
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if self.tpot_ms is not None and not 0 < self.tpot_ms < math.inf:
+            raise ConfigError(f"tpot_ms must be finite and > 0, got {self.tpot_ms}")
 
     # -- derived records -------------------------------------------------------------
     @property

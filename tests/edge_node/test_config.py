@@ -59,7 +59,7 @@ def test_config_file_from_env(tmp_path: Path) -> None:
         ({"SLED_VERIFY_DEADLINE_S": "-1"}, "verify_deadline_s"),
         ({"SLED_MAX_PROMPT_TOKENS": "0"}, "max_prompt_tokens"),
         ({"SLED_PASSWORD_FILE": "/nonexistent/sled.pw"}, "password_file /nonexistent"),
-        ({"SLED_CONTROLLER": "magic"}, "controller must be one of threshold, adaptive"),
+        ({"SLED_CONTROLLER": "magic"}, "controller must be one of"),
         ({"SLED_TPOT_MS": "0"}, "tpot_ms"),
         ({"SLED_TPOT_MS": "-5"}, "tpot_ms"),
         ({"SLED_TPOT_MS": "inf"}, "tpot_ms"),

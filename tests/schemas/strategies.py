@@ -165,7 +165,6 @@ generate_requests = st.builds(
     mode=st.sampled_from(MODES),
     format=st.sampled_from(FORMATS),
     sent_at_ns=nonneg,
-    tpot_ms=st.none() | st.floats(0.001, 1e6),
 )
 
 chunks = st.builds(
