@@ -104,23 +104,19 @@ class DraftFeatures:
     margin: float | None = None
     position: int = 0
 
-    @property
-    def full(self) -> bool:
-        return self.entropy is not None and self.margin is not None
 
-
-def _logit(confidence: float) -> float:
-    c = min(1.0 - CONFIDENCE_CLIP, max(CONFIDENCE_CLIP, confidence))
-    return math.log(c / (1.0 - c))
+def _clip(value: float, low: float, high: float) -> float:
+    """``value`` in ``[low, high]``; a non-finite value (nan) counts as ``low``."""
+    return min(high, max(low, value)) if math.isfinite(value) else low
 
 
 def _vector(f: DraftFeatures) -> Vector:
     """``[1, logit(c), pos]`` (confidence-only) or ``[1, logit(c), pos, H, m]`` (full)."""
-    pos = min(f.position, 16) / 8.0
+    c = _clip(f.confidence, CONFIDENCE_CLIP, 1.0 - CONFIDENCE_CLIP)
+    head = [1.0, math.log(c / (1.0 - c)), min(max(f.position, 0), 16) / 8.0]
     if f.entropy is None or f.margin is None:
-        return np.array([1.0, _logit(f.confidence), pos])
-    entropy = min(max(f.entropy, 0.0), 10.0) / 5.0
-    return np.array([1.0, _logit(f.confidence), pos, entropy, min(max(f.margin, 0.0), 1.0)])
+        return np.array(head)
+    return np.array([*head, _clip(f.entropy, 0.0, 10.0) / 5.0, _clip(f.margin, 0.0, 1.0)])
 
 
 class AcceptancePredictor:
@@ -132,7 +128,7 @@ class AcceptancePredictor:
     (RMSProp: ``lr / sqrt(mean squared gradient)``), pulled gently towards the prior.
     """
 
-    def __init__(self, *, lr: float = 0.05, decay: float = 0.99, l2: float = 1e-4) -> None:
+    def __init__(self, *, lr: float = 0.1, decay: float = 0.99, l2: float = 1e-4) -> None:
         self.lr, self.decay, self.l2 = lr, decay, l2
         self.prior = {3: np.array([0.0, 1.0, 0.0]), 5: np.array([0.0, 1.0, 0.0, 0.0, 0.0])}
         self.weights = {n: w.copy() for n, w in self.prior.items()}
@@ -156,8 +152,9 @@ class AcceptancePredictor:
             grad = (p - y) * x + self.l2 * (w - self.prior[n])  # d(log loss)/dw
             sq = self.decay * self._sq[n] + (1 - self.decay) * grad * grad
             self._sq[n] = sq
+            rms = np.sqrt(sq / (1 - self.decay ** (self.updates + 1)))  # bias-corrected
             # a new array, assigned at once: a reader in another thread sees old or new
-            self.weights[n] = w - self.lr * grad / (np.sqrt(sq) + 1e-8)
+            self.weights[n] = w - self.lr * grad / (rms + 1e-8)
         self.updates += 1
 
     def learn(self, drafts: Sequence[DraftFeatures | None], accepted: int) -> None:
@@ -176,7 +173,7 @@ class ControllerConfig:
     min_drafts: int = 1  # drafts a round always has (a probe: keeps the predictor learning)
     waste_weight: float = 1.0  # cost of a wasted draft ahead / gain of a kept one
     alpha: float = 0.2  # weight of a new sample in the time and load EWMAs
-    lr: float = 0.05  # predictor step size
+    lr: float = 0.1  # predictor step size
 
     def __post_init__(self) -> None:
         if not self.prior_round_drafts > 0 or not self.waste_weight >= 0:
