@@ -357,15 +357,21 @@ class SpeculationController:
         w = self.config.waste_weight
         return None if kept * (1.0 + w) >= w else StopReason.PREDICTED
 
-    def snapshot(self) -> dict[str, float]:
-        """The measurements as plain numbers (for logs and benchmarks)."""
+    def snapshot(self) -> dict[str, float | None]:
+        """The measurements and costs, milliseconds (None: not measured yet), for logs."""
         token_s, round_s = self.costs_s()
+        measured = self.draft_s is not None or self.rtt_s is not None
+
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1e3, 3)
+
         return {
-            "draft_ms": (self.draft_s or math.nan) * 1e3,
-            "token_ms": token_s * 1e3,
-            "round_ms": round_s * 1e3,
-            "verify_token_ms": self.verify.token_s * 1e3,
-            "verify_fixed_ms": self.verify.fixed_s * 1e3,
-            "load": self.load or 0.0,
+            "draft_ms": ms(self.draft_s),
+            "rtt_ms": ms(self.rtt_s),
+            "token_ms": ms(token_s if measured else None),
+            "round_ms": ms(round_s if measured else None),
+            "verify_token_ms": ms(self.verify.token_s),
+            "verify_fixed_ms": ms(self.verify.fixed_s),
+            "load": self.load,
             "updates": float(self.predictor.updates),
         }

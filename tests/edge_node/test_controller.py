@@ -286,3 +286,13 @@ def test_verdict_teaches_the_first_draft_ahead() -> None:
     v = Verdict(session="s", seq=1, accepted=1, token=42, committed=10, done=True)
     c.on_verdict(v, [f, f, f], 3, None, None)  # the budget ended it: no rejection learned
     assert c.predictor.updates == 4
+
+
+def test_snapshot_says_what_is_not_measured_yet() -> None:
+    c = SpeculationController()
+    assert c.snapshot()["draft_ms"] is None and c.snapshot()["round_ms"] is None
+    c.observe_draft(0.002)
+    c.observe_round(0.030, tokens=3, verify_us=12_000, load=0.5)
+    snap = c.snapshot()
+    assert (snap["draft_ms"], snap["rtt_ms"], snap["load"]) == (2.0, 30.0, 0.5)
+    assert snap["round_ms"] == 30.0 + 12.0  # load 0.5: c = 1, all of the verify time fixed
