@@ -22,9 +22,10 @@ draft it. Two controllers:
 
   The costs are measured. The verifier's time for this device's rounds is fitted as
   ``verify_fixed_s + verify_token_s * (drafts + 1)`` (:class:`VerifyCost`, from the
-  verdicts' ``verify_us``). With ``c = load / (1 - load)`` (an M/M/1 queue's wait per
-  unit of service at the busy fraction ``load``, the verdicts' hint: what this device's
-  work costs the others on a busy verifier)::
+  verdicts' ``verify_us``). With ``c = (load - own) / (1 - load)`` (an M/M/1 queue's
+  wait per unit of service at the busy fraction ``load``, the verdicts' hint, counting
+  only the others' share: ``own`` = this device's verify time / round trip), what this
+  device's work costs the others on a busy verifier::
 
       token_s = draft_s + verify_token_s * (1 + c)          # one more draft
       round_s = rtt_s - verify_token_s * drafts + c * verify_fixed_s   # per round
@@ -310,9 +311,10 @@ class SpeculationController:
             draft_s = max(rtt_s, 1e-6) / ratio
         if rtt_s is None:
             rtt_s = ratio * draft_s
-        load = min(self.load or 0.0, MAX_LOAD)
-        c = load / (1.0 - load)
         v = self.verify
+        load = min(self.load or 0.0, MAX_LOAD)
+        own = min(1.0, v.mean_s / rtt_s) if v.samples and rtt_s > 0 else 0.0  # my busy share
+        c = max(0.0, load - own) / (1.0 - load)  # what my work costs the others
         token_s = draft_s + v.token_s * (1.0 + c)
         own_s = v.token_s * max(0.0, v.mean_tokens - 1.0)  # my drafts' share of the rtt
         return token_s, max(0.0, rtt_s - own_s) + c * (v.fixed_s + v.token_s)

@@ -133,11 +133,17 @@ def test_longer_drafts_when_the_round_trip_is_long() -> None:
 def test_longer_drafts_under_high_load() -> None:
     # same round trip; the verifier says it is busy: a round costs the others its
     # verify time x load / (1 - load)
-    idle = ctl(draft_ms=10.0, rtt_ms=40.0, verify_us=30_000, load=0.0)
-    busy = ctl(draft_ms=10.0, rtt_ms=40.0, verify_us=30_000, load=0.9)
-    assert busy.costs_s()[1] == pytest.approx(0.040 + 0.030 * 9)
-    assert round_length(idle, 0.8) == 3
-    assert round_length(busy, 0.8) > round_length(idle, 0.8)
+    idle = ctl(draft_ms=10.0, rtt_ms=100.0, verify_us=20_000, load=0.0)
+    busy = ctl(draft_ms=10.0, rtt_ms=100.0, verify_us=20_000, load=0.9)
+    # the others' share of the busy time: 0.9 - 0.2 (mine: 20 ms of a 100 ms round trip)
+    assert busy.costs_s()[1] == pytest.approx(0.100 + 0.020 * (0.9 - 0.2) / 0.1)
+    assert (round_length(idle, 0.8), round_length(busy, 0.8)) == (6, 8)
+
+
+def test_a_device_alone_does_not_charge_itself_for_the_load() -> None:
+    # the verifier is busy only with this device's rounds: no cost for the others
+    alone = ctl(draft_ms=10.0, rtt_ms=40.0, verify_us=30_000, load=0.75)
+    assert alone.costs_s()[1] == pytest.approx(0.040)
 
 
 def test_verify_cost_learns_its_per_token_slope() -> None:
@@ -295,4 +301,5 @@ def test_snapshot_says_what_is_not_measured_yet() -> None:
     c.observe_round(0.030, tokens=3, verify_us=12_000, load=0.5)
     snap = c.snapshot()
     assert (snap["draft_ms"], snap["rtt_ms"], snap["load"]) == (2.0, 30.0, 0.5)
-    assert snap["round_ms"] == 30.0 + 12.0  # load 0.5: c = 1, all of the verify time fixed
+    # load 0.5, mine 12/30 = 0.4: c = 0.1 / 0.5 = 0.2; all of the verify time is fixed
+    assert snap["round_ms"] == pytest.approx(30.0 + 12.0 * 0.2)
