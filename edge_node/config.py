@@ -13,6 +13,7 @@ Each field documents its unit; see ``sled edge --help`` for the list.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import socket
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from edge_node.policy import PolicyConfig
 from runtime.config import ConfigError, NodeConfig, check_config_id, doc, setting
 from runtime.config import add_config_arguments as _add_config_arguments
 from schemas import MODES
+
+DEFAULT_THRESHOLD = 0.1  # suits small drafters: their top probability is usually low
 
 if TYPE_CHECKING:
     from runtime.transport import MqttConfig
@@ -52,8 +55,16 @@ class EdgeConfig(NodeConfig):
         "longest prompt served, tokens (also at most the drafter's max_positions); a "
         "longer one ends at once with an error",
     )
-    threshold: float = setting(  # demo drafter-2l: 0.5 drafts almost nothing (see README)
-        0.1, "dynamic drafting: draft while next-token confidence >= this (0..1)"
+    controller: str | None = setting(
+        None,
+        "how far to draft: adaptive (learned acceptance vs measured drafting time, round "
+        "trip and verifier load; no threshold) or threshold (paper eq. 1: while confidence "
+        ">= --threshold); unset: threshold if --threshold is set, else adaptive",
+    )
+    threshold: float | None = setting(  # demo drafter-2l: 0.5 drafts almost nothing
+        None,
+        f"threshold controller: draft while next-token confidence >= this (0..1); "
+        f"default {DEFAULT_THRESHOLD}",
     )
     max_draft: int = setting(8, "draft tokens per verification round (1..64)")
     async_drafting: bool = setting(True, "keep drafting while a verification is in flight")
@@ -67,6 +78,11 @@ class EdgeConfig(NodeConfig):
         120.0,
         "fallback: once local generation is complete, wait this long for a verifier to "
         "verify it before finishing with verification_expired, seconds",
+    )
+    tpot_ms: float | None = setting(
+        None,
+        "latency objective sent to the verifier, milliseconds per generated token, when "
+        "a request names none; unset: the verifier's default",
     )
     centralized_timeout_ms: float = setting(
         30000.0, "centralized mode: longest wait for the next tokens, milliseconds"
@@ -91,11 +107,21 @@ class EdgeConfig(NodeConfig):
             self.policy()
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if self.tpot_ms is not None and not 0 < self.tpot_ms < math.inf:
+            raise ConfigError(f"tpot_ms must be finite and > 0, got {self.tpot_ms}")
 
     # -- derived records -------------------------------------------------------------
+    @property
+    def drafting_controller(self) -> str:
+        """``controller``, or its default: threshold when a threshold is set, else adaptive."""
+        if self.controller is not None:
+            return self.controller
+        return "adaptive" if self.threshold is None else "threshold"
+
     def policy(self) -> PolicyConfig:
         return PolicyConfig(
-            threshold=self.threshold,
+            threshold=DEFAULT_THRESHOLD if self.threshold is None else self.threshold,
+            controller=self.drafting_controller,
             max_draft=self.max_draft,
             async_drafting=self.async_drafting,
             timeout_floor_s=self.timeout_floor_ms / 1000,
