@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
             "devices": REAL_DEVICES,
             "prompts": load_eval_prompts(),
             "chat": not args.no_chat,
+            "stagger": True,  # different prompts on each device: more categories shown
         }
     else:
         models_dir = args.models or default_models_dir()

@@ -67,6 +67,7 @@ class DemoConfig:
     log_dir: Path | None = None  # None: a new temporary folder (kept, its path shown)
     log_level: str = "warning"  # of the nodes
     check: bool = True  # compare with the target's own greedy output at the end
+    stagger: bool = False  # device i starts i * num_prompts prompts in (else all at 0)
     chat: bool = False  # send each prompt as one user turn in the target's chat template
     model: str = "kjv"  # what the models are (kjv: the shipped demo models), for the summary
     start_timeout_s: float = 180.0  # every node online

@@ -273,10 +273,10 @@ class Demo:
 
     async def _drive(self, bus: Transport, stats: DeviceStats, index: int) -> None:
         """Send this device its prompts, one at a time, each after the previous final;
-        device ``index`` starts ``index * num_prompts`` prompts in (different texts)."""
+        with ``stagger``, device ``index`` starts ``index * num_prompts`` prompts in."""
         cfg = self.config
         i = 0
-        first = index * cfg.num_prompts
+        first = index * cfg.num_prompts if cfg.stagger else 0
         while cfg.num_prompts == 0 or i < cfg.num_prompts:
             prompt = cfg.prompts[(first + i) % len(cfg.prompts)]
             await self._one_request(bus, stats, prompt)
