@@ -84,7 +84,8 @@ ensure_venv() {
   } | sha256sum | cut -c1-16)"
   stamp_file="$VENV/.sled-bootstrap-stamp"
   if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want" ] &&
-    "$VENV/bin/python" -c 'import sled, torch' 2>/dev/null; then
+    "$VENV/bin/python" -c 'import importlib.util as u, sys
+sys.exit(not all(u.find_spec(m) for m in ("sled", "torch")))' 2>/dev/null; then
     echo "venv $VENV: up to date (stamp $want), nothing to install"
   else
     if ! "$python" -c 'import ensurepip' 2>/dev/null; then

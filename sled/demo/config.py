@@ -32,6 +32,7 @@ VERIFIER_ID = "demo-verifier"
 READY_GRACE_S = 0.5  # after every node is online: let edges subscribe to their req topic
 FIRST_RESULT_TIMEOUT_S = 20.0  # no first result: resend the request (once or twice)
 RESENDS = 2  # new requests after a missing first result, at most
+CHECK_THREADS = min(4, os.cpu_count() or 1)  # torch threads of the final check
 CANCEL_TIMEOUT_S = 5.0  # wait for cancelled background tasks to end, at most
 
 

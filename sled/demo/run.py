@@ -46,6 +46,7 @@ from sled.client import SledClient
 from sled.demo.broker import BrokerInfo, embedded_broker
 from sled.demo.config import (
     CANCEL_TIMEOUT_S,
+    CHECK_THREADS,
     DEVICES,
     FIRST_RESULT_TIMEOUT_S,
     PROMPTS,
@@ -329,7 +330,7 @@ class Demo:
             self.config.models_dir / TARGET_DIR,
             [self.wire[p] for p in prompts],
             self.config.max_new_tokens,
-            threads=self.config.verifier_threads,
+            threads=max(self.config.verifier_threads, CHECK_THREADS),  # the nodes are stopped
         )
         for s in self.stats:
             for o in s.outputs:
