@@ -93,14 +93,17 @@ sys.exit(not all(u.find_spec(m) for m in ("sled", "torch")))' 2>/dev/null; then
       apt_install "python3-venv" || return 1
     fi
     [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    if [ -n "${SLED_TORCH_INDEX:-}" ]; then
-      "$VENV/bin/python" -m pip install -q "$TORCH_PIN" --index-url "$SLED_TORCH_INDEX"
-    else
-      "$VENV/bin/python" -m pip install -q "$TORCH_PIN"
+    local log="$VENV/sled-bootstrap.log" index=()
+    [ -n "${SLED_TORCH_INDEX:-}" ] && index=(--index-url "$SLED_TORCH_INDEX")
+    echo "installing pip, $TORCH_PIN, then -e '.[$extras]' into $VENV (pip's output: $log)"
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+      "$VENV/bin/python" -m pip install "$TORCH_PIN" "${index[@]}" &&
+      "$VENV/bin/python" -m pip install -e "$REPO[$extras]"; } > "$log" 2>&1; then
+      tail -n 25 "$log" >&2
+      echo "pip failed (full output in $log)" >&2
+      return 1
     fi
-    "$VENV/bin/python" -m pip install -q -e "$REPO[$extras]"
-    "$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'
+    "$VENV/bin/python" -c 'import torch; print("installed; torch", torch.__version__)'
     echo "$want" > "$stamp_file"
   fi
   # shellcheck disable=SC1091
