@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from sled.demo.config import DemoError
 from sled.demo.real import REAL_DEVICES, load_eval_prompts, prepare_prompts, real_entry
 from sled.models.acceptance import PROMPTS_FILE
 
@@ -38,6 +39,16 @@ def test_eval_prompts_interleave_the_categories() -> None:
 
 def test_plain_prompts_are_sent_as_they_are(tmp_path: Path) -> None:
     assert prepare_prompts(tmp_path, ["a", "b", "a"], chat=False) == {"a": "a", "b": "b"}
+
+
+def test_unknown_or_uncached_models_are_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLED_MODELS_DIR", str(tmp_path))
+    with pytest.raises(DemoError, match="unknown model 'bogus'"):
+        real_entry("bogus")
+    with pytest.raises(DemoError, match="sled models fetch smollm2-135m"):
+        real_entry(MODEL, fetch_missing=False)
 
 
 @pytest.fixture(scope="module")
