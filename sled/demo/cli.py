@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     view: View = LineView()
     if live:
         title = f"SLED demo ({args.model}): 3 edge nodes (ONNX drafters), 1 verifier"
-        view = LiveView(demo.stats, title=title)
+        view = LiveView(demo.stats, title=title, separator="\n" if config.chat else "")
     demo.view = view
     status = 0
     result = None
