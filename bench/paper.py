@@ -162,7 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip",
         default="",
         help="comma-separated experiments to skip: oracle (a-c with the oracle target), "
-        "demo (c-e live with the demo target), hf (f)",
+        "demo (c-e live with the demo target), hf (f), real (e and f on the real pair)",
     )
 
 

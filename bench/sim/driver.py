@@ -23,6 +23,7 @@ from bench.sim import experiments as ex
 from bench.sim.fleet import FleetConfig, FleetSession
 from bench.sim.oracle import OracleModel, build_oracle_target, oracle_params
 from bench.sim.progress import Progress
+from bench.sim.realpair import run_real_pair
 from bench.sim.record import (
     PROMPTS,
     encode_prompts,
@@ -118,6 +119,16 @@ class PaperRun:
                     self._oracle_experiments(mqtt, data, prog, results)
                 if "demo" not in self.skip and data.get("demo_traces"):
                     self._demo_experiments(mqtt, data, prog, results)
+                if "real" not in self.skip:  # (e), (f) on the real pair: bench/sim/realpair.py
+                    results["real_pair"] = run_real_pair(
+                        mqtt,
+                        quick=self.quick,
+                        cache_dir=self.cache_dir,
+                        out=self.out,
+                        threads=self.threads,
+                        violations=self.rec.violations,
+                        note=prog.note,
+                    )
             if "hf" not in self.skip and data.get("demo_traces"):
                 prog.tick("(f) HF assisted generation in-process")
                 results["hf"] = ex.hf_assisted(

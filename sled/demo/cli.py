@@ -3,6 +3,7 @@
     sled demo                                   # live view on a terminal; Ctrl-C stops
     sled demo --prompts 2 --json summary.json   # non-interactive, writes a summary
     sled demo --broker mqtt://host:1883         # use an existing broker
+    sled demo --model smollm2-135m --prompts 4 --json f.json   # a real pretrained pair
 
 Needs the ``verifier`` and ``edge`` extras (torch for the verifier and the final check).
 Everything heavy is imported inside :func:`run`.
@@ -19,16 +20,33 @@ from pathlib import Path
 from typing import Any
 
 from sled.demo.broker import KINDS
+from sled.demo.real import KJV
+
+REAL_DEFAULT_PROMPTS = 2  # requests per device with a real model, when not on a terminal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=KJV,
+        metavar="NAME",
+        help=f"{KJV}: the tiny demo models shipped in the package (default); or a real "
+        "model from the model cache, e.g. smollm2-135m (SmolLM2-135M-Instruct target, its "
+        "distilled drafter in ONNX; fetched and built on first use, see `sled models`)",
+    )
+    parser.add_argument(
+        "--no-chat",
+        action="store_true",
+        help="with a real model: send the plain prompts, not the model's chat template",
+    )
     parser.add_argument(
         "--prompts",
         type=int,
         default=None,
         metavar="N",
         help="requests per device, 0: cycle through the prompts until Ctrl-C (default: 0 on "
-        "a terminal, else all 8 built-in prompts once). Ctrl-C stops the nodes, checks "
+        f"a terminal, else all 8 built-in prompts once, or {REAL_DEFAULT_PROMPTS} with a "
+        "real model). Ctrl-C stops the nodes, checks "
         "what finished and prints the summary; a second Ctrl-C quits at once",
     )
     parser.add_argument(
@@ -111,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
     from sled.demo.view import LineView, LiveView, View
 
     live = sys.stdout.isatty() and not args.plain and os.environ.get("TERM") != "dumb"
+    real = args.model != KJV
     num_prompts = args.prompts
     if num_prompts is None:
-        num_prompts = 0 if live else len(PROMPTS)
+        num_prompts = 0 if live else REAL_DEFAULT_PROMPTS if real else len(PROMPTS)
     if importlib.util.find_spec("torch") is None:
         print(
             "sled demo: the verifier needs torch: pip install 'sled-mqtt[edge,verifier]' "
@@ -127,8 +146,28 @@ def run(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {field: getattr(args, flag) for field, flag in BROKER_FLAGS.items()}
     if args.verifier_threads is not None:
         kwargs["verifier_threads"] = max(1, args.verifier_threads)
+    if real:
+        from sled.demo.real import REAL_DEVICES, load_eval_prompts, real_entry
+
+        if args.models is not None:
+            print("sled demo: --models is for the kjv models; not with --model", file=sys.stderr)
+            return 2
+        try:
+            models_dir = real_entry(args.model)
+        except DemoError as exc:
+            print(f"sled demo: {exc}", file=sys.stderr)
+            return 1
+        kwargs |= {
+            "devices": REAL_DEVICES,
+            "prompts": load_eval_prompts(),
+            "chat": not args.no_chat,
+            "stagger": True,  # different prompts on each device: more categories shown
+        }
+    else:
+        models_dir = args.models or default_models_dir()
     config = DemoConfig(
-        models_dir=args.models or default_models_dir(),
+        model=args.model,
+        models_dir=models_dir,
         num_prompts=num_prompts,
         max_new_tokens=args.max_new_tokens,
         log_dir=args.log_dir,
@@ -139,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     demo = Demo(config)
     view: View = LineView()
     if live:
-        view = LiveView(demo.stats, title="SLED demo: 3 edge nodes (ONNX drafters), 1 verifier")
+        title = f"SLED demo ({args.model}): 3 edge nodes (ONNX drafters), 1 verifier"
+        view = LiveView(demo.stats, title=title, separator="\n" if config.chat else "")
     demo.view = view
     status = 0
     result = None

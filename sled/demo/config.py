@@ -32,6 +32,7 @@ VERIFIER_ID = "demo-verifier"
 READY_GRACE_S = 0.5  # after every node is online: let edges subscribe to their req topic
 FIRST_RESULT_TIMEOUT_S = 20.0  # no first result: resend the request (once or twice)
 RESENDS = 2  # new requests after a missing first result, at most
+CHECK_THREADS = min(4, os.cpu_count() or 1)  # torch threads of the final check
 CANCEL_TIMEOUT_S = 5.0  # wait for cancelled background tasks to end, at most
 
 
@@ -67,6 +68,9 @@ class DemoConfig:
     log_dir: Path | None = None  # None: a new temporary folder (kept, its path shown)
     log_level: str = "warning"  # of the nodes
     check: bool = True  # compare with the target's own greedy output at the end
+    stagger: bool = False  # device i starts i * num_prompts prompts in (else all at 0)
+    chat: bool = False  # send each prompt as one user turn in the target's chat template
+    model: str = "kjv"  # what the models are (kjv: the shipped demo models), for the summary
     start_timeout_s: float = 180.0  # every node online
     request_timeout_s: float = 120.0  # silence of a running request
 

@@ -46,6 +46,7 @@ from sled.client import SledClient
 from sled.demo.broker import BrokerInfo, embedded_broker
 from sled.demo.config import (
     CANCEL_TIMEOUT_S,
+    CHECK_THREADS,
     DEVICES,
     FIRST_RESULT_TIMEOUT_S,
     PROMPTS,
@@ -93,6 +94,7 @@ class Demo:
         self.stop_requested = asyncio.Event()  # first Ctrl-C: finish up (stop, check, report)
         self.interrupted = False  # a Ctrl-C ended the run early
         self._progress = {d.device: asyncio.Event() for d in config.devices}
+        self.wire = {p: p for p in config.prompts}  # prompt -> text sent (chat-templated)
         self._started_s = 0.0
 
     # -- the whole run -------------------------------------------------------------------
@@ -104,6 +106,13 @@ class Demo:
         cancels at once (nodes still stopped, or killed).
         """
         self.config.check_models()
+        if self.config.chat:
+            from sled.demo.real import prepare_prompts
+
+            target = self.config.models_dir / TARGET_DIR
+            self.wire = await asyncio.to_thread(
+                prepare_prompts, target, self.config.prompts, chat=True
+            )
         loop, main = asyncio.get_running_loop(), asyncio.current_task()
 
         def on_sigint() -> None:
@@ -180,8 +189,8 @@ class Demo:
                 background.append(asyncio.create_task(self._refresh(), name="demo-refresh"))
                 self._started_s = time.monotonic()
                 drivers = [
-                    asyncio.create_task(self._drive(abus, s), name=f"demo-{s.spec.device}")
-                    for s in self.stats
+                    asyncio.create_task(self._drive(abus, s, i), name=f"demo-{s.spec.device}")
+                    for i, s in enumerate(self.stats)
                 ]
                 stopper = asyncio.create_task(self.stop_requested.wait(), name="demo-stop")
                 background.append(stopper)
@@ -263,12 +272,14 @@ class Demo:
             self.view.refresh()
             await asyncio.sleep(REFRESH_S)
 
-    async def _drive(self, bus: Transport, stats: DeviceStats) -> None:
-        """Send this device its prompts, one at a time, each after the previous final."""
+    async def _drive(self, bus: Transport, stats: DeviceStats, index: int) -> None:
+        """Send this device its prompts, one at a time, each after the previous final;
+        with ``stagger``, device ``index`` starts ``index * num_prompts`` prompts in."""
         cfg = self.config
         i = 0
+        first = index * cfg.num_prompts if cfg.stagger else 0
         while cfg.num_prompts == 0 or i < cfg.num_prompts:
-            prompt = cfg.prompts[i % len(cfg.prompts)]
+            prompt = cfg.prompts[(first + i) % len(cfg.prompts)]
             await self._one_request(bus, stats, prompt)
             i += 1
 
@@ -281,7 +292,7 @@ class Demo:
             progress.clear()
             message = GenerateRequest(
                 request=request,
-                prompt=prompt,
+                prompt=self.wire[prompt],
                 max_new_tokens=self.config.max_new_tokens,
                 sent_at_ns=time.time_ns(),
             )
@@ -317,13 +328,13 @@ class Demo:
             return
         refs = target_greedy(
             self.config.models_dir / TARGET_DIR,
-            prompts,
+            [self.wire[p] for p in prompts],
             self.config.max_new_tokens,
-            threads=self.config.verifier_threads,
+            threads=max(self.config.verifier_threads, CHECK_THREADS),  # the nodes are stopped
         )
         for s in self.stats:
             for o in s.outputs:
-                o.reference = refs[o.prompt]
+                o.reference = refs[self.wire[o.prompt]]
         self.checked = True
 
     def summary(self) -> dict[str, Any]:
@@ -337,7 +348,9 @@ class Demo:
                 "url": broker.url if broker else None,
                 "protocol": (self.config.protocol or broker.protocol) if broker else None,
             },
+            model=self.config.model,
             models_dir=str(self.config.models_dir),
+            chat_template=self.config.chat,
             max_new_tokens=self.config.max_new_tokens,
             prompts_per_device=self.config.num_prompts,
             verifier_threads=self.config.verifier_threads,

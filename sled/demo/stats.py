@@ -28,11 +28,15 @@ class DeviceSpec:
     drafter: str  # folder name under the models dir, e.g. drafter-1l-onnx
     threshold: float  # dynamic drafting confidence threshold (0..1)
     max_draft: int  # draft tokens per verification round, at most
+    name: str = ""  # short drafter name for the table (default: the folder, less -onnx)
+
+    @property
+    def short(self) -> str:
+        return self.name or self.drafter.removesuffix("-onnx")
 
     @property
     def label(self) -> str:
-        name = self.drafter.removesuffix("-onnx")
-        return f"{name} threshold {self.threshold:g} max_draft {self.max_draft}"
+        return f"{self.short} threshold {self.threshold:g} max_draft {self.max_draft}"
 
 
 @dataclass
@@ -246,7 +250,7 @@ def table(devices: list[DeviceStats], *, lossless: bool | None, wall_s: float) -
         per_round = f"{d.tokens / d.rounds:.2f}" if d.rounds else "-"
         match = {True: "same", False: "DIFF", None: "-"}[d.lossless]
         lines.append(
-            f"{d.spec.device:<8} {d.spec.drafter.removesuffix('-onnx'):<11} "
+            f"{d.spec.device:<8} {d.spec.short:<11} "
             f"{d.spec.threshold:>6.2f} {d.spec.max_draft:>3} {len(d.outputs):>4} "
             f"{d.tokens:>6} {d.tokens_per_s():>6.1f} "
             f"{'-' if rate is None else f'{rate:.0%}':>6} {per_round:>7} "

@@ -126,9 +126,17 @@ class LineView:
 class LiveView:
     """The in-place terminal panel (see the module docstring)."""
 
-    def __init__(self, devices: list[DeviceStats], title: str, out: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        devices: list[DeviceStats],
+        title: str,
+        out: TextIO | None = None,
+        *,
+        separator: str = "",  # between a prompt and its text ("\n" for a chat answer)
+    ) -> None:
         self.devices = devices
         self.title = title
+        self.separator = separator
         self.out = out or sys.stdout
         self.footer = "Ctrl-C to stop"
         self._drawn = 0  # lines of the block currently on screen
@@ -202,11 +210,11 @@ class LiveView:
         if d.request:
             prompt = d.prompt
             chunks = d.current.chunks
-            segments: list[Segment] = [(prompt, BOLD)]
+            segments: list[Segment] = [(prompt, BOLD), (self.separator, "")]
             segments += [(c.text, "" if c.verified else YELLOW) for c in chunks]
         elif d.outputs:
             last = d.outputs[-1]
-            segments = [(last.prompt, BOLD), (last.final.text, "")]
+            segments = [(last.prompt, BOLD), (self.separator, ""), (last.final.text, "")]
         else:
             segments = [("waiting…", DIM)]
         wrapped = wrap_segments(segments, width - len(indent), TEXT_LINES)

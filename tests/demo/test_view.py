@@ -59,3 +59,15 @@ def test_line_view_prints_no_escape_codes() -> None:
     view.refresh()
     text = out.getvalue()
     assert "[edge-1 1/2] 41 tokens" in text and "\x1b" not in text
+
+
+def test_chat_answer_starts_on_its_own_line() -> None:
+    d = DeviceStats(DeviceSpec("edge-1", "drafter-onnx-int8", 0.3, 3, name="smol-int8"))
+    d.start("r1", "Why is the sky blue?")
+    d.apply(ResultChunk(request="r1", index=0, text="Rayleigh", tokens=[1], generated=1))
+    plain = [visible(x).strip() for x in LiveView([d], "t", io.StringIO()).render(80)]
+    view = LiveView([d], "t", io.StringIO(), separator="\n")
+    chat = [visible(x).strip() for x in view.render(80)]
+    assert "Why is the sky blue?Rayleigh" in plain  # a continuation (the KJV models)
+    assert "Why is the sky blue?" in chat and "Rayleigh" in chat  # an answer: own line
+    assert "smol-int8 threshold 0.3 max_draft 3" in visible(view.render(200)[2])
