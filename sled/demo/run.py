@@ -33,6 +33,7 @@ from typing import Any
 from runtime.transport import MqttConfig, MqttTransport, Transport
 from schemas import (
     DEFAULT_PREFIX,
+    ChatMessage,
     DeviceStatus,
     GenerateRequest,
     ResultFinal,
@@ -290,9 +291,13 @@ class Demo:
             request = uuid.uuid4().hex[:12]
             stats.start(request, prompt)
             progress.clear()
+            # chat: the device applies the template (edge_node.chat); the lossless check
+            # compares with the target's greedy output for transformers' templated text
+            turn = [ChatMessage(role="user", content=prompt)] if self.config.chat else None
             message = GenerateRequest(
                 request=request,
-                prompt=self.wire[prompt],
+                prompt="" if turn else self.wire[prompt],
+                messages=turn,
                 max_new_tokens=self.config.max_new_tokens,
                 sent_at_ns=time.time_ns(),
             )
