@@ -9,16 +9,14 @@ Slot ``s`` holds the KV of one session's tokens at indices ``0 .. cached-1`` (to
 position == index). A forward over a packed batch (:mod:`verifier_node.packing`: row
 ``b`` feeds ``n_b`` tokens, ``Σ n_b`` in all, no padding) writes each token's KV at its
 row's slot and position (``start_b .. start_b + n_b - 1``, one scatter per layer) and
-attends over indices ``0 .. kv_len-1`` of the batch's slots, where
-``kv_len = max(start_b + n_b)``; the batch's mask hides every index a row must not see,
-so what lies beyond a row's cached length (old drafts after a rollback) is never read.
+hands the layer's whole tensors to the packed attention, which reads each segment of
+rows up to that segment's real context (a view when its slots are a contiguous run, the
+usual case: the same sessions every round, kept in slot order; a gather otherwise). The
+batch's mask hides every index a row must not see, so what lies beyond a row's cached
+length (old drafts after a rollback) is never read.
 
 Each layer's tensors live on that layer's device (one device, or several when the
 target is spread over GPUs with ``device_map``).
-
-When the batch's slots are a contiguous run (the usual case: the same sessions every
-round, kept in slot order), attention reads a *view* of the cache: no copy at all.
-Otherwise the batch's rows are gathered (one copy of ``[batch, heads, kv_len, dim]``).
 
 Rollback is free: a session's cached length is bookkeeping (:class:`SlotTable`); the
 stale entries beyond it are overwritten by the next forward.
@@ -98,11 +96,8 @@ class SlotKVCache(Cache):
         # The planned forward:
         self.kv_len = 0
         self.num_new = 0
-        self._slots: dict[torch.device, torch.Tensor] = {}  # per device [batch]
         self._token_slot: dict[torch.device, torch.Tensor] = {}  # per device [num_tokens]
         self._token_pos: dict[torch.device, torch.Tensor] = {}  # per device [num_tokens]
-        self._contiguous: tuple[int, int] | None = None  # slot range read as a view
-        self.copied_bytes = 0  # bytes gathered by reads that were not views (a counter)
 
     @property
     def bytes_per_token(self) -> int:
@@ -137,45 +132,33 @@ class SlotKVCache(Cache):
         self.keys, self.values = new_keys, new_values
         self.num_slots, self.capacity = num_slots, capacity
 
-    def plan(self, slots: Sequence[int], batch: PackedBatch) -> None:
+    def plan(self, batch: PackedBatch) -> None:
         """Plan the next forward: row ``b`` of the packed ``batch`` writes its tokens
-        into ``slots[b]`` from position ``batch.starts[b]``."""
-        assert len(slots) == batch.batch_size > 0
-        assert len(set(slots)) == len(slots), "a slot appears twice in one batch"
+        into slot ``batch.slots[b]`` from position ``batch.starts[b]``."""
         kv_len = batch.kv_len
         assert kv_len <= self.capacity, f"kv_len {kv_len} exceeds capacity {self.capacity}"
-        assert max(slots) < self.num_slots
+        assert max(batch.slots) < self.num_slots
         self.kv_len, self.num_new = kv_len, batch.max_len
-        slot = torch.tensor(list(slots), dtype=torch.int64, device=batch.positions.device)
-        self._slots, self._token_slot, self._token_pos = {}, {}, {}
+        self._token_slot, self._token_pos = {}, {}
         for device in {shape.device or self.device for shape in self.shapes}:
-            self._slots[device] = slot.to(device)
-            self._token_slot[device] = slot[batch.token_row].to(device)  # [num_tokens]
+            self._token_slot[device] = batch.token_slot.to(device)  # [num_tokens]
             self._token_pos[device] = batch.positions.to(device)  # [num_tokens]
-        first = slots[0]
-        is_run = list(slots) == list(range(first, first + len(slots)))
-        self._contiguous = (first, first + len(slots)) if is_run else None
 
     def write_and_read(
         self,
         layer: int,
         key_states: torch.Tensor,  # [1, kv_heads, num_tokens, k_dim] packed
         value_states: torch.Tensor,  # [1, kv_heads, num_tokens, v_dim] packed
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # each [batch, kv_heads, kv_len, dim]
-        """Scatter the new KV into the batch's slots, return the batch's KV to attend over."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # each [num_slots, kv_heads, capacity, dim]
+        """Scatter the new KV into the batch's slots; return the layer's whole tensors
+        (the packed attention reads each segment's rows from them)."""
         keys, values = self.keys[layer], self.values[layer]
         device = keys.device
         slot, pos = self._token_slot[device], self._token_pos[device]  # [num_tokens] each
         # Advanced indices (slot, pos) around a slice put [num_tokens] first.
         keys[slot, :, pos] = key_states[0].transpose(0, 1).to(self.dtype)
         values[slot, :, pos] = value_states[0].transpose(0, 1).to(self.dtype)
-        if self._contiguous is not None:
-            lo, hi = self._contiguous
-            return keys[lo:hi, :, : self.kv_len], values[lo:hi, :, : self.kv_len]
-        k = keys[self._slots[device], :, : self.kv_len]
-        v = values[self._slots[device], :, : self.kv_len]
-        self.copied_bytes += k.numel() * k.element_size() + v.numel() * v.element_size()
-        return k, v
+        return keys, values
 
 
 # -- which session lives in which slot ---------------------------------------------------

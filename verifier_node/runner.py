@@ -63,20 +63,32 @@ class ForwardStats:
     evicted: int = 0  # sessions evicted to fit this batch
     resized: bool = False  # cache tensors were reallocated
     kv_bytes: int = 0  # bytes allocated by the KV cache
-    kv_view: bool = False  # attention read the cache as a view (no gather copy)
+    kv_view: bool = False  # attention read the cache as views only (no gather copy)
+    attention_calls: int = 0  # attention segments per layer (packing.plan_segments)
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreOutput:
-    """Logits in *slot order*: ``logits[j]`` belongs to ``rows[order[j]]`` (no reorder copy)."""
+    """Packed logits in *slot order*: the batch's row ``j`` is input row ``order[j]``, its
+    logits are ``packed[cu_num_tokens[j] : cu_num_tokens[j + 1]]`` (no padded copy, no
+    dtype conversion: verification reads only what it needs, on the device)."""
 
-    logits: torch.Tensor  # [batch, max_k + 1, vocab] float32, on the model's device
-    order: list[int]  # [batch] input row of each logits row
+    packed: torch.Tensor  # [num_tokens, vocab] the model's dtype, on the model's device
+    batch: packing.PackedBatch  # the layout, rows in slot order
+    order: list[int]  # [batch] input row of each batch row
     stats: ForwardStats
 
-    def row(self, b: int) -> torch.Tensor:  # [max_k + 1, vocab]
+    def row(self, b: int) -> torch.Tensor:  # [k_b + 1, vocab] float32
         """The logits of input row ``b``."""
-        return self.logits[self.order.index(b)]
+        j = self.order.index(b)
+        lo = sum(self.batch.lengths[:j])
+        return self.packed[lo : lo + self.batch.lengths[j]].float()
+
+    @property
+    def logits(self) -> torch.Tensor:  # [batch, max_k + 1, vocab] float32
+        """The padded layout (a copy; for tests and tools): positions past a row's
+        draft repeat its last position."""
+        return self.batch.unpack(self.packed).float()
 
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
@@ -244,11 +256,8 @@ class TargetRunner:
     # -- scoring ----------------------------------------------------------------------
     @torch.inference_mode()
     def score(self, rows: Sequence[Row]) -> ScoreOutput:
-        """Logits ``[batch, max_k + 1, vocab]``: for input row ``b`` (logits row
-        ``order.index(b)``), position ``j`` predicts the token after
-        ``context_b + draft_b[:j]``; positions past ``len(draft_b)`` are padding (copies
-        of the row's last position: only ``Σ (k_b + 1)`` tokens went through the model).
-        """
+        """Packed logits of the ``Σ (k_b + 1)`` tokens: input row ``b``'s position ``j``
+        predicts the token after ``context_b + draft_b[:j]`` (:class:`ScoreOutput`)."""
         t0 = time.perf_counter()
         assert rows, "empty batch"
         keys = [r.key for r in rows]
@@ -296,12 +305,13 @@ class TargetRunner:
             ]
             if not todo:
                 break
-            self._forward(
-                [res.slot for res, _ in todo],
+            prefill = packing.pack(
                 [len(res.tokens) for res, _ in todo],
-                [ids for _, ids in todo],
-                logits_to_keep=1,
+                [len(ids) for _, ids in todo],
+                self.device,
+                slots=[res.slot for res, _ in todo],
             )
+            self._forward(prefill, [ids for _, ids in todo], logits_to_keep=1)
             for res, ids in todo:
                 res.tokens.extend(ids)
                 prefill_tokens += len(ids)
@@ -312,18 +322,17 @@ class TargetRunner:
         inputs = [[rows[b].context[-1], *rows[b].draft] for b in order]
         t3 = time.perf_counter()
         batch = packing.pack(
-            [len(rows[b].context) - 1 for b in order], [len(ids) for ids in inputs], self.device
+            [len(rows[b].context) - 1 for b in order],
+            [len(ids) for ids in inputs],
+            self.device,
+            slots=[residents[b].slot for b in order],
         )
-        packed = self._forward(
-            [residents[b].slot for b in order], batch.starts, inputs, logits_to_keep=0, batch=batch
-        )  # [num_tokens, vocab] in slot order
+        packed = self._forward(batch, inputs, logits_to_keep=0)  # [num_tokens, vocab]
         if self.device.type == "cuda":  # so forward_ms is the forward, not its launch
             torch.cuda.synchronize(self.device)
         t4 = time.perf_counter()
-        view = self.cache._contiguous is not None
         for b in order:
             residents[b].tokens.extend([rows[b].context[-1], *rows[b].draft])
-        logits = batch.unpack(packed.float())  # [batch, num_new, vocab]
         t5 = time.perf_counter()
         stats = ForwardStats(
             prepare_ms=((t1 - t0) + (t3 - t2) + (t5 - t4)) * 1e3,
@@ -337,26 +346,19 @@ class TargetRunner:
             evicted=len(placement.evicted),
             resized=placement.resize_to is not None,
             kv_bytes=self.cache.nbytes,
-            kv_view=view,
+            kv_view=batch.kv_view,
+            attention_calls=len(batch.segments),
         )
-        return ScoreOutput(logits, order, stats)
+        return ScoreOutput(packed, batch, order, stats)
 
     def _forward(
-        self,
-        slots: Sequence[int],
-        starts: Sequence[int],
-        token_ids: Sequence[Sequence[int]],
-        *,
-        logits_to_keep: int,
-        batch: packing.PackedBatch | None = None,
+        self, batch: packing.PackedBatch, token_ids: Sequence[Sequence[int]], *, logits_to_keep: int
     ) -> torch.Tensor:  # [num_tokens or logits_to_keep, vocab]
         """One model call over a packed batch: row ``b`` feeds ``token_ids[b]`` at
-        positions ``starts[b] …`` into slot ``slots[b]``."""
-        if batch is None:
-            batch = packing.pack(starts, [len(ids) for ids in token_ids], self.device)
+        positions ``batch.starts[b] …`` into slot ``batch.slots[b]``."""
         flat = [t for ids in token_ids for t in ids]
         input_ids = torch.tensor([flat], dtype=torch.int64).to(self.device)  # [1, num_tokens]
-        self.cache.plan(slots, batch)
+        self.cache.plan(batch)
         with packing.activate(batch):
             out = self.model(
                 input_ids=input_ids,
