@@ -83,12 +83,20 @@ class SlotKVCache(Cache):
     """The tensors; one forward at a time is planned with :meth:`plan`."""
 
     def __init__(
-        self, shapes: Sequence[LayerShape], *, dtype: torch.dtype, device: torch.device
+        self,
+        shapes: Sequence[LayerShape],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        spare_slots: int = 0,
     ) -> None:
         super().__init__(layers=[SlotLayer(self, i) for i in range(len(shapes))])
         self.shapes = list(shapes)
         self.dtype = dtype
         self.device = device
+        # Rows past num_slots that no session owns: slot num_slots is the scratch slot
+        # padding tokens of static-shape steps write to (verifier_node.graphs).
+        self.spare_slots = spare_slots
         self.num_slots = 0
         self.capacity = 0  # tokens per slot
         self.keys: list[torch.Tensor] = []  # per layer [num_slots, kv_heads, capacity, k_dim]
@@ -107,8 +115,13 @@ class SlotKVCache(Cache):
 
     @property
     def nbytes(self) -> int:
-        """Bytes allocated by the cache tensors."""
-        return self.num_slots * self.capacity * self.bytes_per_token
+        """Bytes allocated by the cache tensors (spare slots included)."""
+        return (self.num_slots + self.spare_slots) * self.capacity * self.bytes_per_token
+
+    @property
+    def scratch_slot(self) -> int:
+        assert self.spare_slots >= 1, "no scratch slot"
+        return self.num_slots
 
     def resize(self, num_slots: int, capacity: int, keep: Sequence[int]) -> None:
         """New tensors of ``num_slots x capacity``; old slot ``keep[i]`` moves to slot ``i``."""
@@ -120,10 +133,12 @@ class SlotKVCache(Cache):
             keep_idx = torch.tensor(list(keep), dtype=torch.int64, device=device)
             k, v = (
                 torch.zeros(
-                    (num_slots, shape.kv_heads, capacity, dim), dtype=self.dtype, device=device
+                    (num_slots + self.spare_slots, shape.kv_heads, capacity, dim),
+                    dtype=self.dtype,
+                    device=device,
                 )
                 for dim in (shape.k_dim, shape.v_dim)
-            )  # [num_slots, kv_heads, capacity, k_dim or v_dim]
+            )  # [num_slots + spare_slots, kv_heads, capacity, k_dim or v_dim]
             if len(keep) and copy_len:
                 k[: len(keep), :, :copy_len] = self.keys[layer][keep_idx, :, :copy_len]
                 v[: len(keep), :, :copy_len] = self.values[layer][keep_idx, :, :copy_len]
@@ -137,7 +152,7 @@ class SlotKVCache(Cache):
         into slot ``batch.slots[b]`` from position ``batch.starts[b]``."""
         kv_len = batch.kv_len
         assert kv_len <= self.capacity, f"kv_len {kv_len} exceeds capacity {self.capacity}"
-        assert max(batch.slots) < self.num_slots
+        assert max(batch.slots, default=0) < self.num_slots + self.spare_slots
         self.kv_len, self.num_new = kv_len, batch.max_len
         self._token_slot, self._token_pos = {}, {}
         for device in {shape.device or self.device for shape in self.shapes}:

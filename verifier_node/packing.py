@@ -79,22 +79,13 @@ class PackedBatch:
     mask: torch.Tensor  # [batch, 1, max_len, kv_len] bool: True = may attend
     uniform: bool  # every row has the same length (the padded layout is a view)
     segments: tuple[Segment, ...]  # attention calls, in row order
+    num_tokens: int  # Σ n_b (static shapes: the bucket's token count, padding included)
+    max_len: int  # max n_b (static shapes: the bucket's tile length)
+    kv_len: int  # max(start_b + n_b) (static shapes: the bucket's context length)
 
     @property
     def batch_size(self) -> int:
         return len(self.lengths)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.lengths)
-
-    @property
-    def max_len(self) -> int:
-        return max(self.lengths)
-
-    @property
-    def kv_len(self) -> int:
-        return max(s + n for s, n in zip(self.starts, self.lengths, strict=True))
 
     @property
     def kv_view(self) -> bool:
@@ -224,6 +215,9 @@ def pack(
         mask=mask,
         uniform=len(set(lengths)) == 1,
         segments=tuple(segments),
+        num_tokens=n,
+        max_len=max_len,
+        kv_len=kv_len,
     )
 
 

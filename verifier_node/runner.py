@@ -34,6 +34,7 @@ import torch
 
 from runtime.models import eos_ids_of
 from verifier_node import packing
+from verifier_node.cudagraphs import StaticSteps
 from verifier_node.kvcache import LayerShape, SlotKVCache, SlotTable, common_prefix_len
 from verifier_node.rows import Row
 
@@ -154,7 +155,12 @@ class TargetRunner:
         prefill_chunk: int = 512,
         eos_ids: Sequence[int] | None = None,
         pad_id: int = 0,
+        static_shapes: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
+        """``cuda_graphs``: score in bucketed static shapes and replay CUDA graphs (on
+        CUDA only; elsewhere it does nothing). ``static_shapes``: the same static shapes
+        without graphs, eagerly (for tests on CPU)."""
         packing.register()
         self.model = model.eval()
         config = model.config
@@ -173,7 +179,14 @@ class TargetRunner:
         self.prefill_chunk = prefill_chunk
         shapes = self._probe_shapes()
         model.set_attn_implementation(packing.ATTN_IMPLEMENTATION)
-        self.cache = SlotKVCache(shapes, dtype=self.dtype, device=self.device)
+        graphs = cuda_graphs and self.device.type == "cuda"
+        static = static_shapes or graphs
+        self.cache = SlotKVCache(
+            shapes, dtype=self.dtype, device=self.device, spare_slots=1 if static else 0
+        )
+        self.static: StaticSteps | None = None
+        if static:
+            self.static = StaticSteps(model, self.cache, self.device, capture=graphs)
         self.table = SlotTable(
             budget_bytes=kv_budget_bytes, bytes_per_token=self.cache.bytes_per_token
         )
@@ -190,6 +203,7 @@ class TargetRunner:
         threads: int = 0,
         kv_budget_bytes: int = 1 << 30,
         prefill_chunk: int = 512,
+        cuda_graphs: bool = False,
     ) -> TargetRunner:
         """Load a causal LM from a local directory (never from the network).
 
@@ -220,7 +234,12 @@ class TargetRunner:
         )
         if not device_map:
             torch.nn.Module.to(model, where)  # in place
-        return cls(model, kv_budget_bytes=kv_budget_bytes, prefill_chunk=prefill_chunk)
+        return cls(
+            model,
+            kv_budget_bytes=kv_budget_bytes,
+            prefill_chunk=prefill_chunk,
+            cuda_graphs=cuda_graphs,
+        )
 
     # -- geometry ---------------------------------------------------------------------
     @torch.inference_mode()
@@ -291,6 +310,8 @@ class TargetRunner:
         self.evictions += len(placement.evicted)
         if placement.resize_to is not None:
             self.cache.resize(*placement.resize_to, keep=placement.keep)
+            if self.static is not None:
+                self.static.invalidate()
         self.table.touch(keys)
         residents = [self.table.residents[k] for k in keys]
         t1 = time.perf_counter()
@@ -327,7 +348,12 @@ class TargetRunner:
             self.device,
             slots=[residents[b].slot for b in order],
         )
-        packed = self._forward(batch, inputs, logits_to_keep=0)  # [num_tokens, vocab]
+        packed = None
+        if self.static is not None:  # [num_tokens, vocab] or None
+            flat = [t for ids in inputs for t in ids]
+            packed = self.static.run(batch.starts, batch.lengths, batch.slots, flat)
+        if packed is None:
+            packed = self._forward(batch, inputs, logits_to_keep=0)  # [num_tokens, vocab]
         if self.device.type == "cuda":  # so forward_ms is the forward, not its launch
             torch.cuda.synchronize(self.device)
         t4 = time.perf_counter()

@@ -1,0 +1,111 @@
+"""Static shapes for CUDA graphs: buckets, the padded layout, the graph cache (pure), and
+the static-shape forward run eagerly on CPU against the reference logits."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from verifier_node.engine import VerifyEngine
+from verifier_node.graphs import Bucket, GraphCache, GraphPolicy, static_layout
+from verifier_node.rows import Row
+from verifier_node.runner import TargetRunner
+
+POLICY = GraphPolicy()
+
+
+@pytest.mark.parametrize(
+    ("starts", "lengths", "capacity", "bucket"),
+    [
+        ([100] * 16, [1] * 16, 1024, Bucket(rows=16, tokens=16, max_len=1, kv_len=256)),  # decode
+        ([100] * 16, [5] * 16, 1024, Bucket(rows=16, tokens=128, max_len=8, kv_len=256)),
+        ([10, 300, 7], [9, 1, 3], 1024, Bucket(rows=4, tokens=16, max_len=16, kv_len=512)),
+        ([1], [1], 64, Bucket(rows=1, tokens=8, max_len=1, kv_len=64)),  # capped at capacity
+        ([30] * 17, [2] * 17, 128, Bucket(rows=24, tokens=64, max_len=2, kv_len=128)),
+    ],
+)
+def test_buckets(starts: list[int], lengths: list[int], capacity: int, bucket: Bucket) -> None:
+    assert POLICY.bucket(starts, lengths, capacity) == bucket
+
+
+def test_large_steps_run_eagerly() -> None:
+    assert POLICY.bucket([10] * 65, [1] * 65, 1024) is None  # too many rows
+    assert POLICY.bucket([10] * 4, [200] * 4, 1024) is None  # too many tokens (a prefill)
+    assert POLICY.bucket([2000], [1], 1024) is None  # context beyond the cache
+
+
+def test_static_layout_pads_into_the_scratch_slot_and_the_padding_row() -> None:
+    bucket = Bucket(rows=4, tokens=8, max_len=4, kv_len=64)
+    layout = static_layout(bucket, [5, 9, 0], [3, 1, 2], [7, 2, 4], scratch_slot=12)
+    assert layout.num_tokens == 6
+    assert layout.token_row == [0, 0, 0, 1, 2, 2, 4, 4]  # padding tokens: tile row 4
+    assert layout.token_col == [0, 1, 2, 0, 0, 1, 0, 0]
+    assert layout.positions == [5, 6, 7, 9, 0, 1, 0, 0]
+    assert layout.token_slot == [7, 7, 7, 2, 4, 4, 12, 12]
+    assert layout.row_slot == [7, 2, 4, 12, 12]  # rows 3 (idle) and 4 (padding): scratch
+    assert layout.row_start == [5, 9, 0, 0, 0]
+    with pytest.raises(AssertionError):
+        static_layout(bucket, [5], [3], [12], scratch_slot=12)  # a session in scratch
+
+
+def test_graph_cache_captures_after_repeats_and_drops_the_least_recent() -> None:
+    cache: GraphCache[str] = GraphCache(GraphPolicy(capture_after=2, max_graphs=2))
+    a, b, c = (Bucket(rows=r, tokens=8, max_len=1, kv_len=64) for r in (1, 2, 4))
+    assert cache.get(a) is None and not cache.should_capture(a)  # seen once
+    assert cache.get(a) is None and cache.should_capture(a)  # seen twice
+    assert cache.put(a, "A") == []
+    assert cache.get(a) == "A" and not cache.should_capture(a)
+    cache.put(b, "B")
+    cache.get(a)  # b is now the least recent
+    assert cache.put(c, "C") == ["B"]
+    assert set(cache.graphs) == {a, c}
+    assert sorted(cache.clear()) == ["A", "C"] and not cache.graphs
+
+
+def reference_logits(model, context: list[int], draft: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([context + draft])).logits[0, len(context) - 1 :].float()
+
+
+def test_static_shapes_give_the_unpadded_logits(llama_dir: Path) -> None:
+    """Padded rows, tokens, tile and context, scratch writes, growing and evicting cache:
+    every row's logits are still the reference's, round after round."""
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa")
+    probe = TargetRunner(model)
+    runner = TargetRunner(
+        model, static_shapes=True, kv_budget_bytes=4 * 128 * probe.cache.bytes_per_token
+    )
+    assert runner.static is not None and not runner.static.capture  # no graphs on CPU
+    rng = random.Random(7)
+    contexts = {
+        f"s{i}": [rng.randrange(1, 400) for _ in range(rng.randrange(1, 40))] for i in range(6)
+    }
+    for round_ in range(6):
+        keys = rng.sample(sorted(contexts), rng.randrange(1, 5))
+        drafts = {k: [rng.randrange(1, 400) for _ in range(rng.randrange(0, 6))] for k in keys}
+        out = runner.score([Row(k, contexts[k], drafts[k]) for k in keys])
+        for b, k in enumerate(keys):
+            ref = reference_logits(model, contexts[k], drafts[k])
+            assert (out.row(b) - ref).abs().max().item() < 1e-4, (round_, k)
+            accepted = rng.randrange(0, len(drafts[k]) + 1)
+            contexts[k] += [*drafts[k][:accepted], rng.randrange(1, 400)]
+    assert runner.evictions > 0
+
+
+def test_static_shapes_decode_like_target_only_greedy(llama_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa")
+    engine = VerifyEngine(TargetRunner(model, static_shapes=True))
+    prompts = {f"p{i}": [3 + i, 17, 40 + 2 * i, 9] for i in range(3)}
+    gen: dict[str, list[int]] = {k: [] for k in prompts}
+    for _ in range(10):  # centralized decode steps, batched
+        outs, _ = engine.run([Row(k, prompts[k] + gen[k]) for k in prompts])
+        for k, o in zip(prompts, outs, strict=True):
+            gen[k].append(o.token)
+    with torch.inference_mode():
+        for k, p in prompts.items():
+            ids = model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False)
+            assert gen[k] == ids[0, len(p) :].tolist(), k
