@@ -69,7 +69,8 @@ class StaticSteps:
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self._buffers: dict[Bucket, _Buffers] = {}
         self._failed: set[Bucket] = set()  # buckets whose capture raised: eager from now on
-        self.replays = 0  # steps replayed from a graph (a counter)
+        self.steps = 0  # steps run in a static shape (a counter)
+        self.replays = 0  # of which replayed from a graph
 
     def invalidate(self) -> None:
         """The cache tensors were reallocated: no graph may replay against the old ones."""
@@ -87,6 +88,7 @@ class StaticSteps:
         bucket = self.graphs.policy.bucket(starts, lengths, self.cache.capacity)
         if bucket is None:
             return None
+        self.steps += 1
         layout = static_layout(bucket, starts, lengths, slots, self.cache.scratch_slot)
         bufs = self._buffers.get(bucket) or self._allocate(bucket)
         self._buffers[bucket] = bufs

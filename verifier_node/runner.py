@@ -352,6 +352,7 @@ class TargetRunner:
         if self.static is not None:  # [num_tokens, vocab] or None
             flat = [t for ids in inputs for t in ids]
             packed = self.static.run(batch.starts, batch.lengths, batch.slots, flat)
+        static = packed is not None  # one gathered attention call in a static shape
         if packed is None:
             packed = self._forward(batch, inputs, logits_to_keep=0)  # [num_tokens, vocab]
         if self.device.type == "cuda":  # so forward_ms is the forward, not its launch
@@ -372,8 +373,8 @@ class TargetRunner:
             evicted=len(placement.evicted),
             resized=placement.resize_to is not None,
             kv_bytes=self.cache.nbytes,
-            kv_view=batch.kv_view,
-            attention_calls=len(batch.segments),
+            kv_view=batch.kv_view and not static,
+            attention_calls=1 if static else len(batch.segments),
         )
         return ScoreOutput(packed, batch, order, stats)
 
