@@ -3,6 +3,7 @@
     sled bench verifier --json verifier.json            (via sled.cli)
     sled bench verifier --quick --json quick.json        (a few seconds: keys, not figures)
     python -m bench.verifier --device cuda --dtypes bfloat16 --json gpu.json
+    python -m bench.verifier --device cuda --dtypes bfloat16 --preset llama3-8b --cuda-graphs
 
 On a random-config Llama target (default ~60M parameters; or ``--model-dir``), for each
 dtype (default both float32 and bfloat16), batch size ``B`` (1, 4, 8, 16, 32) and draft
@@ -66,6 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=512, help="random target: hidden size")
     parser.add_argument("--layers", type=int, default=8, help="random target: layers")
     parser.add_argument("--vocab", type=int, default=32000, help="random target: vocabulary")
+    parser.add_argument(
+        "--intermediate", type=int, default=0, help="random target: MLP size (0: 3 x hidden)"
+    )
+    parser.add_argument(
+        "--heads", type=int, default=0, help="random target: heads (0: hidden / 64)"
+    )
+    parser.add_argument(
+        "--kv-heads", type=int, default=0, help="random target: KV heads (0: one per head)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a random target of a known shape (overrides the sizes above)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cuda-graphs",
@@ -76,6 +92,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="a tiny target, B 1,4, k 0,2: seconds (for tests)"
     )
 
+
+PRESETS = {  # random targets of real models' shapes, built from a config (no download)
+    "llama3-8b": {
+        "hidden": 4096,
+        "layers": 32,
+        "vocab": 128256,
+        "intermediate": 14336,
+        "heads": 32,
+        "kv_heads": 8,
+    },
+}
 
 QUICK = {
     "batches": "1,4",
@@ -89,18 +116,45 @@ QUICK = {
 }
 
 
-def _random_target(args: argparse.Namespace, dtype: Any, device: Any) -> Any:
-    from runtime.models import LlamaShape, build_llama
+def apply_presets(args: argparse.Namespace) -> argparse.Namespace:
+    """``--quick`` and ``--preset`` settings, over the command line's."""
+    settings = {**(QUICK if args.quick else {}), **PRESETS.get(args.preset or "", {})}
+    for name, value in settings.items():
+        setattr(args, name, value)
+    return args
 
-    shape = LlamaShape(
+
+def target_shape(args: argparse.Namespace) -> Any:  # runtime.models.LlamaShape
+    """The random target's shape."""
+    from runtime.models import LlamaShape
+
+    return LlamaShape(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
-        intermediate_size=args.hidden * 3,
+        intermediate_size=args.intermediate or args.hidden * 3,
         num_layers=args.layers,
-        num_heads=max(1, args.hidden // 64),
+        num_heads=args.heads or max(1, args.hidden // 64),
+        num_kv_heads=args.kv_heads or None,
         max_positions=4096,
     )
-    model = build_llama(shape, seed=args.seed, attn_implementation="sdpa")
+
+
+def _random_target(args: argparse.Namespace, dtype: Any, device: Any) -> Any:
+    import torch
+
+    from runtime.models import build_llama
+
+    shape = target_shape(args)
+    if getattr(device, "type", "cpu") != "cuda":  # fp32 init on CPU, then cast
+        model = build_llama(shape, seed=args.seed, attn_implementation="sdpa")
+        return model.to(device=device, dtype=dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # an 8B target: initialised in its dtype, on the GPU
+    try:
+        with torch.device(device):
+            model = build_llama(shape, seed=args.seed, attn_implementation="sdpa")
+    finally:
+        torch.set_default_dtype(default)
     return model.to(device=device, dtype=dtype)
 
 
@@ -324,9 +378,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from verifier_node.runner import configure_torch, resolve_device, resolve_dtype
 
-    if args.quick:
-        for name, value in QUICK.items():
-            setattr(args, name, value)
+    apply_presets(args)
     configure_torch(args.threads)
     device = resolve_device(args.device)
     dtypes = list(dict.fromkeys(resolve_dtype(d.strip(), device) for d in args.dtypes.split(",")))
@@ -342,7 +394,9 @@ def run(args: argparse.Namespace) -> int:
             "prompt_len": args.prompt_len,
             "threads": args.threads,
             "cuda_graphs": args.cuda_graphs,
-            "model": args.model_dir or f"random llama {args.hidden}x{args.layers}",
+            "model": args.model_dir
+            or args.preset
+            or f"random llama {args.hidden}x{args.layers}, vocabulary {args.vocab}",
         },
         "dtypes": {},
     }
