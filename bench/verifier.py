@@ -27,8 +27,8 @@ Keys (``D`` a dtype name, ``B`` a batch size, ``k`` a draft length):
 * ``….kK.limit.A`` – the server-bound WSTGR limit ``E / (t_v / t_d)`` for per-token
   acceptance ``A`` in 0.6, 0.8, 0.9, with ``E = (1 - A^(k+1)) / (1 - A)``;
 * ``dtypes.D.mixed_vs_padded`` – at B = 16, a batch whose ``k`` is drawn uniformly from
-  0..8 every round against the same batch padded to its longest draft (``mixed``: both
-  times and the token counts);
+  0..8 every round against the same batch padded to its longest draft, over 3 x
+  ``--repeats`` rounds (``mixed``: both times and the token counts);
 * ``dtypes.D.centralized_tokens_per_s.B`` – ``B / decode step``;
 * ``dtype_default``, and ``batches`` / ``mixed_vs_padded`` copied from it at top level.
 """
@@ -49,6 +49,7 @@ from typing import Any
 ALPHAS = (0.6, 0.8, 0.9)
 MIXED_BATCH = 16
 MIXED_MAX_K = 8
+MIXED_ROUNDS_PER_REPEAT = 3  # one batch, cheap: more rounds, a steadier median
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -309,7 +310,7 @@ def _bench_mixed(model: Any, args: argparse.Namespace, batch: int) -> dict:
     padded = _Sessions(engine, "padded", [list(p) for p in prompts], vocab)
     rng = random.Random(args.seed)
     mixed_ms, padded_ms, ratios, tokens, padded_tokens = [], [], [], 0, 0
-    for r in range(args.warmup + args.repeats):
+    for r in range(args.warmup + MIXED_ROUNDS_PER_REPEAT * args.repeats):
         ks = [rng.randint(0, MIXED_MAX_K) for _ in range(batch)]
         pad = [max(ks)] * batch
         first, second = (mixed, padded) if r % 2 == 0 else (padded, mixed)

@@ -153,24 +153,27 @@ def pack(
     assert min(lengths) >= 1, f"every row feeds at least one token, got {list(lengths)}"
     slots = list(range(len(lengths))) if slots is None else list(slots)
     assert len(slots) == len(lengths) and len(set(slots)) == len(slots), "one slot per row"
-    start = torch.tensor(list(starts), dtype=torch.int64)  # [batch]
-    length = torch.tensor(list(lengths), dtype=torch.int64)  # [batch]
     batch = len(lengths)
-    cu = torch.zeros(batch + 1, dtype=torch.int64)
-    cu[1:] = length.cumsum(0)
-    token_row = torch.repeat_interleave(torch.arange(batch), length)  # [num_tokens]
-    token_col = torch.arange(int(cu[-1])) - cu[token_row]  # [num_tokens]
-    positions = start[token_row] + token_col  # [num_tokens]
-    max_len = int(length.max())
-    kv_len = int((start + length).max())
+    token_row: list[int] = []  # [num_tokens] (built as lists: a few small torch ops cost
+    token_col: list[int] = []  # more than the Python at these sizes)
+    positions: list[int] = []
+    token_slot: list[int] = []
+    cu = [0]  # [batch + 1]
+    for b, (start, n, slot) in enumerate(zip(starts, lengths, slots, strict=True)):
+        token_row += [b] * n
+        token_col += range(n)
+        positions += range(start, start + n)
+        token_slot += [slot] * n
+        cu.append(cu[-1] + n)
+    n = cu[-1]
+    max_len = max(lengths)
+    kv_len = max(s + m for s, m in zip(starts, lengths, strict=True))
     runs = plan_segments(starts, lengths, slots)
     # One host → device copy of every index: token_row, token_col, positions,
-    # token_slot, cu, start, then each gathered segment's slots.
-    slot = torch.tensor(slots, dtype=torch.int64)  # [batch]
-    gathers = [slot[lo:hi] for lo, hi in runs]
-    moved = torch.cat([token_row, token_col, positions, slot[token_row], cu, start, *gathers])
-    moved = moved.to(device)
-    n = int(cu[-1])
+    # token_slot, cu, starts, then each gathered segment's slots.
+    gathers = [t for lo, hi in runs for t in slots[lo:hi]]
+    host = [*token_row, *token_col, *positions, *token_slot, *cu, *starts, *gathers]
+    moved = torch.tensor(host, dtype=torch.int64).to(device)
     dev_row, dev_col, dev_pos = moved[:n], moved[n : 2 * n], moved[2 * n : 3 * n]
     dev_slot = moved[3 * n : 4 * n]
     dev_cu = moved[4 * n : 4 * n + batch + 1]
@@ -184,7 +187,7 @@ def pack(
     segments = []
     offset = 4 * n + 2 * batch + 1
     for lo, hi in runs:
-        t_lo, t_hi = int(cu[lo]), int(cu[hi])
+        t_lo, t_hi = cu[lo], cu[hi]
         contiguous = slots[lo:hi] == list(range(slots[lo], slots[lo] + hi - lo))
         seg_lengths = lengths[lo:hi]
         segments.append(
