@@ -63,6 +63,7 @@ def test_the_gpu_verifier_env_is_a_valid_cuda_config(
     env = {k: str(v) for k, v in service["environment"].items() if k != "SLED_CONFIG"}
     cfg = VerifierConfig.load({}, env=env)
     assert cfg.device == "cuda" and cfg.dtype == "auto"
+    assert cfg.share_group  # beside a CPU verifier, the two must share one group
     assert cfg.verifier_id != services["verifier"]["environment"]["SLED_VERIFIER_ID"]
     auth = service_argv(services["credentials"])
     assert f"--verifier={cfg.verifier_id}" in auth  # it has a login and an ACL entry
