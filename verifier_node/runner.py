@@ -159,8 +159,9 @@ class TargetRunner:
         cuda_graphs: bool = False,
     ) -> None:
         """``cuda_graphs``: score in bucketed static shapes and replay CUDA graphs (on
-        CUDA only; elsewhere it does nothing). ``static_shapes``: the same static shapes
-        without graphs, eagerly (for tests on CPU)."""
+        one CUDA device only; elsewhere, or spread over GPUs, it does nothing).
+        ``static_shapes``: the same static shapes without graphs, eagerly (for tests on
+        CPU)."""
         packing.register()
         self.model = model.eval()
         config = model.config
@@ -179,7 +180,8 @@ class TargetRunner:
         self.prefill_chunk = prefill_chunk
         shapes = self._probe_shapes()
         model.set_attn_implementation(packing.ATTN_IMPLEMENTATION)
-        graphs = cuda_graphs and self.device.type == "cuda"
+        one_device = {s.device for s in shapes} <= {self.device, None}  # no device_map split
+        graphs = cuda_graphs and self.device.type == "cuda" and one_device
         static = static_shapes or graphs
         self.cache = SlotKVCache(
             shapes, dtype=self.dtype, device=self.device, spare_slots=1 if static else 0
