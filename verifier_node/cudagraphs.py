@@ -22,9 +22,9 @@ tested, the static-shape forward is tested eagerly on CPU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import torch
@@ -34,6 +34,32 @@ from verifier_node.graphs import Bucket, GraphCache, GraphPolicy, static_layout
 from verifier_node.kvcache import SlotKVCache
 
 log = structlog.get_logger(__name__)
+
+
+class Graph(Protocol):
+    def replay(self) -> None: ...
+
+
+# Captures a forward: (graph, its output tensor); replay() recomputes the output in place.
+Capturer = Callable[[Callable[[], torch.Tensor]], tuple[Graph, torch.Tensor]]
+
+
+def cuda_capturer(device: torch.device) -> Capturer:
+    """Capture on ``device`` with ``torch.cuda.CUDAGraph``, every graph in one pool."""
+    pool = torch.cuda.graph_pool_handle()
+
+    def capture(forward: Callable[[], torch.Tensor]) -> tuple[Graph, torch.Tensor]:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            forward()  # warm-up outside the graph (the same step: the same KV writes)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = forward()
+        return graph, out
+
+    return capture
 
 
 @dataclass
@@ -61,12 +87,17 @@ class StaticSteps:
         *,
         capture: bool,
         policy: GraphPolicy | None = None,
+        capturer: Capturer | None = None,
     ) -> None:
+        """``capture``: replay graphs, on CUDA (``capturer``: how to capture; by default
+        :func:`cuda_capturer`; tests pass a stand-in to run the same flow on CPU)."""
         assert cache.spare_slots >= 1, "static steps need the cache's scratch slot"
         self.model, self.cache, self.device = model, cache, device
-        self.capture = capture and device.type == "cuda"
-        self.graphs: GraphCache[Any] = GraphCache(policy or GraphPolicy())
-        self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        if capturer is None and capture and device.type == "cuda":
+            capturer = cuda_capturer(device)
+        self.capturer = capturer if capture else None
+        self.capture = self.capturer is not None
+        self.graphs: GraphCache[Graph] = GraphCache(policy or GraphPolicy())
         self._buffers: dict[Bucket, _Buffers] = {}
         self._failed: set[Bucket] = set()  # buckets whose capture raised: eager from now on
         self.steps = 0  # steps run in a static shape (a counter)
@@ -181,18 +212,12 @@ class StaticSteps:
         logits: torch.Tensor = out.logits[0]
         return logits
 
-    def _capture(self, bucket: Bucket, bufs: _Buffers) -> Any:
-        """Capture the bucket's step (its buffers hold this step, so the warm-up forward
+    def _capture(self, bucket: Bucket, bufs: _Buffers) -> Graph | None:
+        """Capture the bucket's step (its buffers hold this step, so a warm-up forward
         writes the very KV the step writes)."""
+        assert self.capturer is not None
         try:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                self._forward(bufs)  # warm-up outside the graph
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                bufs.logits = self._forward(bufs)
+            graph, bufs.logits = self.capturer(lambda: self._forward(bufs))
         except Exception as exc:  # a model the capture cannot handle: stay eager
             self._failed.add(bucket)
             log.warning("cuda_graph_capture_failed", bucket=str(bucket), error=repr(exc))

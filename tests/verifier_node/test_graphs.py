@@ -4,12 +4,15 @@ the static-shape forward run eagerly on CPU against the reference logits."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from verifier_node.cudagraphs import StaticSteps
 from verifier_node.engine import VerifyEngine
 from verifier_node.graphs import Bucket, GraphCache, GraphPolicy, static_layout
 from verifier_node.rows import Row
@@ -110,3 +113,58 @@ def test_static_shapes_decode_like_target_only_greedy(llama_dir: Path) -> None:
         for k, p in prompts.items():
             ids = model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False)
             assert gen[k] == ids[0, len(p) :].tolist(), k
+
+
+class ReplayingGraph:
+    """A CPU stand-in for a CUDA graph: ``replay`` re-runs the captured forward, which
+    reads the static buffers, into the same output tensor (what a graph replay does)."""
+
+    def __init__(self, forward: Callable[[], torch.Tensor]) -> None:
+        self.forward = forward
+        self.out = forward().clone()
+
+    def replay(self) -> None:
+        self.out.copy_(self.forward())
+
+
+CAPTURED: list[ReplayingGraph] = []
+
+
+def stand_in_capturer(forward: Callable[[], torch.Tensor]) -> tuple[ReplayingGraph, torch.Tensor]:
+    graph = ReplayingGraph(forward)
+    CAPTURED.append(graph)
+    return graph, graph.out
+
+
+def failing_capturer(forward: Callable[[], torch.Tensor]) -> tuple[ReplayingGraph, torch.Tensor]:
+    raise RuntimeError("operation not permitted when stream is capturing")
+
+
+@pytest.mark.parametrize("capturer", [stand_in_capturer, failing_capturer])
+def test_the_capture_and_replay_flow(llama_dir: Path, capturer: Any) -> None:
+    """Steps in one bucket are captured after two sightings and replayed with each new
+    step's inputs; a cache reallocation drops the graphs (recaptured later); a capture
+    that raises leaves the bucket eager. Every row's logits stay the reference's."""
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa")
+    CAPTURED.clear()
+    runner = TargetRunner(model, static_shapes=True)
+    runner.static = StaticSteps(model, runner.cache, runner.device, capture=True, capturer=capturer)
+    rng = random.Random(8)
+    contexts = {f"s{i}": [rng.randrange(1, 400) for _ in range(10 + i)] for i in range(3)}
+    for round_ in range(8):
+        if round_ == 5:  # a long prompt: the cache grows, every graph is dropped
+            contexts["long"] = [rng.randrange(1, 400) for _ in range(300)]
+        drafts = {k: [rng.randrange(1, 400) for _ in range(2)] for k in contexts}
+        out = runner.score([Row(k, contexts[k], drafts[k]) for k in contexts])
+        for b, k in enumerate(contexts):
+            ref = reference_logits(model, contexts[k], drafts[k])
+            assert (out.row(b) - ref).abs().max().item() < 1e-4, (round_, k)
+            contexts[k] += [*drafts[k][: rng.randrange(0, 3)], rng.randrange(1, 400)]
+    static = runner.static
+    if capturer is stand_in_capturer:
+        # captured in round 1 (replayed in 1-4), dropped in round 5, recaptured in 6
+        assert len(CAPTURED) == 2 and static.replays == 6
+        assert list(static.graphs.graphs.values()) == [CAPTURED[1]]
+    else:
+        assert static.replays == 0 and not static.graphs.graphs and static._failed
+    assert static.steps == 8
