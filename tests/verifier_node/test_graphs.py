@@ -71,7 +71,8 @@ def test_graph_cache_captures_after_repeats_and_drops_the_least_recent() -> None
 
 def reference_logits(model, context: list[int], draft: list[int]) -> torch.Tensor:
     with torch.inference_mode():
-        return model(torch.tensor([context + draft])).logits[0, len(context) - 1 :].float()
+        ids = torch.tensor([context + draft], device=model.device)
+        return model(ids).logits[0, len(context) - 1 :].float()
 
 
 def test_static_shapes_give_the_unpadded_logits(llama_dir: Path) -> None:
@@ -168,3 +169,22 @@ def test_the_capture_and_replay_flow(llama_dir: Path, capturer: Any) -> None:
     else:
         assert static.replays == 0 and not static.graphs.graphs and static._failed
     assert static.steps == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_replay_the_reference_logits(llama_dir: Path) -> None:
+    """On a GPU: real capture and replay (CI has none; run it where one is lent)."""
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa")
+    model = model.to("cuda")
+    runner = TargetRunner(model, cuda_graphs=True)
+    assert runner.static is not None and runner.static.capture
+    rng = random.Random(9)
+    contexts = {f"s{i}": [rng.randrange(1, 400) for _ in range(10 + i)] for i in range(3)}
+    for round_ in range(6):
+        drafts = {k: [rng.randrange(1, 400) for _ in range(2)] for k in contexts}
+        out = runner.score([Row(k, contexts[k], drafts[k]) for k in contexts])
+        for b, k in enumerate(contexts):
+            ref = reference_logits(model, contexts[k], drafts[k]).cpu()
+            assert (out.row(b).cpu() - ref).abs().max().item() < 1e-3, (round_, k)
+            contexts[k] += [*drafts[k][: rng.randrange(0, 3)], rng.randrange(1, 400)]
+    assert runner.static.replays >= 3
