@@ -39,7 +39,9 @@ ATTN_IMPLEMENTATION: Final = "sled_packed"
 # lengths attention is bound by reading K/V, which costs about KV_READ_QUERIES queries.
 KV_READ_QUERIES: Final = 8
 GATHER_QUERIES: Final = 16
-CALL_COST: Final = 2048
+CALL_COST: Final = 2048  # on CPU
+CUDA_CALL_COST: Final = 65536  # a kernel launch (~10 µs) streams ~7000 cached tokens' K/V
+GOOD_ENOUGH: Final = 1.1  # plan_segments keeps one call when within 10 % of the bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +110,35 @@ class PackedBatch:
         return flat.view(*index.shape, *packed.shape[1:])
 
 
-def segment_cost(rows: int, max_len: int, kv_len: int, contiguous: bool) -> int:
+def segment_cost(
+    rows: int, max_len: int, kv_len: int, contiguous: bool, call_cost: int = CALL_COST
+) -> int:
     """Attention cost of one segment (see :data:`CALL_COST`)."""
     per_token = max_len + KV_READ_QUERIES + (0 if contiguous else GATHER_QUERIES)
-    return rows * kv_len * per_token + CALL_COST
+    return rows * kv_len * per_token + call_cost
 
 
 def plan_segments(
-    starts: Sequence[int], lengths: Sequence[int], slots: Sequence[int]
+    starts: Sequence[int],
+    lengths: Sequence[int],
+    slots: Sequence[int],
+    call_cost: int = CALL_COST,
 ) -> list[tuple[int, int]]:
     """Cut rows ``0 .. batch-1`` into runs ``[(lo, hi), ...]`` of least total
-    :func:`segment_cost` (dynamic programming over the cut points, ``O(batch²)``)."""
+    :func:`segment_cost` (dynamic programming over the cut points, ``O(batch²)``).
+
+    One run for everyone is taken at once, without the search, when it costs within
+    :data:`GOOD_ENOUGH` of a bound no plan beats (every row attended alone, unpadded,
+    for the price of one call): the usual batch of similar rows in contiguous slots.
+    """
     batch = len(lengths)
     assert len(starts) == len(slots) == batch > 0
+    ends = [s + n for s, n in zip(starts, lengths, strict=True)]
+    contiguous_all = list(slots) == list(range(slots[0], slots[0] + batch))
+    one_run = segment_cost(batch, max(lengths), max(ends), contiguous_all, call_cost)
+    bound = sum(e * (n + KV_READ_QUERIES) for e, n in zip(ends, lengths, strict=True))
+    if one_run <= GOOD_ENOUGH * (bound + call_cost):
+        return [(0, batch)]
     best = [0] + [-1] * batch  # best[j]: cost of rows 0..j-1
     cut = [0] * (batch + 1)  # cut[j]: where the last run of the best plan for 0..j-1 starts
     for j in range(1, batch + 1):
@@ -130,7 +148,7 @@ def plan_segments(
             max_len = max(max_len, lengths[i])
             kv_len = max(kv_len, starts[i] + lengths[i])
             contiguous = contiguous and (i == j - 1 or slots[i] + 1 == slots[i + 1])
-            cost = best[i] + segment_cost(j - i, max_len, kv_len, contiguous)
+            cost = best[i] + segment_cost(j - i, max_len, kv_len, contiguous, call_cost)
             if best[j] < 0 or cost < best[j]:
                 best[j], cut[j] = cost, i
     runs = []
@@ -168,7 +186,8 @@ def pack(
     n = cu[-1]
     max_len = max(lengths)
     kv_len = max(s + m for s, m in zip(starts, lengths, strict=True))
-    runs = plan_segments(starts, lengths, slots)
+    on_cuda = torch.device(device).type == "cuda"
+    runs = plan_segments(starts, lengths, slots, CUDA_CALL_COST if on_cuda else CALL_COST)
     # One host → device copy of every index: token_row, token_col, positions,
     # token_slot, cu, starts, then each gathered segment's slots.
     gathers = [t for lo, hi in runs for t in slots[lo:hi]]

@@ -7,7 +7,14 @@ import itertools
 import pytest
 import torch
 
-from verifier_node.packing import activate, pack, packed_attention, plan_segments, segment_cost
+from verifier_node.packing import (
+    CUDA_CALL_COST,
+    activate,
+    pack,
+    packed_attention,
+    plan_segments,
+    segment_cost,
+)
 
 
 def test_layout_of_a_ragged_batch() -> None:
@@ -135,3 +142,18 @@ def test_segmented_attention_equals_per_row_attention(
         causal = torch.ones(n, s + n, dtype=torch.bool).tril(s)
         ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=0.3)
         assert (out[0, lo : lo + n].transpose(0, 1) - ref).abs().max().item() < 1e-5, b
+
+
+def test_one_call_without_a_search_only_when_it_is_near_the_bound() -> None:
+    # 64 equal decode rows in a run: one call, whatever the search would say
+    assert plan_segments([500] * 64, [1] * 64, list(range(64))) == [(0, 64)]
+    # the same rows with one long context among them: the search runs and cuts
+    starts = [500] * 63 + [6000]
+    assert len(plan_segments(starts, [1] * 64, list(range(64)))) >= 2
+
+
+def test_a_dearer_call_cuts_less() -> None:
+    starts, lengths = [3000, 40, 2000, 60, 900, 10], [1, 5, 1, 9, 2, 1]
+    on_cpu = plan_segments(starts, lengths, list(range(6)))
+    on_gpu = plan_segments(starts, lengths, list(range(6)), call_cost=CUDA_CALL_COST)
+    assert len(on_gpu) < len(on_cpu)
