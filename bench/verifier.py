@@ -3,6 +3,7 @@
     sled bench verifier --json verifier.json            (via sled.cli)
     sled bench verifier --quick --json quick.json        (a few seconds: keys, not figures)
     python -m bench.verifier --device cuda --dtypes bfloat16 --json gpu.json
+    python -m bench.verifier --device cuda --dtypes bfloat16 --preset llama3-8b --cuda-graphs
 
 On a random-config Llama target (default ~60M parameters; or ``--model-dir``), for each
 dtype (default both float32 and bfloat16), batch size ``B`` (1, 4, 8, 16, 32) and draft
@@ -26,8 +27,8 @@ Keys (``D`` a dtype name, ``B`` a batch size, ``k`` a draft length):
 * ``….kK.limit.A`` – the server-bound WSTGR limit ``E / (t_v / t_d)`` for per-token
   acceptance ``A`` in 0.6, 0.8, 0.9, with ``E = (1 - A^(k+1)) / (1 - A)``;
 * ``dtypes.D.mixed_vs_padded`` – at B = 16, a batch whose ``k`` is drawn uniformly from
-  0..8 every round against the same batch padded to its longest draft (``mixed``: both
-  times and the token counts);
+  0..8 every round against the same batch padded to its longest draft, over 3 x
+  ``--repeats`` rounds (``mixed``: both times and the token counts);
 * ``dtypes.D.centralized_tokens_per_s.B`` – ``B / decode step``;
 * ``dtype_default``, and ``batches`` / ``mixed_vs_padded`` copied from it at top level.
 """
@@ -48,6 +49,7 @@ from typing import Any
 ALPHAS = (0.6, 0.8, 0.9)
 MIXED_BATCH = 16
 MIXED_MAX_K = 8
+MIXED_ROUNDS_PER_REPEAT = 3  # one batch, cheap: more rounds, a steadier median
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,11 +68,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=512, help="random target: hidden size")
     parser.add_argument("--layers", type=int, default=8, help="random target: layers")
     parser.add_argument("--vocab", type=int, default=32000, help="random target: vocabulary")
+    parser.add_argument(
+        "--intermediate", type=int, default=0, help="random target: MLP size (0: 3 x hidden)"
+    )
+    parser.add_argument(
+        "--heads", type=int, default=0, help="random target: heads (0: hidden / 64)"
+    )
+    parser.add_argument(
+        "--kv-heads", type=int, default=0, help="random target: KV heads (0: one per head)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a random target of a known shape (overrides the sizes above)",
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="the engine replays CUDA graphs of its static-shape steps (CUDA only)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a tiny target, B 1,4, k 0,2: seconds (for tests)"
     )
 
+
+PRESETS = {  # random targets of real models' shapes, built from a config (no download)
+    "llama3-8b": {
+        "hidden": 4096,
+        "layers": 32,
+        "vocab": 128256,
+        "intermediate": 14336,
+        "heads": 32,
+        "kv_heads": 8,
+    },
+}
 
 QUICK = {
     "batches": "1,4",
@@ -84,18 +117,45 @@ QUICK = {
 }
 
 
-def _random_target(args: argparse.Namespace, dtype: Any, device: Any) -> Any:
-    from runtime.models import LlamaShape, build_llama
+def apply_presets(args: argparse.Namespace) -> argparse.Namespace:
+    """``--quick`` and ``--preset`` settings, over the command line's."""
+    settings = {**(QUICK if args.quick else {}), **PRESETS.get(args.preset or "", {})}
+    for name, value in settings.items():
+        setattr(args, name, value)
+    return args
 
-    shape = LlamaShape(
+
+def target_shape(args: argparse.Namespace) -> Any:  # runtime.models.LlamaShape
+    """The random target's shape."""
+    from runtime.models import LlamaShape
+
+    return LlamaShape(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
-        intermediate_size=args.hidden * 3,
+        intermediate_size=args.intermediate or args.hidden * 3,
         num_layers=args.layers,
-        num_heads=max(1, args.hidden // 64),
+        num_heads=args.heads or max(1, args.hidden // 64),
+        num_kv_heads=args.kv_heads or None,
         max_positions=4096,
     )
-    model = build_llama(shape, seed=args.seed, attn_implementation="sdpa")
+
+
+def _random_target(args: argparse.Namespace, dtype: Any, device: Any) -> Any:
+    import torch
+
+    from runtime.models import build_llama
+
+    shape = target_shape(args)
+    if getattr(device, "type", "cpu") != "cuda":  # fp32 init on CPU, then cast
+        model = build_llama(shape, seed=args.seed, attn_implementation="sdpa")
+        return model.to(device=device, dtype=dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # an 8B target: initialised in its dtype, on the GPU
+    try:
+        with torch.device(device):
+            model = build_llama(shape, seed=args.seed, attn_implementation="sdpa")
+    finally:
+        torch.set_default_dtype(default)
     return model.to(device=device, dtype=dtype)
 
 
@@ -190,20 +250,25 @@ def _bench_batch(model: Any, batch: int, ks: list[int], args: argparse.Namespace
     from verifier_node.runner import TargetRunner
 
     vocab = model.config.vocab_size
-    runner = TargetRunner(model, kv_budget_bytes=8 << 30)
+    runner = TargetRunner(model, kv_budget_bytes=8 << 30, cuda_graphs=args.cuda_graphs)
     engine = VerifyEngine(runner)
     gen = torch.Generator().manual_seed(args.seed + batch)
     prompts = torch.randint(vocab, (batch, args.prompt_len), generator=gen)
     all_ks = sorted({0, *ks})
-    sessions = {k: _Sessions(engine, f"k{k}", prompts.tolist(), vocab) for k in all_ks}
-    plains = {k: _Plain(model, prompts.to(runner.device)) for k in all_ks}
+    # One set of sessions and one plain cache serve every k (one prefill each); both
+    # grow by about one token per round and k, so their contexts stay alike.
+    sessions = _Sessions(engine, "bench", prompts.tolist(), vocab)
+    plain = _Plain(model, prompts.to(runner.device))
     items: list[tuple[str, int]] = [(kind, k) for k in all_ks for kind in ("engine", "plain")]
     times: dict[tuple[str, int], list[float]] = {item: [] for item in items}
+    fractions: dict[int, list[float]] = {k: [] for k in all_ks}
     for r in range(args.warmup + args.repeats):
         for kind, k in items if r % 2 == 0 else items[::-1]:  # alternate the order
-            dt = sessions[k].round([k] * batch) if kind == "engine" else plains[k].round(k)
+            dt = sessions.round([k] * batch) if kind == "engine" else plain.round(k)
             if r >= args.warmup:
                 times[(kind, k)].append(dt)
+                if kind == "engine":
+                    fractions[k].append(sessions.forward_fractions[-1])
     decode = times[("engine", 0)]
     out: dict[str, Any] = {"decode_ms": _times(decode)[0], "decode_ms_spread": _times(decode)[1]}
     for k in ks:
@@ -216,9 +281,7 @@ def _bench_batch(model: Any, batch: int, ks: list[int], args: argparse.Namespace
             "round_ms_spread": _times(eng)[1],
             "reference_ms": _times(ref)[0],
             "reference_ms_spread": _times(ref)[1],
-            "forward_fraction": round(
-                statistics.median(sessions[k].forward_fractions[args.warmup :]), 4
-            ),
+            "forward_fraction": round(statistics.median(fractions[k]), 4),
             "vs_reference": round(statistics.median(vs_ref), 4),
             "vs_reference_spread": _quartiles(vs_ref),
             "vs_decode": round(t_v_over_t_d, 4),
@@ -238,14 +301,16 @@ def _bench_mixed(model: Any, args: argparse.Namespace, batch: int) -> dict:
     from verifier_node.runner import TargetRunner
 
     vocab = model.config.vocab_size
-    engine = VerifyEngine(TargetRunner(model, kv_budget_bytes=8 << 30))
+    engine = VerifyEngine(
+        TargetRunner(model, kv_budget_bytes=8 << 30, cuda_graphs=args.cuda_graphs)
+    )
     gen = torch.Generator().manual_seed(args.seed + 1000)
     prompts = torch.randint(vocab, (batch, args.prompt_len), generator=gen).tolist()
     mixed = _Sessions(engine, "mixed", [list(p) for p in prompts], vocab)
     padded = _Sessions(engine, "padded", [list(p) for p in prompts], vocab)
     rng = random.Random(args.seed)
     mixed_ms, padded_ms, ratios, tokens, padded_tokens = [], [], [], 0, 0
-    for r in range(args.warmup + args.repeats):
+    for r in range(args.warmup + MIXED_ROUNDS_PER_REPEAT * args.repeats):
         ks = [rng.randint(0, MIXED_MAX_K) for _ in range(batch)]
         pad = [max(ks)] * batch
         first, second = (mixed, padded) if r % 2 == 0 else (padded, mixed)
@@ -314,9 +379,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from verifier_node.runner import configure_torch, resolve_device, resolve_dtype
 
-    if args.quick:
-        for name, value in QUICK.items():
-            setattr(args, name, value)
+    apply_presets(args)
     configure_torch(args.threads)
     device = resolve_device(args.device)
     dtypes = list(dict.fromkeys(resolve_dtype(d.strip(), device) for d in args.dtypes.split(",")))
@@ -331,7 +394,10 @@ def run(args: argparse.Namespace) -> int:
             "warmup": args.warmup,
             "prompt_len": args.prompt_len,
             "threads": args.threads,
-            "model": args.model_dir or f"random llama {args.hidden}x{args.layers}",
+            "cuda_graphs": args.cuda_graphs,
+            "model": args.model_dir
+            or args.preset
+            or f"random llama {args.hidden}x{args.layers}, vocabulary {args.vocab}",
         },
         "dtypes": {},
     }

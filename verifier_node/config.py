@@ -74,6 +74,9 @@ class VerifierConfig(NodeConfig):
     device_map: str | None = setting(
         None, "auto: spread a target too large for one GPU over every GPU (needs accelerate)"
     )
+    cuda_graphs: bool = setting(
+        False, "on one CUDA device: score in bucketed static shapes with CUDA graphs"
+    )
     threads: int = setting(0, "torch intra-op threads (0: torch default)")
     max_batch: int = setting(16, "requests per verification batch, at most")
     max_wait_ms: float = setting(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from schemas import ErrorCode
 from verifier_node.rows import Outcome, Row
 from verifier_node.runner import ForwardStats, TargetRunner
-from verifier_node.verify import verify_batch
+from verifier_node.verify import verify_packed
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +66,12 @@ class VerifyEngine:
             scored = self.runner.score([rows[b] for b in live])
             forward = scored.stats
             t_verify = time.perf_counter()
-            # logits row j belongs to live row scored.order[j]
-            out = verify_batch(scored.logits, [rows[live[j]] for j in scored.order])
+            # batch row j is live row scored.order[j]
+            out = verify_packed(
+                scored.packed,
+                scored.batch.padded_index(),
+                [rows[live[j]] for j in scored.order],
+            )
             for j, (accepted, token) in zip(scored.order, out.rows(), strict=True):
                 outcomes[live[j]] = Outcome(accepted=accepted, token=token)
                 num_accepted += accepted

@@ -9,16 +9,14 @@ Slot ``s`` holds the KV of one session's tokens at indices ``0 .. cached-1`` (to
 position == index). A forward over a packed batch (:mod:`verifier_node.packing`: row
 ``b`` feeds ``n_b`` tokens, ``Σ n_b`` in all, no padding) writes each token's KV at its
 row's slot and position (``start_b .. start_b + n_b - 1``, one scatter per layer) and
-attends over indices ``0 .. kv_len-1`` of the batch's slots, where
-``kv_len = max(start_b + n_b)``; the batch's mask hides every index a row must not see,
-so what lies beyond a row's cached length (old drafts after a rollback) is never read.
+hands the layer's whole tensors to the packed attention, which reads each segment of
+rows up to that segment's real context (a view when its slots are a contiguous run, the
+usual case: the same sessions every round, kept in slot order; a gather otherwise). The
+batch's mask hides every index a row must not see, so what lies beyond a row's cached
+length (old drafts after a rollback) is never read.
 
 Each layer's tensors live on that layer's device (one device, or several when the
 target is spread over GPUs with ``device_map``).
-
-When the batch's slots are a contiguous run (the usual case: the same sessions every
-round, kept in slot order), attention reads a *view* of the cache: no copy at all.
-Otherwise the batch's rows are gathered (one copy of ``[batch, heads, kv_len, dim]``).
 
 Rollback is free: a session's cached length is bookkeeping (:class:`SlotTable`); the
 stale entries beyond it are overwritten by the next forward.
@@ -85,12 +83,20 @@ class SlotKVCache(Cache):
     """The tensors; one forward at a time is planned with :meth:`plan`."""
 
     def __init__(
-        self, shapes: Sequence[LayerShape], *, dtype: torch.dtype, device: torch.device
+        self,
+        shapes: Sequence[LayerShape],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        spare_slots: int = 0,
     ) -> None:
         super().__init__(layers=[SlotLayer(self, i) for i in range(len(shapes))])
         self.shapes = list(shapes)
         self.dtype = dtype
         self.device = device
+        # Rows past num_slots that no session owns: slot num_slots is the scratch slot
+        # padding tokens of static-shape steps write to (verifier_node.graphs).
+        self.spare_slots = spare_slots
         self.num_slots = 0
         self.capacity = 0  # tokens per slot
         self.keys: list[torch.Tensor] = []  # per layer [num_slots, kv_heads, capacity, k_dim]
@@ -98,11 +104,8 @@ class SlotKVCache(Cache):
         # The planned forward:
         self.kv_len = 0
         self.num_new = 0
-        self._slots: dict[torch.device, torch.Tensor] = {}  # per device [batch]
         self._token_slot: dict[torch.device, torch.Tensor] = {}  # per device [num_tokens]
         self._token_pos: dict[torch.device, torch.Tensor] = {}  # per device [num_tokens]
-        self._contiguous: tuple[int, int] | None = None  # slot range read as a view
-        self.copied_bytes = 0  # bytes gathered by reads that were not views (a counter)
 
     @property
     def bytes_per_token(self) -> int:
@@ -112,8 +115,13 @@ class SlotKVCache(Cache):
 
     @property
     def nbytes(self) -> int:
-        """Bytes allocated by the cache tensors."""
-        return self.num_slots * self.capacity * self.bytes_per_token
+        """Bytes allocated by the cache tensors (spare slots included)."""
+        return (self.num_slots + self.spare_slots) * self.capacity * self.bytes_per_token
+
+    @property
+    def scratch_slot(self) -> int:
+        assert self.spare_slots >= 1, "no scratch slot"
+        return self.num_slots
 
     def resize(self, num_slots: int, capacity: int, keep: Sequence[int]) -> None:
         """New tensors of ``num_slots x capacity``; old slot ``keep[i]`` moves to slot ``i``."""
@@ -125,10 +133,12 @@ class SlotKVCache(Cache):
             keep_idx = torch.tensor(list(keep), dtype=torch.int64, device=device)
             k, v = (
                 torch.zeros(
-                    (num_slots, shape.kv_heads, capacity, dim), dtype=self.dtype, device=device
+                    (num_slots + self.spare_slots, shape.kv_heads, capacity, dim),
+                    dtype=self.dtype,
+                    device=device,
                 )
                 for dim in (shape.k_dim, shape.v_dim)
-            )  # [num_slots, kv_heads, capacity, k_dim or v_dim]
+            )  # [num_slots + spare_slots, kv_heads, capacity, k_dim or v_dim]
             if len(keep) and copy_len:
                 k[: len(keep), :, :copy_len] = self.keys[layer][keep_idx, :, :copy_len]
                 v[: len(keep), :, :copy_len] = self.values[layer][keep_idx, :, :copy_len]
@@ -137,45 +147,33 @@ class SlotKVCache(Cache):
         self.keys, self.values = new_keys, new_values
         self.num_slots, self.capacity = num_slots, capacity
 
-    def plan(self, slots: Sequence[int], batch: PackedBatch) -> None:
+    def plan(self, batch: PackedBatch) -> None:
         """Plan the next forward: row ``b`` of the packed ``batch`` writes its tokens
-        into ``slots[b]`` from position ``batch.starts[b]``."""
-        assert len(slots) == batch.batch_size > 0
-        assert len(set(slots)) == len(slots), "a slot appears twice in one batch"
+        into slot ``batch.slots[b]`` from position ``batch.starts[b]``."""
         kv_len = batch.kv_len
         assert kv_len <= self.capacity, f"kv_len {kv_len} exceeds capacity {self.capacity}"
-        assert max(slots) < self.num_slots
+        assert max(batch.slots, default=0) < self.num_slots + self.spare_slots
         self.kv_len, self.num_new = kv_len, batch.max_len
-        slot = torch.tensor(list(slots), dtype=torch.int64, device=batch.positions.device)
-        self._slots, self._token_slot, self._token_pos = {}, {}, {}
+        self._token_slot, self._token_pos = {}, {}
         for device in {shape.device or self.device for shape in self.shapes}:
-            self._slots[device] = slot.to(device)
-            self._token_slot[device] = slot[batch.token_row].to(device)  # [num_tokens]
+            self._token_slot[device] = batch.token_slot.to(device)  # [num_tokens]
             self._token_pos[device] = batch.positions.to(device)  # [num_tokens]
-        first = slots[0]
-        is_run = list(slots) == list(range(first, first + len(slots)))
-        self._contiguous = (first, first + len(slots)) if is_run else None
 
     def write_and_read(
         self,
         layer: int,
         key_states: torch.Tensor,  # [1, kv_heads, num_tokens, k_dim] packed
         value_states: torch.Tensor,  # [1, kv_heads, num_tokens, v_dim] packed
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # each [batch, kv_heads, kv_len, dim]
-        """Scatter the new KV into the batch's slots, return the batch's KV to attend over."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # each [num_slots, kv_heads, capacity, dim]
+        """Scatter the new KV into the batch's slots; return the layer's whole tensors
+        (the packed attention reads each segment's rows from them)."""
         keys, values = self.keys[layer], self.values[layer]
         device = keys.device
         slot, pos = self._token_slot[device], self._token_pos[device]  # [num_tokens] each
         # Advanced indices (slot, pos) around a slice put [num_tokens] first.
         keys[slot, :, pos] = key_states[0].transpose(0, 1).to(self.dtype)
         values[slot, :, pos] = value_states[0].transpose(0, 1).to(self.dtype)
-        if self._contiguous is not None:
-            lo, hi = self._contiguous
-            return keys[lo:hi, :, : self.kv_len], values[lo:hi, :, : self.kv_len]
-        k = keys[self._slots[device], :, : self.kv_len]
-        v = values[self._slots[device], :, : self.kv_len]
-        self.copied_bytes += k.numel() * k.element_size() + v.numel() * v.element_size()
-        return k, v
+        return keys, values
 
 
 # -- which session lives in which slot ---------------------------------------------------

@@ -31,6 +31,7 @@ RUNNER_OPTIONS: Final = (
     "dtype",
     "device",
     "device_map",
+    "cuda_graphs",
     "threads",
     "kv_budget_bytes",
     "prefill_chunk",

@@ -34,6 +34,7 @@ import torch
 
 from runtime.models import eos_ids, eos_ids_of
 from verifier_node import packing
+from verifier_node.cudagraphs import StaticSteps
 from verifier_node.kvcache import LayerShape, SlotKVCache, SlotTable, common_prefix_len
 from verifier_node.rows import Row
 
@@ -63,20 +64,32 @@ class ForwardStats:
     evicted: int = 0  # sessions evicted to fit this batch
     resized: bool = False  # cache tensors were reallocated
     kv_bytes: int = 0  # bytes allocated by the KV cache
-    kv_view: bool = False  # attention read the cache as a view (no gather copy)
+    kv_view: bool = False  # attention read the cache as views only (no gather copy)
+    attention_calls: int = 0  # attention segments per layer (packing.plan_segments)
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreOutput:
-    """Logits in *slot order*: ``logits[j]`` belongs to ``rows[order[j]]`` (no reorder copy)."""
+    """Packed logits in *slot order*: the batch's row ``j`` is input row ``order[j]``, its
+    logits are ``packed[cu_num_tokens[j] : cu_num_tokens[j + 1]]`` (no padded copy, no
+    dtype conversion: verification reads only what it needs, on the device)."""
 
-    logits: torch.Tensor  # [batch, max_k + 1, vocab] float32, on the model's device
-    order: list[int]  # [batch] input row of each logits row
+    packed: torch.Tensor  # [num_tokens, vocab] the model's dtype, on the model's device
+    batch: packing.PackedBatch  # the layout, rows in slot order
+    order: list[int]  # [batch] input row of each batch row
     stats: ForwardStats
 
-    def row(self, b: int) -> torch.Tensor:  # [max_k + 1, vocab]
+    def row(self, b: int) -> torch.Tensor:  # [k_b + 1, vocab] float32
         """The logits of input row ``b``."""
-        return self.logits[self.order.index(b)]
+        j = self.order.index(b)
+        lo = sum(self.batch.lengths[:j])
+        return self.packed[lo : lo + self.batch.lengths[j]].float()
+
+    @property
+    def logits(self) -> torch.Tensor:  # [batch, max_k + 1, vocab] float32
+        """The padded layout (a copy; for tests and tools): positions past a row's
+        draft repeat its last position."""
+        return self.batch.unpack(self.packed).float()
 
 
 def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
@@ -142,7 +155,13 @@ class TargetRunner:
         prefill_chunk: int = 512,
         eos_ids: Sequence[int] | None = None,
         pad_id: int = 0,
+        static_shapes: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
+        """``cuda_graphs``: score in bucketed static shapes and replay CUDA graphs (on
+        one CUDA device only; elsewhere, or spread over GPUs, it does nothing).
+        ``static_shapes``: the same static shapes without graphs, eagerly (for tests on
+        CPU)."""
         packing.register()
         self.model = model.eval()
         config = model.config
@@ -161,7 +180,15 @@ class TargetRunner:
         self.prefill_chunk = prefill_chunk
         shapes = self._probe_shapes()
         model.set_attn_implementation(packing.ATTN_IMPLEMENTATION)
-        self.cache = SlotKVCache(shapes, dtype=self.dtype, device=self.device)
+        one_device = {s.device for s in shapes} <= {self.device, None}  # no device_map split
+        graphs = cuda_graphs and self.device.type == "cuda" and one_device
+        static = static_shapes or graphs
+        self.cache = SlotKVCache(
+            shapes, dtype=self.dtype, device=self.device, spare_slots=1 if static else 0
+        )
+        self.static: StaticSteps | None = None
+        if static:
+            self.static = StaticSteps(model, self.cache, self.device, capture=graphs)
         self.table = SlotTable(
             budget_bytes=kv_budget_bytes, bytes_per_token=self.cache.bytes_per_token
         )
@@ -178,6 +205,7 @@ class TargetRunner:
         threads: int = 0,
         kv_budget_bytes: int = 1 << 30,
         prefill_chunk: int = 512,
+        cuda_graphs: bool = False,
     ) -> TargetRunner:
         """Load a causal LM from a local directory (never from the network).
 
@@ -212,7 +240,11 @@ class TargetRunner:
         stop = eos_ids_of((getattr(model, "generation_config", None), model.config))
         stop += [i for i in eos_ids(path) if i not in stop]
         return cls(
-            model, kv_budget_bytes=kv_budget_bytes, prefill_chunk=prefill_chunk, eos_ids=stop
+            model,
+            kv_budget_bytes=kv_budget_bytes,
+            prefill_chunk=prefill_chunk,
+            eos_ids=stop,
+            cuda_graphs=cuda_graphs,
         )
 
     # -- geometry ---------------------------------------------------------------------
@@ -249,11 +281,8 @@ class TargetRunner:
     # -- scoring ----------------------------------------------------------------------
     @torch.inference_mode()
     def score(self, rows: Sequence[Row]) -> ScoreOutput:
-        """Logits ``[batch, max_k + 1, vocab]``: for input row ``b`` (logits row
-        ``order.index(b)``), position ``j`` predicts the token after
-        ``context_b + draft_b[:j]``; positions past ``len(draft_b)`` are padding (copies
-        of the row's last position: only ``Σ (k_b + 1)`` tokens went through the model).
-        """
+        """Packed logits of the ``Σ (k_b + 1)`` tokens: input row ``b``'s position ``j``
+        predicts the token after ``context_b + draft_b[:j]`` (:class:`ScoreOutput`)."""
         t0 = time.perf_counter()
         assert rows, "empty batch"
         keys = [r.key for r in rows]
@@ -287,6 +316,8 @@ class TargetRunner:
         self.evictions += len(placement.evicted)
         if placement.resize_to is not None:
             self.cache.resize(*placement.resize_to, keep=placement.keep)
+            if self.static is not None:
+                self.static.invalidate()
         self.table.touch(keys)
         residents = [self.table.residents[k] for k in keys]
         t1 = time.perf_counter()
@@ -301,12 +332,13 @@ class TargetRunner:
             ]
             if not todo:
                 break
-            self._forward(
-                [res.slot for res, _ in todo],
+            prefill = packing.pack(
                 [len(res.tokens) for res, _ in todo],
-                [ids for _, ids in todo],
-                logits_to_keep=1,
+                [len(ids) for _, ids in todo],
+                self.device,
+                slots=[res.slot for res, _ in todo],
             )
+            self._forward(prefill, [ids for _, ids in todo], logits_to_keep=1)
             for res, ids in todo:
                 res.tokens.extend(ids)
                 prefill_tokens += len(ids)
@@ -317,18 +349,23 @@ class TargetRunner:
         inputs = [[rows[b].context[-1], *rows[b].draft] for b in order]
         t3 = time.perf_counter()
         batch = packing.pack(
-            [len(rows[b].context) - 1 for b in order], [len(ids) for ids in inputs], self.device
+            [len(rows[b].context) - 1 for b in order],
+            [len(ids) for ids in inputs],
+            self.device,
+            slots=[residents[b].slot for b in order],
         )
-        packed = self._forward(
-            [residents[b].slot for b in order], batch.starts, inputs, logits_to_keep=0, batch=batch
-        )  # [num_tokens, vocab] in slot order
+        packed = None
+        if self.static is not None:  # [num_tokens, vocab] or None
+            flat = [t for ids in inputs for t in ids]
+            packed = self.static.run(batch.starts, batch.lengths, batch.slots, flat)
+        static = packed is not None  # one gathered attention call in a static shape
+        if packed is None:
+            packed = self._forward(batch, inputs, logits_to_keep=0)  # [num_tokens, vocab]
         if self.device.type == "cuda":  # so forward_ms is the forward, not its launch
             torch.cuda.synchronize(self.device)
         t4 = time.perf_counter()
-        view = self.cache._contiguous is not None
         for b in order:
             residents[b].tokens.extend([rows[b].context[-1], *rows[b].draft])
-        logits = batch.unpack(packed.float())  # [batch, num_new, vocab]
         t5 = time.perf_counter()
         stats = ForwardStats(
             prepare_ms=((t1 - t0) + (t3 - t2) + (t5 - t4)) * 1e3,
@@ -342,26 +379,19 @@ class TargetRunner:
             evicted=len(placement.evicted),
             resized=placement.resize_to is not None,
             kv_bytes=self.cache.nbytes,
-            kv_view=view,
+            kv_view=batch.kv_view and not static,
+            attention_calls=1 if static else len(batch.segments),
         )
-        return ScoreOutput(logits, order, stats)
+        return ScoreOutput(packed, batch, order, stats)
 
     def _forward(
-        self,
-        slots: Sequence[int],
-        starts: Sequence[int],
-        token_ids: Sequence[Sequence[int]],
-        *,
-        logits_to_keep: int,
-        batch: packing.PackedBatch | None = None,
+        self, batch: packing.PackedBatch, token_ids: Sequence[Sequence[int]], *, logits_to_keep: int
     ) -> torch.Tensor:  # [num_tokens or logits_to_keep, vocab]
         """One model call over a packed batch: row ``b`` feeds ``token_ids[b]`` at
-        positions ``starts[b] …`` into slot ``slots[b]``."""
-        if batch is None:
-            batch = packing.pack(starts, [len(ids) for ids in token_ids], self.device)
+        positions ``batch.starts[b] …`` into slot ``batch.slots[b]``."""
         flat = [t for ids in token_ids for t in ids]
         input_ids = torch.tensor([flat], dtype=torch.int64).to(self.device)  # [1, num_tokens]
-        self.cache.plan(slots, batch)
+        self.cache.plan(batch)
         with packing.activate(batch):
             out = self.model(
                 input_ids=input_ids,

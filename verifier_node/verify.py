@@ -35,10 +35,11 @@ Speculative sampling (Leviathan et al. 2023; Chen et al. 2023):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 import torch
 
 from verifier_node.rows import Row
@@ -60,8 +61,9 @@ class VerifyOutput:
         return self.output_token_ids.gather(1, self.num_accepted[:, None]).squeeze(1)
 
     def rows(self) -> list[tuple[int, int]]:
-        """``(num_accepted, target_token)`` per session, as plain ints."""
-        return list(zip(self.num_accepted.tolist(), self.target_token_ids.tolist(), strict=True))
+        """``(num_accepted, target_token)`` per session, as plain ints (one transfer)."""
+        both = torch.stack([self.num_accepted, self.target_token_ids], dim=1)  # [batch, 2]
+        return [(a, t) for a, t in both.tolist()]
 
 
 def _check_layout(
@@ -109,8 +111,18 @@ def greedy_verify(
     target_logits: torch.Tensor,  # [batch, max_k + 1, vocab]
 ) -> VerifyOutput:
     """Accept the longest draft prefix equal to the target's argmax, then its argmax."""
-    _, max_k = _check_layout(draft_token_ids, num_draft_tokens, target_logits)
-    target_argmax = argmax(target_logits)  # [batch, max_k + 1]
+    _check_layout(draft_token_ids, num_draft_tokens, target_logits)
+    return greedy_from_argmax(draft_token_ids, num_draft_tokens, argmax(target_logits))
+
+
+def greedy_from_argmax(
+    draft_token_ids: torch.Tensor,  # [batch, max_k]
+    num_draft_tokens: torch.Tensor,  # [batch]
+    target_argmax: torch.Tensor,  # [batch, max_k + 1] the target's argmax at each position
+) -> VerifyOutput:
+    """:func:`greedy_verify` given the target's argmax ids rather than its logits."""
+    max_k = draft_token_ids.shape[1]
+    assert target_argmax.shape == (draft_token_ids.shape[0], max_k + 1)
     num_accepted = _accept_prefix(draft_token_ids == target_argmax[:, :max_k], num_draft_tokens)
     target_token_ids = target_argmax.gather(1, num_accepted[:, None]).squeeze(1)  # [batch]
     return _assemble(draft_token_ids, num_accepted, target_token_ids)
@@ -119,10 +131,23 @@ def greedy_verify(
 def argmax(x: torch.Tensor) -> torch.Tensor:  # [...] int64
     """``x.argmax(-1)`` (first maximum); numpy's SIMD argmax on CPU float tensors.
 
-    torch's CPU argmax over a 32k vocabulary is ~10x slower than numpy's here.
+    torch's CPU argmax over a 32k vocabulary is ~10x slower than numpy's here (~50x in
+    bfloat16). A bfloat16 tensor is ranked by its bits, without a float32 copy: as
+    int16, positive values keep their order, so the int16 argmax is right wherever the
+    maximum is > 0; other rows use ``bits ^ ((bits >> 15) & 0x7FFF)``, which orders
+    every sign-magnitude value like its float (-0.0 mapped onto +0.0; NaN aside).
     """
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         return torch.from_numpy(x.detach().numpy().argmax(axis=-1)).to(torch.int64)
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        bits = x.detach().contiguous().view(torch.int16).numpy()
+        flat = bits.reshape(-1, bits.shape[-1])  # [rows, vocab]
+        best = flat.argmax(axis=-1)  # right wherever the maximum is > 0 (the usual case)
+        for r in np.flatnonzero(flat[np.arange(len(flat)), best] <= 0):
+            key = flat[r] ^ ((flat[r] >> 15) & 0x7FFF)
+            key[flat[r] == -0x8000] = 0  # -0.0 == +0.0
+            best[r] = key.argmax()
+        return torch.from_numpy(best.reshape(bits.shape[:-1])).to(torch.int64)
     return x.argmax(dim=-1)
 
 
@@ -268,47 +293,81 @@ def verify_batch(
     its ``seed``; ``q_ids``/``q_probs`` are its drafts' distributions (one-hot without).
     """
     assert target_logits.dim() == 3 and target_logits.shape[0] == len(rows)
-    device = target_logits.device  # the math runs where the logits are
+    max_k = max((len(r.draft) for r in rows), default=0)
+    assert target_logits.shape[1] >= max_k + 1, "target_logits too short for the drafts"
+    target_logits = target_logits[:, : max_k + 1]  # [batch, max_k + 1, vocab]
+    return _verify(
+        rows,
+        target_logits.device,
+        lambda: argmax(target_logits),
+        lambda s: target_logits if s is None else target_logits[s],
+    )
+
+
+def verify_packed(
+    logits: torch.Tensor,  # [num_tokens, vocab] packed, any float dtype
+    index: torch.Tensor,  # [batch, max_k + 1] packed token of row b's position j
+    rows: Sequence[Row],
+) -> VerifyOutput:
+    """:func:`verify_batch` on packed logits (``Σ (k_b + 1)`` rows, row ``b``'s first at
+    ``index[b, 0]``; ``PackedBatch.padded_index`` makes ``index``). Greedy rows take
+    the argmax of the packed logits (no padded copy, no float32 copy); only sampling
+    rows' logits are gathered, as float32."""
+    assert logits.dim() == 2 and index.shape[0] == len(rows)
+    max_k = max((len(r.draft) for r in rows), default=0)
+    assert index.shape[1] == max_k + 1, f"index must be [{len(rows)}, {max_k + 1}]"
+    vocab = logits.shape[-1]
+
+    def sampled_logits(s: torch.Tensor | None) -> torch.Tensor:  # [n, max_k + 1, vocab]
+        take = index if s is None else index[s]
+        return logits.index_select(0, take.flatten()).view(*take.shape, vocab).float()
+
+    return _verify(rows, logits.device, lambda: argmax(logits)[index], sampled_logits)
+
+
+def _verify(
+    rows: Sequence[Row],
+    device: torch.device,
+    target_argmax: Callable[[], torch.Tensor],  # () -> [batch, max_k + 1]
+    target_logits: Callable[[torch.Tensor | None], torch.Tensor],  # rows (None: all) ->
+    # [n, max_k + 1, vocab] float
+) -> VerifyOutput:
     draft_token_ids, num_draft_tokens = (t.to(device) for t in pad_drafts([r.draft for r in rows]))
     batch, max_k = draft_token_ids.shape
-    target_logits = target_logits[:, : max_k + 1]  # [batch, max_k + 1, vocab]
-    assert target_logits.shape[1] == max_k + 1, "target_logits too short for the drafts"
-    vocab = target_logits.shape[-1]
+    if all(r.greedy for r in rows):  # no row gathers: the common case
+        return greedy_from_argmax(draft_token_ids, num_draft_tokens, target_argmax())
     out = torch.full((batch, max_k + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int64, device=device)
     num_accepted = torch.zeros(batch, dtype=torch.int64, device=device)
-
-    if all(r.greedy for r in rows):  # no row gathers: the common case
-        return greedy_verify(draft_token_ids, num_draft_tokens, target_logits)
     greedy = [b for b, r in enumerate(rows) if r.greedy]
     if greedy:
         g = torch.tensor(greedy, device=device)
-        res = greedy_verify(draft_token_ids[g], num_draft_tokens[g], target_logits[g])
+        res = greedy_from_argmax(draft_token_ids[g], num_draft_tokens[g], target_argmax()[g])
         out[g], num_accepted[g] = res.output_token_ids, res.num_accepted
 
     sampled = [b for b, r in enumerate(rows) if not r.greedy]
-    if sampled:
-        s = torch.tensor(sampled, device=device)
-        srows = [rows[b] for b in sampled]
-        n = len(sampled)
-        s_logits = target_logits if n == batch else target_logits[s]  # no copy if all
-        target_probs = apply_warpers(
-            s_logits.reshape(n * (max_k + 1), vocab),
-            torch.tensor([r.params.temperature for r in srows]).repeat_interleave(max_k + 1),
-            torch.tensor([r.params.top_k for r in srows]).repeat_interleave(max_k + 1),
-            torch.tensor([r.params.top_p for r in srows]).repeat_interleave(max_k + 1),
-        ).reshape(n, max_k + 1, vocab)
-        q_ids, q_probs = (t.to(device) for t in _sparse_q(srows, max_k))
-        draws = RandomDraws.draw(  # CPU generators: the same draws on every device
-            [len(r.draft) for r in srows],
-            max_k,
-            [torch.Generator().manual_seed(r.seed) for r in srows],
-        )
-        res = rejection_sample(
-            draft_token_ids[s],
-            num_draft_tokens[s],
-            dense_draft_probs(q_ids, q_probs, vocab),
-            target_probs,
-            RandomDraws(draws.uniform.to(device), draws.target.to(device)),
-        )
-        out[s], num_accepted[s] = res.output_token_ids, res.num_accepted
+    s = torch.tensor(sampled, device=device)
+    srows = [rows[b] for b in sampled]
+    n = len(sampled)
+    s_logits = target_logits(None if n == batch else s)  # [n, max_k + 1, vocab]
+    vocab = s_logits.shape[-1]
+    target_probs = apply_warpers(
+        s_logits.reshape(n * (max_k + 1), vocab),
+        torch.tensor([r.params.temperature for r in srows]).repeat_interleave(max_k + 1),
+        torch.tensor([r.params.top_k for r in srows]).repeat_interleave(max_k + 1),
+        torch.tensor([r.params.top_p for r in srows]).repeat_interleave(max_k + 1),
+    ).reshape(n, max_k + 1, vocab)
+    q_ids, q_probs = (t.to(device) for t in _sparse_q(srows, max_k))
+    draws = RandomDraws.draw(  # CPU generators: the same draws on every device
+        [len(r.draft) for r in srows],
+        max_k,
+        [torch.Generator().manual_seed(r.seed) for r in srows],
+    )
+    res = rejection_sample(
+        draft_token_ids[s],
+        num_draft_tokens[s],
+        dense_draft_probs(q_ids, q_probs, vocab),
+        target_probs,
+        RandomDraws(draws.uniform.to(device), draws.target.to(device)),
+    )
+    out[s], num_accepted[s] = res.output_token_ids, res.num_accepted
     return VerifyOutput(out, num_accepted)

@@ -52,3 +52,21 @@ def test_quick_run_writes_every_documented_key(tmp_path: Path) -> None:
         assert d["mixed_vs_padded"] > 0
         assert 0 < d["mixed"]["tokens_vs_padded"] <= 1
     assert result["mixed_vs_padded"] > 0
+
+
+def test_the_llama3_8b_preset_has_llama3_8b_parameters() -> None:
+    """The GPU check's random target is Llama-3-8B-shaped (built on the meta device here:
+    no memory, no download)."""
+    import argparse
+
+    import torch
+
+    from bench.verifier import add_arguments, apply_presets, target_shape
+    from runtime.models import build_llama
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = apply_presets(parser.parse_args(["--preset", "llama3-8b"]))
+    with torch.device("meta"):
+        model = build_llama(target_shape(args), seed=0)
+    assert sum(t.numel() for t in model.parameters()) == 8_030_261_248  # Llama-3-8B

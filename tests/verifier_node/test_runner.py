@@ -269,3 +269,22 @@ def test_loaded_runner_stops_at_the_tokenizers_end_of_turn(llama_dir: Path, tmp_
     assert vocab[end_of_turn] in runner.eos_ids
     assert runner.eos_ids == set(eos_ids(folder))
     assert runner.eos_ids == TargetRunner.load(llama_dir, threads=1).eos_ids | {vocab[end_of_turn]}
+
+
+def test_short_contexts_attend_apart_from_a_long_one(llama_dir: Path) -> None:
+    """A 400-token context next to short ones: separate attention calls (each over its
+    own context), still the reference logits, also when the slots are not a run."""
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa")
+    runner = TargetRunner(model)
+    rng = random.Random(3)
+    contexts = {
+        "long": [rng.randrange(1, 400) for _ in range(400)],
+        **{f"s{i}": [rng.randrange(1, 400) for _ in range(5 + i)] for i in range(5)},
+    }
+    for keys in (["long", "s0", "s1", "s2", "s3", "s4"], ["s4", "long", "s0", "s2"]):
+        rows = [Row(k, contexts[k], [rng.randrange(1, 400) for _ in range(3)]) for k in keys]
+        out = runner.score(rows)
+        assert out.stats.attention_calls >= 2
+        for b, r in enumerate(rows):
+            ref = reference_logits(model, list(r.context), list(r.draft))
+            assert (out.row(b) - ref).abs().max().item() < TOL, r.key

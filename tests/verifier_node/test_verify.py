@@ -11,11 +11,13 @@ from verifier_node.rows import Row, round_seed
 from verifier_node.verify import (
     PLACEHOLDER_TOKEN_ID,
     RandomDraws,
+    argmax,
     dense_draft_probs,
     greedy_verify,
     pad_drafts,
     rejection_sample,
     verify_batch,
+    verify_packed,
 )
 from verifier_node.warpers import apply_warpers
 
@@ -319,3 +321,52 @@ def test_speculative_sampling_with_truncated_q_matches_target() -> None:
     first = sample_first_tokens(p, q, 3, n, seed=1)
     freq = torch.bincount(first, minlength=VOCAB).float() / n
     assert 0.5 * (freq - p).abs().sum().item() < 0.01
+
+
+def test_bfloat16_argmax_ranks_like_the_floats() -> None:
+    x = torch.tensor(
+        [
+            [-3.0, -1.0, -2.0, -1.0],  # all negative: the first of the tied maxima
+            [-0.0, 0.0, -1.0, -0.0],  # -0.0 == +0.0: the first zero
+            [1.5, 2.5, 2.5, -7.0],  # tie: lower id
+            [-1e-30, -2e-30, -3.0, -1e30],  # negative denormal-ish values
+        ]
+    ).bfloat16()
+    assert argmax(x).tolist() == [1, 0, 1, 0]
+    gen = torch.Generator().manual_seed(4)
+    y = (torch.randn(64, 512, generator=gen) * 3).round().bfloat16()  # many ties
+    assert torch.equal(argmax(y), y.float().argmax(dim=-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_verification_equals_padded(dtype: torch.dtype) -> None:
+    """Greedy and sampling rows of ragged drafts: packed logits, same verdicts."""
+    from verifier_node.packing import pack
+
+    gen = torch.Generator().manual_seed(9)
+    specs = [([1, 2, 3, 4], 0.0), ([], 0.0), ([5], 0.8), ([2, 2], 0.0), ([], 1.0)]
+    batch = pack([3, 1, 4, 1, 5], [len(d) + 1 for d, _ in specs])
+    packed = torch.randn(batch.num_tokens, VOCAB, generator=gen).to(dtype)
+    rows = [Row(b, (), d, SamplingParams(temperature=t), seed=b) for b, (d, t) in enumerate(specs)]
+    for subset in (rows, [r for r in rows if r.greedy]):
+        keep = [r.key for r in subset]
+        sub = pack(
+            [batch.starts[b] for b in keep], [batch.lengths[b] for b in keep]
+        )  # the same rows alone
+        sub_packed = torch.cat(
+            [packed[int(batch.cu_num_tokens[b]) : int(batch.cu_num_tokens[b + 1])] for b in keep]
+        )
+        got = verify_packed(sub_packed, sub.padded_index(), subset)
+        want = verify_batch(sub.unpack(sub_packed).float(), subset)
+        assert got.rows() == want.rows()
+        assert torch.equal(got.output_token_ids, want.output_token_ids)
+
+
+def test_bfloat16_argmax_of_rows_with_and_without_a_positive_maximum() -> None:
+    gen = torch.Generator().manual_seed(5)
+    y = torch.randn(3, 6, 300, generator=gen)
+    y[0] = -y[0].abs() - 0.5  # every logit negative
+    y[1, 2] = 0.0  # a row whose maximum is zero
+    y[1, 2, 7] = -0.0
+    y = y.bfloat16()
+    assert torch.equal(argmax(y), y.float().argmax(dim=-1))
