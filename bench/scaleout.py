@@ -42,10 +42,9 @@ from typing import Any
 
 from bench.scaleout_sim import simulate
 from bench.sim.router import start_router, stop_task
-from bench.soak import SoakConfig, SoakStats, draft_noisy, references, request, soak_policy
+from bench.soak import SoakConfig, SoakStats, device_loop, references
 from edge_node.assignment import Assignment
-from edge_node.policy import RttEstimator, SledSession
-from schemas import SamplingParams, SchemaError, Topics, VerifierStatus, decode
+from schemas import SchemaError, Topics, VerifierStatus, decode
 
 SHARE_GROUP = "bench-share"
 
@@ -133,7 +132,7 @@ async def run_fleet(
 
         fleet = [
             asyncio.create_task(
-                _device(name, router, bus, topic_of, cases, soak, stats, stop_at, vocab),
+                device_loop(name, router, bus, cases, soak, stats, stop_at, vocab, topic_of),
                 name=name,
             )
             for name in names
@@ -161,41 +160,6 @@ async def run_fleet(
         "errors": stats.errors,
         "error_samples": stats.error_samples[:5],
     }
-
-
-async def _device(
-    name: str,
-    router: Any,
-    bus: Any,
-    topic_of: Callable[[str, str], str],
-    cases: Sequence[tuple[list[int], list[int]]],
-    cfg: SoakConfig,
-    stats: SoakStats,
-    stop_at: float,
-    vocab: int,
-) -> None:
-    """Sessions until ``stop_at``, each round on its assigned topic (bench.soak.request)."""
-    import random
-
-    rng = random.Random(f"{cfg.seed}-{name}")
-    inbox: asyncio.Queue[Any] = asyncio.Queue()
-    router.queues[name] = inbox
-    policy = soak_policy(cfg)
-    while time.monotonic() < stop_at:
-        prompt, truth = cases[rng.randrange(len(cases))]
-        session = SledSession(
-            session=uuid.uuid4().hex[:12], prompt=prompt, max_new_tokens=cfg.max_new_tokens,
-            params=SamplingParams(), eos_ids=frozenset(), config=policy, rtt=RttEstimator(policy),
-        )  # fmt: skip
-        stats.sessions += 1
-        while not session.done and session.generated < len(truth):
-            k = draft_noisy(session, truth, rng, cfg.wrong, vocab)
-            await asyncio.sleep(cfg.draft_ms * k / 1000)
-            topic = topic_of(name, session.session)
-            commit = await request(bus, topic, inbox, session, truth, cfg, stats)
-            if commit is None:
-                break
-            stats.tokens += len(commit.tokens)
 
 
 def measure(cfg: ScaleoutConfig, say: Callable[[str], None]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,12 +127,13 @@ async def device_loop(
     stats: SoakStats,
     stop_at: float,
     vocab: int,
+    topic_of: Callable[[str, str], str] | None = None,
 ) -> None:
-    """Generate sessions until ``stop_at`` (monotonic seconds); see the module docstring."""
+    """Generate sessions until ``stop_at`` (monotonic seconds); see the module docstring.
+    Each round goes to ``topic_of(device, session)`` (default: the device's draft topic)."""
     rng = random.Random(f"{cfg.seed}-{name}")
     inbox: asyncio.Queue[Record] = asyncio.Queue()
     router.queues[name] = inbox
-    topic = router.topics.draft(name)
     policy = soak_policy(cfg)
     while time.monotonic() < stop_at:
         prompt, truth = cases[rng.randrange(len(cases))]
@@ -149,6 +150,7 @@ async def device_loop(
         while not session.done and session.generated < len(truth):
             k = draft_noisy(session, truth, rng, cfg.wrong, vocab)
             await asyncio.sleep(cfg.draft_ms * k / 1000)
+            topic = topic_of(name, session.session) if topic_of else router.topics.draft(name)
             commit = await request(bus, topic, inbox, session, truth, cfg, stats)
             if commit is None:
                 break  # abandon the session, as a device that gives up would
