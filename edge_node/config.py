@@ -74,12 +74,19 @@ class EdgeConfig(NodeConfig):
     status_wait_ms: float = setting(
         300.0, "wait at start for retained verifier status (fingerprint), milliseconds"
     )
+    verifier_settle_s: float = setting(
+        5.0,
+        "a verifier that comes online takes new sessions only after this long online "
+        "without a break, seconds (no flapping; edge_node/assignment.py)",
+    )
 
     def __post_init__(self) -> None:
         check_config_id("device", self.device_id)
         NodeConfig.__post_init__(self)
         if self.threads < 1 or self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ConfigError("threads, max_new_tokens and max_prompt_tokens must be >= 1")
+        if not self.verifier_settle_s >= 0:
+            raise ConfigError(f"verifier_settle_s must be >= 0, got {self.verifier_settle_s}")
         try:
             self.policy()
         except ValueError as exc:

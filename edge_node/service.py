@@ -5,7 +5,8 @@
             print(rec)                                   # ResultChunk ... ResultFinal
         await node.serve_forever()                       # or answer …/dev/{device}/req
 
-Topics (``schemas.topics``): drafts and centralized requests go to ``…/dev/{device}/draft``,
+Topics (``schemas.topics``): drafts and centralized requests go to the assigned verifier's
+``…/dev/{device}/draft/{verifier}`` (:mod:`edge_node.assignment`; ``…/draft`` if none),
 verdicts and generated tokens come from ``…/dev/{device}/verdict``, results stream to
 ``…/dev/{device}/out/{request}``, requests arrive on ``…/dev/{device}/req``. The retained
 ``…/dev/{device}/status`` says online (birth) / offline (Last Will, or a clean exit).
@@ -35,6 +36,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import structlog
 
+from edge_node.assignment import Assignment
 from edge_node.config import EdgeConfig
 from edge_node.drafter import Drafter, DrafterError
 from edge_node.errors import EdgeError, TokenizerMismatch
@@ -98,7 +100,7 @@ class EdgeNode:
         self.log = structlog.get_logger("edge_node").bind(device=self.device)
         self._stack = AsyncExitStack()
         self._inboxes: dict[str, Inbox] = {}
-        self._verifiers: dict[str, VerifierStatus] = {}
+        self.assignment = Assignment(self.device, settle_s=config.verifier_settle_s)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._compute_lock = asyncio.Lock()
         self._router: asyncio.Task[None] | None = None
@@ -217,23 +219,24 @@ class EdgeNode:
                 return
             inbox.put_nowait(rec)
         elif parsed.channel is Channel.VERIFIER_STATUS and parsed.verifier is not None:
-            if not msg.payload:
-                self._verifiers.pop(parsed.verifier, None)
-                return
-            try:
-                status = decode(msg.payload, expect=VerifierStatus)
-            except SchemaError as exc:
-                self.log.warning("edge.bad_verifier_status", error=exc.message)
-                return
-            before = self._verifiers.get(parsed.verifier)
-            self._verifiers[parsed.verifier] = status
-            self._status_seen.set()
-            self.log.debug("edge.verifier_status", verifier=status.verifier, online=status.online)
-            came_online = status.online and (
-                before is None or not before.online or before.sent_at_ns != status.sent_at_ns
-            )
-            if came_online:  # sessions waiting on a silent verifier resend at once
-                for inbox in self._inboxes.values():
+            status = None
+            if msg.payload:
+                try:
+                    status = decode(msg.payload, expect=VerifierStatus)
+                except SchemaError as exc:
+                    self.log.warning("edge.bad_verifier_status", error=exc.message)
+                    return
+                self._status_seen.set()
+                self.log.debug(
+                    "edge.verifier_status", verifier=status.verifier, online=status.online
+                )
+            now = self.clock()
+            for session in self.assignment.observe(
+                parsed.verifier, status, now, retained=msg.retain
+            ):
+                # sessions that moved, or whose verifier came back, resend an overdue request
+                inbox = self._inboxes.get(session)
+                if inbox is not None and status is not None:
                     inbox.put_nowait(status)
         elif parsed.channel is Channel.REQ and parsed.device == self.device and self._serving:
             self._on_request(msg.payload)
@@ -404,15 +407,24 @@ class EdgeNode:
             yield Link(session, inbox, self.log.bind(request=request, session=session))
         finally:
             self._inboxes.pop(session, None)
+            self.assignment.forget(session)
+
+    def draft_topic(self, session: str) -> str:
+        """Where ``session`` sends now: its verifier's own draft topic (edge_node.assignment),
+        or the plain one when no verifier takes assigned drafts."""
+        verifier = self.assignment.pin(session, self.clock())
+        if verifier is None:
+            return self.topics.draft(self.device)
+        return self.topics.assigned_draft(self.device, verifier)
 
     async def check_verifier(self) -> None:
         """Raise TokenizerMismatch if an online verifier announces another tokenizer."""
         wait_s = self.config.status_wait_ms / 1000 - (self.clock() - self._started_s)
-        if not self._verifiers and wait_s > 0:
+        if not self.assignment.verifiers and wait_s > 0:
             # retained statuses arrive right after subscribing; none at all is fine too
             await within(self._status_seen.wait(), wait_s, self.sleep)
         mine = self.drafter.fingerprint
-        for status in self._verifiers.values():
+        for status in self.assignment.verifiers.values():
             if status.online and status.fingerprint and status.fingerprint != mine:
                 raise TokenizerMismatch(
                     f"tokenizer mismatch: drafter {self.drafter.model_dir.name} has fingerprint "

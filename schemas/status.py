@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from schemas.record import MODES, Limits, Record, check_choice, check_ident, check_nonneg
+from schemas.record import (
+    MODES,
+    Limits,
+    Record,
+    check_choice,
+    check_ident,
+    check_nonneg,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,13 +51,27 @@ class DeviceStatus(NodeStatus):
 
 @dataclass(frozen=True, slots=True)
 class VerifierStatus(NodeStatus):
-    """Verifier → all on ``…/verifier/{id}/status`` (retained; also the Last Will)."""
+    """Verifier → all on ``…/verifier/{id}/status`` (retained; also the Last Will).
+
+    Devices choose their verifier from these (:mod:`runtime.assignment`): an online
+    verifier with ``capacity`` > 0 reads ``…/dev/+/draft/{id}`` and wins a share of the
+    devices in proportion to its capacity; capacity 0 (a share-group verifier, or one
+    from before sticky assignment) takes only the plain draft topic. The verifier
+    re-announces itself with its current ``load`` every few seconds; ``started_at_ns``
+    stays the same for its whole run, so a device tells a refresh from a restart.
+    """
 
     KIND: ClassVar[str] = "verifier_status"
 
     verifier: str
     max_batch: int = 0  # requests per verification batch
+    capacity: float = 0.0  # relative weight in the devices' choice; 0: no assigned drafts
+    load: int = 0  # live sessions when sent
+    started_at_ns: int = 0  # when this run began listening (0 in the birth message)
 
     def check(self, limits: Limits) -> None:
         self.check_node("verifier", self.verifier, limits)
         check_nonneg("verifier_status.max_batch", self.max_batch)
+        check_nonneg("verifier_status.capacity", self.capacity)
+        check_nonneg("verifier_status.load", self.load)
+        check_nonneg("verifier_status.started_at_ns", self.started_at_ns)

@@ -2,15 +2,22 @@
 
 Layout under a configurable prefix (default ``sled/v1``)::
 
-    {prefix}/dev/{device}/draft            device → verifier   DraftRequest, CentralizedRequest
+    {prefix}/dev/{device}/draft            device → verifiers  DraftRequest, CentralizedRequest
+    {prefix}/dev/{device}/draft/{verifier} device → verifier   the same, for its assigned verifier
     {prefix}/dev/{device}/verdict          verifier → device   Verdict, GeneratedTokens
     {prefix}/dev/{device}/out/{request}    device → apps       ResultChunk…, ResultFinal
     {prefix}/dev/{device}/req              apps → device       GenerateRequest
     {prefix}/dev/{device}/status           device, retained    DeviceStatus (Last Will too)
     {prefix}/verifier/{verifier}/status    verifier, retained  VerifierStatus (Last Will too)
 
-Several verifiers share the draft load with an MQTT v5 shared subscription,
-``$share/{group}/{prefix}/dev/+/draft``.
+Several verifiers share the devices by **sticky assignment**: each device picks one
+online verifier by weighted rendezvous hashing over their retained statuses
+(:mod:`runtime.assignment`) and sends its drafts on ``…/dev/{device}/draft/{verifier}``,
+which only that verifier reads (``…/dev/+/draft/{verifier}``). The device id comes first,
+so the broker's ACL pattern ``…/dev/%u/draft/+`` lets a device publish only as itself.
+A verifier in a share group reads the plain ``…/dev/{device}/draft`` through the MQTT v5
+shared subscription ``$share/{group}/{prefix}/dev/+/draft`` instead (round robin per
+message; docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class Channel(StrEnum):
     """The kinds of topic in the layout above."""
 
     DRAFT = "draft"
+    ASSIGNED_DRAFT = "assigned_draft"
     VERDICT = "verdict"
     OUT = "out"
     REQ = "req"
@@ -78,6 +86,10 @@ class Topics:
     def draft(self, device: str) -> str:
         return f"{self._dev(device)}/draft"
 
+    def assigned_draft(self, device: str, verifier: str) -> str:
+        """The draft topic that only ``verifier`` reads."""
+        return f"{self._dev(device)}/draft/{check_id('verifier', verifier)}"
+
     def verdict(self, device: str) -> str:
         return f"{self._dev(device)}/verdict"
 
@@ -98,6 +110,10 @@ class Topics:
         """All devices' draft topics; with ``share_group`` an MQTT v5 shared subscription."""
         topic = f"{self.prefix}/dev/+/draft"
         return f"$share/{check_id('share group', share_group)}/{topic}" if share_group else topic
+
+    def drafts_for(self, verifier: str) -> str:
+        """Every device's drafts assigned to ``verifier`` (a plain subscription)."""
+        return f"{self.prefix}/dev/+/draft/{check_id('verifier', verifier)}"
 
     def all_out(self, device: str = "+") -> str:
         dev = device if device == "+" else check_id("device", device)
@@ -120,6 +136,12 @@ class Topics:
         match parts:
             case ["dev", device, "draft"]:
                 return ParsedTopic(Channel.DRAFT, device=check_id("device", device))
+            case ["dev", device, "draft", verifier]:
+                return ParsedTopic(
+                    Channel.ASSIGNED_DRAFT,
+                    device=check_id("device", device),
+                    verifier=check_id("verifier", verifier),
+                )
             case ["dev", device, "verdict"]:
                 return ParsedTopic(Channel.VERDICT, device=check_id("device", device))
             case ["dev", device, "req"]:

@@ -13,15 +13,18 @@ can add or remove users.
 Roles (``{p}`` is the topic prefix, default ``sled/v1``):
 
 * **device** (username = device id; ``pattern`` lines with ``%u``, so adding a device
-  needs no ACL change): write ``{p}/dev/%u/draft``, ``{p}/dev/%u/out/+``,
-  ``{p}/dev/%u/status``; read ``{p}/dev/%u/verdict`` and ``{p}/dev/%u/req``.
-* **verifier**: read ``{p}/dev/+/draft`` (plain or ``$share/<group>/…``) and device
-  statuses; write ``{p}/dev/+/verdict`` and its own ``{p}/verifier/<id>/status``.
+  needs no ACL change): write ``{p}/dev/%u/draft``, ``{p}/dev/%u/draft/+`` (to its
+  assigned verifier), ``{p}/dev/%u/out/+``, ``{p}/dev/%u/status``; read
+  ``{p}/dev/%u/verdict`` and ``{p}/dev/%u/req``.
+* **verifier** (a trusted server): read ``{p}/dev/+/draft`` (plain or
+  ``$share/<group>/…``), ``{p}/dev/+/draft/+`` (assigned drafts) and device statuses;
+  write ``{p}/dev/+/verdict`` and ``{p}/verifier/+/status`` (any verifier id: replicas of
+  ``docker compose --scale`` share one login and name themselves by host name).
 * **app**: read ``{p}/dev/+/out/+`` and all statuses; write ``{p}/dev/+/req``.
 * everyone authenticated: read ``{p}/verifier/+/status`` (public, retained).
 
 Mosquitto 2.0 checks ``read`` on delivery and never checks a subscription (a device may
-join the verifiers' ``$share`` group; broker/README.md). ``pattern`` lines apply to every
+join a ``$share`` group; with sticky assignment verifiers use none; broker/README.md). ``pattern`` lines apply to every
 user, so usernames are unique across roles (checked here). ``--dynsec FILE`` also writes
 the dynamic-security plugin's JSON (:mod:`sled.dynsec`, which checks subscriptions);
 ``--ca DIR`` makes a test CA and the broker's TLS certificate (:mod:`sled.certs`).
@@ -191,6 +194,7 @@ def render_acl(
         "# Devices (username = device id): their own drafts, results and status out;",
         "# their own verdicts and generation requests in.",
         f"pattern write {p}/dev/%u/draft",
+        f"pattern write {p}/dev/%u/draft/+",
         f"pattern write {p}/dev/%u/out/+",
         f"pattern write {p}/dev/%u/status",
         f"pattern read {p}/dev/%u/verdict",
@@ -203,9 +207,10 @@ def render_acl(
             "# sled-role: verifier",
             f"user {name}",
             f"topic read {p}/dev/+/draft",
+            f"topic read {p}/dev/+/draft/+",
             f"topic read {p}/dev/+/status",
             f"topic write {p}/dev/+/verdict",
-            f"topic write {topics.verifier_status(name)}",
+            f"topic write {p}/verifier/+/status",
         ]
     for name in sorted(apps):
         lines += [

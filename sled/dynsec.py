@@ -51,12 +51,14 @@ def role_rules(topics: Topics, role: str, name: str) -> list[tuple[str, str]]:
     rules = [(sub, f"{p}/verifier/+/status")]  # everyone: verifier statuses
     if role == "device":
         d = f"{p}/dev/{name}"
-        rules += [(send, f"{d}/draft"), (send, f"{d}/out/+"), (send, f"{d}/status")]
+        rules += [(send, f"{d}/draft"), (send, f"{d}/draft/+")]  # plain, assigned
+        rules += [(send, f"{d}/out/+"), (send, f"{d}/status")]
         rules += [(sub, f"{d}/verdict"), (sub, f"{d}/req")]
     elif role == "verifier":
         rules += [(sub, f"{p}/dev/+/draft"), (sub, f"$share/+/{p}/dev/+/draft")]  # share groups
+        rules += [(sub, f"{p}/dev/+/draft/+")]  # assigned drafts
         rules += [(sub, f"{p}/dev/+/status"), (send, f"{p}/dev/+/verdict")]
-        rules += [(send, topics.verifier_status(name))]
+        rules += [(send, f"{p}/verifier/+/status")]  # replicas share a login
     elif role == "app":
         rules += [(sub, f"{p}/dev/+/out/+"), (sub, f"{p}/dev/+/status"), (send, f"{p}/dev/+/req")]
     else:

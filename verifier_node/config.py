@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
@@ -44,10 +45,20 @@ class VerifierConfig(NodeConfig):
     TABLE: ClassVar[str] = "verifier"
 
     verifier_id: str = setting(
-        "verifier-1", "verifier id in topics and status (1-64 of A-Z a-z 0-9 _ . -)"
+        "verifier-1",
+        "verifier id in topics and status (1-64 of A-Z a-z 0-9 _ . -); auto: the host name "
+        "(one id per replica, e.g. docker compose --scale)",
     )
     share_group: str | None = setting(
-        None, "MQTT v5 shared-subscription group when several verifiers share load"
+        None,
+        "MQTT v5 shared-subscription group: read the plain draft topic round robin with the "
+        "group instead of the drafts devices assign to this verifier (docs/protocol.md)",
+    )
+    capacity: float = setting(
+        1.0, "weight in the devices' choice of verifier, relative to the others' (> 0)"
+    )
+    status_every_s: float = setting(
+        10.0, "re-announce the retained status with the current load this often, seconds"
     )
     model_dir: str | None = setting(
         None, "target model: a local Hugging Face model directory (no hub access)"
@@ -100,7 +111,11 @@ class VerifierConfig(NodeConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.verifier_id == "auto":
+            object.__setattr__(self, "verifier_id", host_id())
         check_config_id("verifier", self.verifier_id)
+        if not (0 < self.capacity < math.inf and 0 < self.status_every_s < math.inf):
+            raise ConfigError("capacity and status_every_s must be > 0 and finite")
         if self.share_group is not None:
             check_config_id("share group", self.share_group)
         NodeConfig.__post_init__(self)
@@ -150,6 +165,11 @@ class VerifierConfig(NodeConfig):
             # the session persists, so drafts queue while the verifier restarts.
             persistent=self.share_group is None,
         )
+
+
+def host_id() -> str:
+    """The host name as a verifier id (a container's is its unique short id)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname())[:64] or "verifier"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

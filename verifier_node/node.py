@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from runtime.transport import Message, MqttTransport, Will
 from schemas import VerifierStatus, encode
+from verifier_node.announce import capacity_of
 from verifier_node.config import VerifierConfig
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ def status_record(
     model: str = "",
     fingerprint: str | None = None,
     vocab_size: int = 0,
+    load: int = 0,
+    started_at_ns: int = 0,
 ) -> VerifierStatus:
     return VerifierStatus(
         verifier=config.verifier_id,
@@ -56,6 +59,9 @@ def status_record(
         fingerprint=fingerprint or "",
         vocab_size=vocab_size,
         max_batch=config.max_batch,
+        capacity=capacity_of(config),
+        load=load,
+        started_at_ns=started_at_ns,
         sent_at_ns=time.time_ns(),
     )
 

@@ -8,7 +8,7 @@ Wiring (all I/O of the verifier lives here)::
 
 A request is one :class:`~verifier_node.rows.Row` from admission to its verdict (QoS 1).
 
-* Subscribes to every device's draft topic (``$share/<group>/…`` with a share group).
+* Reads its assigned and the plain drafts, or ``$share/<group>/…`` (:mod:`.announce`).
 * Publishes a retained :class:`~schemas.VerifierStatus` (online) as the transport's
   birth message, with an offline Last Will; a clean stop publishes offline itself.
 * Bad input gets an error verdict (the :class:`~schemas.SchemaError` code and message)
@@ -40,7 +40,6 @@ from runtime.models import tokenizer_fingerprint_of
 from runtime.transport import Message, Transport
 from schemas import (
     CentralizedRequest,
-    Channel,
     DraftRequest,
     ErrorCode,
     GeneratedTokens,
@@ -50,6 +49,7 @@ from schemas import (
     decode,
     encode,
 )
+from verifier_node.announce import DRAFT_CHANNELS, Announcer, draft_filters
 from verifier_node.batching import Batcher, Queued
 from verifier_node.central import CentralTable
 from verifier_node.config import VerifierConfig
@@ -118,15 +118,16 @@ class VerifierService:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sled-torch")
         self._wake = asyncio.Event()
         self.replies = Replies(transport, self.topics, self.limits_of, self._count)
+        self.announcer = Announcer(config, self._say_status, (self.sessions, self.central))
 
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> None:
         """Serve until cancelled; a clean stop publishes the offline status."""
         async with self.transport:
-            await self.transport.subscribe(self.topics.all_drafts(self.config.share_group), qos=1)
-            # The transport's birth message went out on connect, before this subscription;
-            # say online again so that "online" always means "listening".
-            await self._say_status(online=True)
+            for topic in draft_filters(self.config, self.topics):
+                await self.transport.subscribe(topic, qos=1)
+            # the birth went out before these subscriptions: "online" again means listening
+            await self.announcer.online()
             self.ready.set()
             log.info(
                 "verifier.ready",
@@ -144,11 +145,12 @@ class VerifierService:
                     tg.create_task(self._receive(), name="verifier-receive")
                     tg.create_task(self._work(), name="verifier-work")
                     tg.create_task(self._expire(), name="verifier-expire")
+                    tg.create_task(self.announcer.run(), name="verifier-announce")
             finally:
                 await self._say_status(online=False)
                 self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _say_status(self, *, online: bool) -> None:
+    async def _say_status(self, *, online: bool, **counts: int) -> None:
         """Publish the retained status; a failure is logged (the Last Will covers offline)."""
         record = status_record(
             self.config,
@@ -156,6 +158,7 @@ class VerifierService:
             model=self.model_name,
             fingerprint=self.fingerprint,
             vocab_size=self.limits.vocab_size or 0,
+            **counts,  # load, started_at_ns (verifier_node.announce)
         )
         topic = self.topics.verifier_status(self.config.verifier_id)
         try:
@@ -182,7 +185,7 @@ class VerifierService:
             log.warning("verifier.bad_topic", topic=msg.topic, error=exc.message)
             self._count("bad_topic")
             return
-        if parsed.channel is not Channel.DRAFT or parsed.device is None:
+        if parsed.channel not in DRAFT_CHANNELS or parsed.device is None:
             return
         device = parsed.device
         try:

@@ -56,6 +56,10 @@ class Node(Protocol):
     def publish_soon(self, topic: str, payload: bytes, what: str) -> None:
         """Publish without waiting for the broker."""
 
+    def draft_topic(self, session: str) -> str:
+        """Where ``session`` sends its requests now (its assigned verifier's topic)."""
+        ...
+
     def link(self, request: str) -> AbstractAsyncContextManager[Link]:
         """A new session with the verifier, while the block lasts.
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from edge_node.modes.base import Node, next_message
 from edge_node.results import Result, ResultStream
-from schemas import CentralizedRequest, GeneratedTokens, GenerateRequest, encode
+from schemas import CentralizedRequest, GeneratedTokens, GenerateRequest, VerifierStatus, encode
 
 
 async def run(
@@ -25,12 +25,17 @@ async def run(
             fingerprint=node.drafter.fingerprint,
             sent_at_ns=stream.wall_ns(),
         )
-        payload, topic = encode(request), node.topics.draft(node.device)
+        payload = encode(request)
         timeout_s = node.config.centralized_timeout_ms / 1000
         silences = 0
-        node.publish_soon(topic, payload, f"central-{link.session}")
+        node.publish_soon(node.draft_topic(link.session), payload, f"central-{link.session}")
         while True:
             msg = await next_message(node, link.inbox, node.clock() + timeout_s)
+            if isinstance(msg, VerifierStatus):  # moved, or its verifier is back: ask again
+                node.publish_soon(
+                    node.draft_topic(link.session), payload, f"central-{link.session}"
+                )
+                continue
             if msg is None:
                 silences += 1
                 link.log.warning("edge.centralized_timeout", silences=silences)
@@ -38,7 +43,9 @@ async def run(
                     error = f"verifier sent nothing for {silences} x {timeout_s:g} s"
                     yield stream.final("error", error=error)
                     return
-                node.publish_soon(topic, payload, f"central-{link.session}")
+                node.publish_soon(
+                    node.draft_topic(link.session), payload, f"central-{link.session}"
+                )
                 continue
             if not isinstance(msg, GeneratedTokens):
                 continue

@@ -35,7 +35,6 @@ async def run(
         )  # fmt: skip
         steps = SledSteps(sess)
         rng = np.random.default_rng(req.params.seed)
-        draft_topic = node.topics.draft(node.device)
         while True:
             step = steps.next_step(node.clock(), stream.wall_ns())
             if isinstance(step, Draft):
@@ -47,7 +46,9 @@ async def run(
                 request = step.request
                 _log_sent(link.log, sess, request)
                 node.publish_soon(
-                    draft_topic, encode(request), f"draft-{link.session}-{request.seq}"
+                    node.draft_topic(link.session),  # moves only if its verifier left
+                    encode(request),
+                    f"draft-{link.session}-{request.seq}",
                 )
             elif isinstance(step, WaitUntil):
                 msg = await next_message(node, link.inbox, step.deadline_s)

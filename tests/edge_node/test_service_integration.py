@@ -279,7 +279,7 @@ async def test_tokenizer_mismatch_is_a_clear_error(
     v = standin(sc, mqtt_config, topics)
     v.fingerprint = "0123456789abcdef"
     async with v, EdgeNode(cfg, drafter=scenario.drafter) as node:
-        await wait_until(lambda: bool(node._verifiers), 5)
+        await wait_until(lambda: bool(node.assignment.verifiers), 5)
         final = await node.generate_text(PROMPT, max_new_tokens=8)
     assert final.finish_reason == "error"
     assert "tokenizer mismatch" in (final.error or "") and "0123456789abcdef" in (final.error or "")

@@ -15,6 +15,8 @@ T = Topics()
     ("topic", "expected"),
     [
         (T.draft("pi-1"), "sled/v1/dev/pi-1/draft"),
+        (T.assigned_draft("pi-1", "v2"), "sled/v1/dev/pi-1/draft/v2"),
+        (T.drafts_for("v2"), "sled/v1/dev/+/draft/v2"),
         (T.verdict("pi-1"), "sled/v1/dev/pi-1/verdict"),
         (T.out("pi-1", "r-7"), "sled/v1/dev/pi-1/out/r-7"),
         (T.req("pi-1"), "sled/v1/dev/pi-1/req"),
@@ -41,6 +43,10 @@ def test_default_prefix() -> None:
     ("topic", "parsed"),
     [
         ("sled/v1/dev/pi-1/draft", ParsedTopic(Channel.DRAFT, device="pi-1")),
+        (
+            "sled/v1/dev/pi-1/draft/v2",
+            ParsedTopic(Channel.ASSIGNED_DRAFT, device="pi-1", verifier="v2"),
+        ),
         ("sled/v1/dev/pi-1/verdict", ParsedTopic(Channel.VERDICT, device="pi-1")),
         ("sled/v1/dev/pi-1/req", ParsedTopic(Channel.REQ, device="pi-1")),
         ("sled/v1/dev/pi-1/status", ParsedTopic(Channel.DEVICE_STATUS, device="pi-1")),
@@ -61,6 +67,9 @@ def test_build_then_parse_round_trips(device: str, request: str, verifier: str) 
     topics = Topics("x/y")
     assert topics.parse(topics.draft(device)) == ParsedTopic(Channel.DRAFT, device=device)
     assert topics.parse(topics.verdict(device)) == ParsedTopic(Channel.VERDICT, device=device)
+    assert topics.parse(topics.assigned_draft(device, verifier)) == ParsedTopic(
+        Channel.ASSIGNED_DRAFT, device=device, verifier=verifier
+    )
     assert topics.parse(topics.req(device)) == ParsedTopic(Channel.REQ, device=device)
     assert topics.parse(topics.device_status(device)).channel is Channel.DEVICE_STATUS
     assert topics.parse(topics.out(device, request)) == ParsedTopic(
@@ -74,6 +83,7 @@ def test_build_then_parse_round_trips(device: str, request: str, verifier: str) 
 def test_every_channel_has_a_builder() -> None:
     built = {
         Channel.DRAFT: T.draft("d"),
+        Channel.ASSIGNED_DRAFT: T.assigned_draft("d", "v"),
         Channel.VERDICT: T.verdict("d"),
         Channel.OUT: T.out("d", "r"),
         Channel.REQ: T.req("d"),
@@ -95,6 +105,8 @@ def test_builders_reject_bad_ids(bad_id: str) -> None:
         assert "must be 1-64 characters" in str(err.value)
     with pytest.raises(SchemaError, match="request id"):
         T.out("pi-1", bad_id)
+    with pytest.raises(SchemaError, match="verifier id"):
+        T.assigned_draft("pi-1", bad_id)
     with pytest.raises(SchemaError, match="share group id"):
         T.all_drafts(share_group=bad_id or "a/b")
 
@@ -115,7 +127,7 @@ def test_check_id_accepts_64_characters_and_names_the_id() -> None:
         ("$share/g/sled/v1/dev/+/draft", "not under prefix"),
         ("sled/v1/dev/+/draft", "device id '+'"),
         ("sled/v1/dev/#", "not part of the layout"),
-        ("sled/v1/dev/pi-1/draft/extra", "not part of the layout"),
+        ("sled/v1/dev/pi-1/draft/v1/extra", "not part of the layout"),
         ("sled/v1/dev/pi-1/drafts", "not part of the layout"),
         ("sled/v1/dev/pi-1", "not part of the layout"),
         ("sled/v1/dev//draft", "device id ''"),

@@ -80,15 +80,17 @@ def test_render_acl() -> None:
     assert rules == [
         "pattern read p/verifier/+/status",
         "pattern write p/dev/%u/draft",
+        "pattern write p/dev/%u/draft/+",
         "pattern write p/dev/%u/out/+",
         "pattern write p/dev/%u/status",
         "pattern read p/dev/%u/verdict",
         "pattern read p/dev/%u/req",
         "user v1",
         "topic read p/dev/+/draft",
+        "topic read p/dev/+/draft/+",
         "topic read p/dev/+/status",
         "topic write p/dev/+/verdict",
-        "topic write p/verifier/v1/status",
+        "topic write p/verifier/+/status",
         "user web",
         "topic read p/dev/+/out/+",
         "topic read p/dev/+/status",
@@ -136,7 +138,7 @@ def test_write_credentials_then_update(tmp_path: Path) -> None:
     assert set(after) == {"pi-1", "v1", "pi-2"}
     assert after["pi-1"] == hashes["pi-1"]
     assert "user web" not in acl.read_text()
-    assert "topic write site/sled/verifier/v1/status" in acl.read_text()
+    assert "user v1\ntopic read site/sled/dev/+/draft\n" in acl.read_text()
 
 
 @pytest.mark.parametrize(

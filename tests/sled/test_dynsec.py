@@ -41,7 +41,9 @@ def test_hashes_carry_over_to_the_plugin() -> None:
         ("device", "pi-1", ("publishClientSend", "sled/v1/dev/pi-1/draft")),
         ("device", "pi-1", ("subscribePattern", "sled/v1/dev/pi-1/verdict")),
         ("verifier", "v1", ("subscribePattern", "$share/+/sled/v1/dev/+/draft")),
-        ("verifier", "v1", ("publishClientSend", "sled/v1/verifier/v1/status")),
+        ("verifier", "v1", ("publishClientSend", "sled/v1/verifier/+/status")),
+        ("verifier", "v1", ("subscribePattern", "sled/v1/dev/+/draft/+")),
+        ("device", "pi-1", ("publishClientSend", "sled/v1/dev/pi-1/draft/+")),
         ("app", "web", ("publishClientSend", "sled/v1/dev/+/req")),
     ],
 )
