@@ -5,6 +5,13 @@
 verifiers), so a killed node's clients reconnect to the other node, as behind a load
 balancer. Everything speaks MQTT 3.1.1 (aedes has no MQTT 5).
 
+The shared stack has two verifiers and three devices whose sticky assignment
+(``runtime.assignment``) is known: ``pi-0`` → ``v1``, ``pi-4`` → ``v2``, ``pi-2`` → ``v1``,
+and ``pi-2`` → ``v3`` once a ``v3`` joins. The edges take a verifier that came online
+after 1 s (``--verifier-settle-s``), the verifiers re-announce every second
+(``--status-every-s``): a stale Last Will from a killed broker node
+(docs/reliability.md) is corrected within a second.
+
 The broker is installed by ``scripts/install-cluster-broker.sh``; without it the tests
 skip with that hint, except under CI, where they fail.
 """
@@ -24,7 +31,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from runtime.cluster import AedesCluster, ClusterBrokerNotFound, Front, cluster_binaries
-from runtime.mosquitto import free_port
 from runtime.transport import MqttConfig
 from schemas import Topics
 from tests.reliability.app import GreedyReference
@@ -32,6 +38,10 @@ from tests.reliability.conftest import Models, build_models
 from tests.reliability.procs import EdgeProcess, EdgeSpec, VerifierProcess, VerifierSpec
 
 PROTOCOL = ("--mqtt-protocol", "3.1.1")
+SETTLE_S = 1.0  # the edges' --verifier-settle-s
+STATUS_EVERY_S = 1.0  # the verifiers' --status-every-s
+ON_V1, ON_V2, MOVER = "pi-0", "pi-4", "pi-2"  # MOVER: on v1, on v3 once v3 has joined
+DEVICES = (ON_V1, ON_V2, MOVER)
 
 
 def require_cluster_broker() -> None:
@@ -92,7 +102,8 @@ class ClusterStack:
             old.stop()
         spec = VerifierSpec(
             self.models.target, self.verifier_front.url, self.topics.prefix,
-            verifier_id=verifier_id, extra=(*PROTOCOL, *extra),
+            verifier_id=verifier_id,
+            extra=(*PROTOCOL, "--status-every-s", str(STATUS_EVERY_S), *extra),
         )  # fmt: skip
         spec = VerifierSpec(**{**spec.__dict__, **changes})  # type: ignore[arg-type]
         v = VerifierProcess(spec, self.logs)
@@ -102,7 +113,8 @@ class ClusterStack:
     def add_edge(self, device: str, *extra: str, **changes: object) -> EdgeProcess:
         spec = EdgeSpec(
             self.models.drafter, self.device_front.url, self.topics.prefix, device_id=device,
-            extra=(*PROTOCOL, *extra),
+            fallback_after=1_000_000,  # waits out a failover instead of finishing locally
+            extra=(*PROTOCOL, "--verifier-settle-s", str(SETTLE_S), *extra),
         )  # fmt: skip
         e = EdgeProcess(EdgeSpec(**{**spec.__dict__, **changes}), self.logs)  # type: ignore[arg-type]
         self.edges[device] = e
@@ -128,6 +140,18 @@ class ClusterStack:
                 restarted = True
         if restarted:
             await self.ready()
+            await asyncio.sleep(SETTLE_S + 0.5)  # a restarted verifier settles in the edges
+
+    def served(self, verifier: str, device: str) -> int:
+        """Sessions of ``device`` that ``verifier`` began (or took over after a resync),
+        in all its launches."""
+        events = self.verifiers[verifier].events("session.new")
+        return sum(e.get("device") == device for e in events)
+
+    def resyncs(self, verifier: str, device: str | None = None) -> int:
+        """``resync`` answers of ``verifier`` (to ``device``): it lacked a session."""
+        events = self.verifiers[verifier].events("verifier.reply")
+        return sum(e.get("code") == "resync" and device in (None, e.get("device")) for e in events)
 
     def stop(self) -> None:
         for proc in [*self.edges.values(), *self.verifiers.values()]:
@@ -136,7 +160,7 @@ class ClusterStack:
 
 @pytest.fixture(scope="package")
 def cl_stack(cl_models: Models, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterStack]:
-    """The system across the cluster: edges ``pi-1``, ``pi-2`` on A, verifier ``v1`` on B."""
+    """The system across the cluster: edges :data:`DEVICES` on A, verifiers v1, v2 on B."""
     require_cluster_broker()
     logs = tmp_path_factory.mktemp("cluster-logs")
     with AedesCluster.start(nodes=2) as c:
@@ -146,9 +170,11 @@ def cl_stack(cl_models: Models, tmp_path_factory: pytest.TempPathFactory) -> Ite
             cl_models, logs,
         )  # fmt: skip
         try:
-            s.add_verifier("v1", metrics_port=free_port())
-            for device in ("pi-1", "pi-2"):
-                s.add_edge(device, fallback_after=1_000_000)
+            s.add_verifier("v1")
+            s.add_verifier("v2")
+            asyncio.run(s.ready())  # verifiers first: the edges find both statuses retained
+            for device in DEVICES:
+                s.add_edge(device)
             asyncio.run(s.ready())
             yield s
         finally:

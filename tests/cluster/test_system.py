@@ -1,4 +1,4 @@
-"""The system across a two-node broker cluster: devices on node A, the verifier on node B.
+"""The system across a two-node broker cluster: devices on node A, the verifiers on node B.
 
 Real processes and real tiny models (``tests/reliability`` builds them); every final
 text is token-exact equal to the target's own greedy output
@@ -16,7 +16,7 @@ import pytest
 
 from runtime.transport import MqttTransport
 from schemas import ResultChunk
-from tests.cluster.conftest import ClusterStack
+from tests.cluster.conftest import DEVICES, ClusterStack
 from tests.reliability.app import GreedyReference, Stream, assert_lossless, stream_request
 
 pytestmark = [
@@ -45,7 +45,7 @@ async def healthy(cl_stack: ClusterStack) -> AsyncIterator[None]:
 async def test_devices_on_one_node_verifier_on_the_other(
     cl_stack: ClusterStack, cl_greedy: GreedyReference
 ) -> None:
-    """Two devices on node A generate at once; their drafts reach the verifier on B."""
+    """Three devices on node A generate at once; their drafts reach the verifiers on B."""
 
     async def one(device: str, prompt: str) -> Stream:
         async with MqttTransport(cl_stack.app_mqtt) as bus:  # one app connection each
@@ -53,10 +53,9 @@ async def test_devices_on_one_node_verifier_on_the_other(
                 bus, cl_stack.topics, device, prompt, max_new_tokens=MAX_NEW, request_id=rid()
             )
 
-    streams = await asyncio.gather(
-        *(one(device, prompt) for device, prompt in zip(cl_stack.edges, PROMPTS, strict=True))
-    )
-    for stream, prompt in zip(streams, PROMPTS, strict=True):
+    prompts = dict(zip(DEVICES, [*PROMPTS, *PROMPTS], strict=False))
+    streams = await asyncio.gather(*(one(device, prompt) for device, prompt in prompts.items()))
+    for stream, prompt in zip(streams, prompts.values(), strict=True):
         assert_lossless(stream, cl_greedy(prompt, MAX_NEW))
     a, b = cl_stack.cluster.nodes
     assert cl_stack.device_front.by_backend == {a.port: cl_stack.device_front.connections_total}
@@ -70,14 +69,14 @@ async def test_broker_node_killed_mid_generation(
     """SIGKILL one broker node mid-generation; its clients move to the other node.
 
     Sessions (subscriptions, queued QoS 1 messages) live in Redis, so the devices (or
-    the verifier) find theirs on the survivor; drafts or verdicts lost with the dead
+    the verifiers) find theirs on the survivor; drafts or verdicts lost with the dead
     node are sent again by the device's timeout and resend: no token lost or repeated.
     """
     node = cl_stack.cluster.nodes[victim]
     other = cl_stack.cluster.nodes[1 - victim]
     front = cl_stack.device_front if victim == 0 else cl_stack.verifier_front
     moved_before = front.by_backend.get(other.port, 0)
-    device, prompt = "pi-1", PROMPTS[0]
+    device, prompt = DEVICES[0], PROMPTS[0]
 
     async def crash(stream: Stream, chunk: ResultChunk) -> None:
         if len(stream.chunks) == FAULT_AFTER_CHUNKS:
