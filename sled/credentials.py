@@ -24,7 +24,8 @@ Roles (``{p}`` is the topic prefix, default ``sled/v1``):
 * everyone authenticated: read ``{p}/verifier/+/status`` (public, retained).
 
 Mosquitto 2.0 checks ``read`` on delivery and never checks a subscription (a device may
-join a ``$share`` group; with sticky assignment verifiers use none; broker/README.md). ``pattern`` lines apply to every
+join a ``$share`` group; sticky assignment uses none; broker/README.md). ``pattern``
+lines apply to every
 user, so usernames are unique across roles (checked here). ``--dynsec FILE`` also writes
 the dynamic-security plugin's JSON (:mod:`sled.dynsec`, which checks subscriptions);
 ``--ca DIR`` makes a test CA and the broker's TLS certificate (:mod:`sled.certs`).
