@@ -36,6 +36,19 @@ def at(node: object) -> tuple[str, int]:
     return node.host, node.port  # type: ignore[attr-defined]
 
 
+async def catch_up(node: object) -> None:
+    """Return once ``node`` has handled every cluster broadcast sent before this call.
+
+    A node learns other nodes' subscriptions from a broadcast over Redis pub/sub; a
+    marker it publishes comes back to it through Redis after all earlier broadcasts.
+    """
+    topic = f"t/{uid()}/marker"
+    async with MqttTransport(client_config(at(node))) as probe:
+        await probe.subscribe(topic)
+        await probe.publish(topic, b"marker")
+        assert (await next_message(probe)).payload == b"marker"
+
+
 async def test_retained_message_crosses_nodes(cluster: AedesCluster) -> None:
     a, b = cluster.nodes
     topic = f"t/{uid()}/status"
@@ -48,11 +61,16 @@ async def test_retained_message_crosses_nodes(cluster: AedesCluster) -> None:
 
 
 async def test_persistent_session_moves_to_the_other_node(cluster: AedesCluster) -> None:
-    """Subscribed on B, away, QoS 1 messages published on A queue; resumed on A: all there."""
+    """Subscribed on B, away, QoS 1 messages published on A queue; resumed on A: all there.
+
+    Node A queues for an offline session only once it knows the subscription, which it
+    learns from B's broadcast (docs/reliability.md): the test lets A catch up first.
+    """
     a, b = cluster.nodes
     topic, client_id = f"t/{uid()}/q", f"c-{uid()}"
     async with MqttTransport(client_config(at(b), client_id=client_id)) as sub:
         await sub.subscribe(topic)
+    await catch_up(a)
     async with MqttTransport(client_config(at(a))) as pub:
         for i in range(5):
             await pub.publish(topic, f"m{i}".encode())
