@@ -42,7 +42,7 @@ async def healthy(cl_stack: ClusterStack) -> AsyncIterator[None]:
     yield
 
 
-async def test_devices_on_one_node_verifier_on_the_other(
+async def test_devices_on_one_node_verifiers_on_the_other(
     cl_stack: ClusterStack, cl_greedy: GreedyReference
 ) -> None:
     """Three devices on node A generate at once; their drafts reach the verifiers on B."""
