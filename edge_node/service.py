@@ -228,16 +228,16 @@ class EdgeNode:
                     return
                 self._status_seen.set()
                 self.log.debug(
-                    "edge.verifier_status", verifier=status.verifier, online=status.online
+                    "edge.verifier_status", verifier=parsed.verifier, online=status.online
                 )
             now = self.clock()
             for session in self.assignment.observe(
                 parsed.verifier, status, now, retained=msg.retain
-            ):
-                # sessions that moved, or whose verifier came back, resend an overdue request
+            ):  # moved, or its verifier came back: an overdue request goes out again at once
                 inbox = self._inboxes.get(session)
-                if inbox is not None and status is not None:
-                    inbox.put_nowait(status)
+                mine = self.assignment.verifiers.get(self.assignment.pinned(session) or "", status)
+                if inbox is not None and mine is not None:
+                    inbox.put_nowait(mine)
         elif parsed.channel is Channel.REQ and parsed.device == self.device and self._serving:
             self._on_request(msg.payload)
 

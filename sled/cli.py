@@ -76,6 +76,10 @@ def _load(command: str) -> ModuleType:
             from bench import paper
 
             return paper
+        case "bench scaleout":
+            from bench import scaleout
+
+            return scaleout
     raise KeyError(command)
 
 
@@ -98,6 +102,7 @@ BENCHMARKS: dict[str, str] = {
     "bench drafter": "drafter decode-step latency (ONNX vs torch), local tokens/s",
     "bench verifier": "verifier forward pass and batching throughput",
     "bench paper": "reproduce the paper's evaluation: WSTGR, capacity, cost",
+    "bench scaleout": "throughput with 1, 2, 4 verifiers; sticky assignment vs $share",
 }
 
 

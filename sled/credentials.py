@@ -12,22 +12,19 @@ can add or remove users.
 
 Roles (``{p}`` is the topic prefix, default ``sled/v1``):
 
-* **device** (username = device id; ``pattern`` lines with ``%u``, so adding a device
-  needs no ACL change): write ``{p}/dev/%u/draft``, ``{p}/dev/%u/draft/+`` (to its
-  assigned verifier), ``{p}/dev/%u/out/+``, ``{p}/dev/%u/status``; read
+* **device** (username = device id; ``pattern`` lines with ``%u``): write
+  ``{p}/dev/%u/draft[/+]``, ``{p}/dev/%u/out/+``, ``{p}/dev/%u/status``; read
   ``{p}/dev/%u/verdict`` and ``{p}/dev/%u/req``.
-* **verifier** (a trusted server): read ``{p}/dev/+/draft`` (plain or
-  ``$share/<group>/…``), ``{p}/dev/+/draft/+`` (assigned drafts) and device statuses;
-  write ``{p}/dev/+/verdict`` and ``{p}/verifier/+/status`` (any verifier id: replicas of
-  ``docker compose --scale`` share one login and name themselves by host name).
+* **verifier** (trusted): read ``{p}/dev/+/draft`` (plain or ``$share/<group>/…``),
+  ``{p}/dev/+/draft/+`` (assigned) and device statuses; write ``{p}/dev/+/verdict`` and
+  ``{p}/verifier/+/status`` (``compose --scale`` replicas share a login, ids differ).
 * **app**: read ``{p}/dev/+/out/+`` and all statuses; write ``{p}/dev/+/req``.
 * everyone authenticated: read ``{p}/verifier/+/status`` (public, retained).
 
-Mosquitto 2.0 checks ``read`` on delivery and never checks a subscription (a device may
-join a ``$share`` group; sticky assignment uses none; broker/README.md). ``pattern``
-lines apply to every
-user, so usernames are unique across roles (checked here). ``--dynsec FILE`` also writes
-the dynamic-security plugin's JSON (:mod:`sled.dynsec`, which checks subscriptions);
+Mosquitto 2.0 checks ``read`` on delivery, never a subscription (a device may join a
+``$share`` group; sticky assignment uses none; broker/README.md). ``pattern`` lines apply
+to every user, so usernames are unique across roles (checked here). ``--dynsec FILE``
+also writes the dynamic-security plugin's JSON (:mod:`sled.dynsec`, which checks subscriptions);
 ``--ca DIR`` makes a test CA and the broker's TLS certificate (:mod:`sled.certs`).
 """
 

@@ -30,7 +30,9 @@ DEFAULT_TIMEOUT_S = 5.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--device", metavar="ID", help="check this edge node's status")
-    who.add_argument("--verifier", metavar="ID", help="check this verifier's status")
+    who.add_argument(
+        "--verifier", metavar="ID", help="check this verifier's status (auto: this host's name)"
+    )
     parser.add_argument(
         "--broker-url",
         default=os.environ.get("SLED_BROKER_URL", "mqtt://127.0.0.1:1883"),
@@ -71,7 +73,12 @@ async def check(args: argparse.Namespace) -> tuple[bool, str]:
     if args.device:
         topic, what = topics.device_status(args.device), f"device {args.device}"
     else:
-        topic, what = topics.verifier_status(args.verifier), f"verifier {args.verifier}"
+        verifier = args.verifier
+        if verifier == "auto":  # the verifier in this container (verifier_node.config)
+            from verifier_node.config import host_id
+
+            verifier = host_id()
+        topic, what = topics.verifier_status(verifier), f"verifier {verifier}"
     cfg = MqttConfig.from_url(
         args.broker_url,
         username=username,

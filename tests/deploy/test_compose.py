@@ -28,7 +28,7 @@ from tests.deploy.compose_model import (
     service_argv,
     service_dockerfile,
 )
-from verifier_node.config import VerifierConfig
+from verifier_node.config import VerifierConfig, host_id
 
 EDGE_VARS = {f"SLED_{f.name.upper()}" for f in dataclasses.fields(EdgeConfig)} | {"SLED_CONFIG"}
 VERIFIER_VARS = {f"SLED_{f.name.upper()}" for f in dataclasses.fields(VerifierConfig)}
@@ -217,13 +217,17 @@ def test_verifier_env_is_a_valid_verifier_config(
 ) -> None:
     users = auth_args(services)
     for name, service in by_role(services, "verifier").items():
-        cfg = VerifierConfig.load({}, env=node_env(service, VERIFIER_VARS))
-        assert cfg.verifier_id in users.verifier, name
+        env = node_env(service, VERIFIER_VARS)
+        cfg = VerifierConfig.load({}, env=env)
+        if env["SLED_VERIFIER_ID"] == "auto":  # replicas (--scale): one id per host name
+            assert cfg.verifier_id == host_id(), name
+        login = Path(service["environment"]["SLED_CONFIG"])
+        assert login.stem in users.verifier, name
         assert cfg.model_dir is not None
         model = host_path(service, cfg.model_dir, tmp_path)
         assert model is not None and (model / "config.json").is_file(), name
         assert (model / "tokenizer.json").is_file(), name
-        assert service["environment"]["SLED_CONFIG"] == f"{users.client_dir}/{cfg.verifier_id}.toml"
+        assert login.parent == Path(users.client_dir), name
         if cfg.metrics_port:
             assert any(str(p["target"]) == str(cfg.metrics_port) for p in service["ports"])
 

@@ -32,7 +32,7 @@ from urllib.parse import quote
 import pytest
 
 from runtime.transport import MqttConfig, MqttTransport
-from schemas import ResultFinal, Topics
+from schemas import ResultFinal, Topics, VerifierStatus, decode
 from sled.client import SledClient
 from tests.deploy.compose_model import COMPOSE_FILE, ROOT
 
@@ -147,12 +147,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free (one metrics port per verifier replica)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     project = f"sled-images-{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    broker_port, metrics_port = free_port(), free_port()
-    env.update(SLED_BROKER_HOST_PORT=str(broker_port), SLED_METRICS_HOST_PORT=str(metrics_port))
+    broker_port, metrics_port = free_port(), free_port_pair()
+    # a range: one host port per verifier replica (test_scale_to_two_verifiers)
+    env.update(
+        SLED_BROKER_HOST_PORT=str(broker_port),
+        SLED_METRICS_HOST_PORT=f"{metrics_port}-{metrics_port + 1}",
+    )
     bare = Stack(project, broker_port, metrics_port, env, ("", ""))
     try:
         start = time.monotonic()
@@ -234,10 +251,15 @@ def test_generate_through_compose_is_token_exact(stack: Stack, reference: list[i
 
 
 def test_verifier_metrics_endpoint_answers(stack: Stack) -> None:
-    url = f"http://127.0.0.1:{stack.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=30) as resp:
-        assert resp.status == 200
-        text = resp.read().decode()
+    text = ""
+    for port in (stack.metrics_port, stack.metrics_port + 1):  # Docker picks one of the range
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+                assert resp.status == 200
+                text = resp.read().decode()
+                break
+        except OSError:
+            continue
     drafted = [line for line in text.splitlines() if line.startswith("sled_verifier_draft_tokens")]
     assert drafted and float(drafted[0].split()[-1]) > 0, text[:2000]
 
@@ -256,6 +278,43 @@ def wait_online(stack: Stack, device: str, online: bool, timeout_s: float) -> No
             return
         assert time.monotonic() < deadline, f"{device} not {'on' if online else 'off'}line"
         time.sleep(3)
+
+
+def verifier_statuses(stack: Stack, listen_s: float = 5.0) -> dict[str, VerifierStatus]:
+    """The retained verifier statuses, as a device sees them."""
+
+    async def read() -> dict[str, VerifierStatus]:
+        out: dict[str, VerifierStatus] = {}
+        async with MqttTransport(stack.mqtt()) as bus:
+            await bus.subscribe(Topics("sled/v1").all_verifier_status())
+            deadline = time.monotonic() + listen_s
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    msg = await asyncio.wait_for(anext(bus.messages()), left)
+                except TimeoutError:
+                    break
+                status = decode(msg.payload, expect=VerifierStatus)
+                out[status.verifier] = status
+        return out
+
+    return asyncio.run(read())
+
+
+def test_scale_to_two_verifiers(stack: Stack, reference: list[int]) -> None:
+    """``docker compose up --scale verifier=2``: two replicas, each named by its host name,
+    both online with a capacity; every device's generation is token-exact on whichever
+    replica its sticky assignment picked."""
+    up = stack.compose(
+        "up", "-d", "--wait", "--no-build", "--scale", "verifier=2", timeout_s=UP_TIMEOUT_S
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    online = {v: s for v, s in verifier_statuses(stack).items() if s.online}
+    assert len(online) == 2, online
+    assert all(s.capacity > 0 and s.started_at_ns > 0 for s in online.values()), online
+    time.sleep(6)  # the edges' verifier_settle_s (5 s): the new replica takes new sessions
+    for device in ("pi-1", "pi-2", "jetson-1"):
+        final, printed = asyncio.run(generate_through_stack(stack, device))
+        check_lossless(final, printed, reference)
 
 
 def test_arm64_edge_under_qemu_is_token_exact(stack: Stack, reference: list[int]) -> None:

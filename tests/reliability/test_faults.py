@@ -66,7 +66,7 @@ async def test_duplicate_drafts_are_verified_once(stack: Stack, greedy: GreedyRe
     seqs: set[tuple[str, int]] = set()
 
     async with MqttTransport(stack.mqtt) as bus, MqttTransport(stack.mqtt) as dup:
-        await dup.subscribe(topic)
+        await dup.subscribe(f"{topic}/#")  # plain or assigned to its verifier: draft[/v1]
 
         async def duplicate() -> None:
             async for msg in dup.messages():
@@ -75,7 +75,7 @@ async def test_duplicate_drafts_are_verified_once(stack: Stack, greedy: GreedyRe
                 seen.add(msg.payload)
                 req = decode(msg.payload, expect=DraftRequest)
                 seqs.add((req.session, req.seq))
-                await dup.publish(topic, msg.payload)
+                await dup.publish(msg.topic, msg.payload)
 
         task = asyncio.create_task(duplicate(), name="duplicator")
         try:

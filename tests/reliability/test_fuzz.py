@@ -64,7 +64,7 @@ async def test_fuzzed_nodes_stay_up_and_a_device_stays_token_exact(
 
     async def sniff(bus: MqttTransport) -> None:
         """Learn the victim's live session ids, as any anonymous client could."""
-        await bus.subscribe(stack.topics.draft(victim))
+        await bus.subscribe(f"{stack.topics.draft(victim)}/#")  # plain or assigned
         async for msg in bus.messages():
             try:
                 req = decode(msg.payload, expect=DraftRequest)
