@@ -9,7 +9,8 @@
 #
 # Steps (each skipped when already done, so a second run goes straight to pytest):
 # the tools the tests call (mosquitto, mosquitto_passwd, mosquitto_sub, mosquitto_pub,
-# openssl, cloud-init) via apt-get when missing; the venv (.venv, or $VENV) with the
+# openssl, cloud-init) via apt-get when missing; the clustered test broker (redis-server,
+# nodejs, npm, aedes: scripts/install-cluster-broker.sh); the venv (.venv, or $VENV) with the
 # pinned CPU torch and the `edge`, `verifier` and `dev` extras; an edge-only venv without
 # torch ($SLED_EDGE_VENV, default /tmp/sled-edge-venv, rebuilt when the sources change);
 # under CI=true (or SLED_BUILD_IMAGES=1) the Docker images for the tests marked `images`
@@ -30,6 +31,9 @@ done
 step "system packages"
 ensure_tools mosquitto:mosquitto mosquitto_passwd:mosquitto mosquitto_sub:mosquitto-clients \
   mosquitto_pub:mosquitto-clients openssl:openssl cloud-init:cloud-init
+
+step "clustered test broker (tests/cluster: aedes nodes over Redis)"
+bash "$REPO/scripts/install-cluster-broker.sh"
 
 step "python environment"
 ensure_venv "edge,verifier,dev"
