@@ -13,11 +13,13 @@ Each field documents its unit; see ``sled edge --help`` for the list.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from edge_node.controller import CONTROLLERS
 from edge_node.policy import PolicyConfig
 from runtime.config import ConfigError, NodeConfig, check_config_id, doc, setting
 from runtime.config import add_config_arguments as _add_config_arguments
@@ -52,8 +54,14 @@ class EdgeConfig(NodeConfig):
         "longest prompt served, tokens (also at most the drafter's max_positions); a "
         "longer one ends at once with an error",
     )
+    controller: str = setting(
+        "threshold",
+        "how far to draft: threshold (draft while confidence >= --threshold) or adaptive "
+        "(learned acceptance vs measured drafting time, round trip and verifier load)",
+        choices=CONTROLLERS,
+    )
     threshold: float = setting(  # demo drafter-2l: 0.5 drafts almost nothing (see README)
-        0.1, "dynamic drafting: draft while next-token confidence >= this (0..1)"
+        0.1, "controller threshold: draft while next-token confidence >= this (0..1)"
     )
     max_draft: int = setting(8, "draft tokens per verification round (1..64)")
     async_drafting: bool = setting(True, "keep drafting while a verification is in flight")
@@ -68,6 +76,11 @@ class EdgeConfig(NodeConfig):
         "fallback: once local generation is complete, wait this long for a verifier to "
         "verify it before finishing with verification_expired, seconds",
     )
+    tpot_ms: float | None = setting(
+        None,
+        "latency objective sent to the verifier, milliseconds per generated token, when "
+        "a request names none; unset: the verifier's default",
+    )
     centralized_timeout_ms: float = setting(
         30000.0, "centralized mode: longest wait for the next tokens, milliseconds"
     )
@@ -80,6 +93,8 @@ class EdgeConfig(NodeConfig):
         NodeConfig.__post_init__(self)
         if self.threads < 1 or self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ConfigError("threads, max_new_tokens and max_prompt_tokens must be >= 1")
+        if self.tpot_ms is not None and not 0 < self.tpot_ms < math.inf:
+            raise ConfigError(f"tpot_ms must be finite and > 0, got {self.tpot_ms}")
         try:
             self.policy()
         except ValueError as exc:
@@ -89,6 +104,7 @@ class EdgeConfig(NodeConfig):
     def policy(self) -> PolicyConfig:
         return PolicyConfig(
             threshold=self.threshold,
+            controller=self.controller,
             max_draft=self.max_draft,
             async_drafting=self.async_drafting,
             timeout_floor_s=self.timeout_floor_ms / 1000,

@@ -5,14 +5,14 @@ Terms are those of :mod:`schemas` (context, draft, accepted, target token, commi
 committed context — sent or not yet sent, all in the drafter's KV cache — and
 *unverified* tokens are pending tokens released to the app during fallback.
 
-* **Dynamic drafting** (paper eq. 1, :func:`draft_stop`): draft while the drafter's
-  confidence in the next token (max probability after the warpers) is at least
-  ``threshold``, up to ``max_draft`` tokens; then request verification.
+* **Dynamic drafting** (:mod:`edge_node.controller`): draft up to ``max_draft`` tokens
+  while the next token's confidence is >= ``threshold`` (paper eq. 1) or, ``adaptive``,
+  while one more draft pays (learned acceptance vs measured costs); then send them.
 * **Asynchronous drafting**: while a request is in flight keep drafting past the sent
-  drafts as if all will be accepted (up to ``max_draft + 1`` extra: the first extra
-  guesses the target token, the rest are the next round's drafts). A verdict that
-  accepts all sent drafts and whose target token equals the first extra keeps the rest;
-  otherwise they are dropped (:meth:`SledSession.on_verdict` returns what stays).
+  drafts as if all will be accepted (as the controller allows, up to ``max_draft + 1``
+  extra: the first guesses the target token, the rest are the next round's drafts). A
+  verdict that accepts all sent drafts and whose target token equals the first extra
+  keeps the rest; otherwise they are dropped and counted as ``wasted``.
 * **Adaptive timeout** (:class:`RttEstimator`): ``multiplier x`` the round-trip EWMA,
   doubled per consecutive timeout, clamped to ``[floor, ceiling]``; RTT samples only
   from requests sent once (Karn's rule).
@@ -38,9 +38,17 @@ confidences, timer expiries and verdicts, and does what it returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from edge_node.controller import (
+    CONTROLLERS,
+    DraftFeatures,
+    SpeculationController,
+    StopReason,
+    draft_stop,
+)
+from edge_node.rtt import RttEstimator
 from schemas import DraftRequest, ErrorCode, SamplingParams, Verdict
 
 WIRE_MAX_DRAFT = 64  # schemas Limits.max_draft: draft tokens per request
@@ -50,7 +58,8 @@ WIRE_MAX_DRAFT = 64  # schemas Limits.max_draft: draft tokens per request
 class PolicyConfig:
     """Knobs of the drafting policy. Times are seconds."""
 
-    threshold: float = 0.1  # draft while next-token confidence >= this (0..1)
+    threshold: float = 0.1  # controller "threshold": draft while confidence >= this
+    controller: str = "threshold"  # how far to draft: "threshold" or "adaptive"
     max_draft: int = 8  # draft tokens per verification round
     async_drafting: bool = True  # keep drafting while a verification is in flight
     timeout_floor_s: float = 0.2  # shortest verification timeout
@@ -65,6 +74,8 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.controller not in CONTROLLERS:
+            raise ValueError(f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
         if not 1 <= self.max_draft <= WIRE_MAX_DRAFT:
             raise ValueError(f"max_draft must be in [1, {WIRE_MAX_DRAFT}], got {self.max_draft}")
         if not 0 < self.timeout_floor_s <= self.timeout_ceiling_s:
@@ -79,62 +90,15 @@ class PolicyConfig:
             )
 
 
-class StopReason(StrEnum):
-    """Why a round of drafting ended."""
-
-    THRESHOLD = "threshold"  # confidence fell below the threshold (eq. 1)
-    MAX_DRAFT = "max_draft"  # max_draft tokens drafted
-    EOS = "eos"  # the last draft is an end-of-sequence token
-    BUDGET = "budget"  # drafts already fill the remaining max_new_tokens
-    IN_FLIGHT = "in_flight"  # asynchronous drafting is off and a request is in flight
-    DONE = "done"
-
-
-def draft_stop(
-    confidence: float, num_drafted: int, *, threshold: float, max_draft: int
-) -> StopReason | None:
-    """Paper eq. 1: stop when ``num_drafted == max_draft`` or ``confidence < threshold``."""
-    if num_drafted >= max_draft:
-        return StopReason.MAX_DRAFT
-    if confidence < threshold:
-        return StopReason.THRESHOLD
-    return None
-
-
-class RttEstimator:
-    """Verification round trip as an EWMA; the adaptive timeout derived from it.
-
-    One per device (the link is shared by its sessions). Times are seconds.
-    """
-
-    def __init__(self, config: PolicyConfig) -> None:
-        self._config = config
-        self.ewma_s: float | None = None
-        self.samples = 0
-
-    def observe(self, rtt_s: float) -> None:
-        if rtt_s < 0:
-            return
-        alpha = self._config.rtt_alpha
-        self.ewma_s = rtt_s if self.ewma_s is None else (1 - alpha) * self.ewma_s + alpha * rtt_s
-        self.samples += 1
-
-    def timeout_s(self, failures: int = 0) -> float:
-        """``multiplier x EWMA x 2**failures`` in ``[floor, ceiling]``; ceiling if unknown."""
-        cfg = self._config
-        if self.ewma_s is None:
-            return cfg.timeout_ceiling_s
-        raw = cfg.timeout_multiplier * self.ewma_s * 2 ** min(failures, 16)
-        return min(cfg.timeout_ceiling_s, max(cfg.timeout_floor_s, raw))
-
-
 @dataclass(frozen=True, slots=True)
 class DraftToken:
-    """One pending draft token; ``q_ids``/``q_probs`` only when sampling."""
+    """One pending draft token; ``q_ids``/``q_probs`` only when sampling; ``features``:
+    what the drafter knew when drafting it (the adaptive controller learns from them)."""
 
     id: int
     q_ids: list[int] | None = None
     q_probs: list[float] | None = None
+    features: DraftFeatures | None = None
 
 
 @dataclass(slots=True)
@@ -191,6 +155,8 @@ class SledSession:
     config: PolicyConfig
     rtt: RttEstimator
     fingerprint: str | None = None
+    controller: SpeculationController | None = None  # the device's; None: made if adaptive
+    tpot_ms: float | None = None  # latency objective, ms per token (on opening requests)
     committed_ids: list[int] = field(default_factory=list)  # prompt + verified tokens
     pending: list[DraftToken] = field(default_factory=list)
     seq: int = 0
@@ -211,12 +177,18 @@ class SledSession:
     timeouts: int = 0
     resends: int = 0
     fallbacks: int = 0
+    wasted: int = 0  # drafts thrown away: rejected, or drafted ahead and not kept
+    _candidate: DraftFeatures | None = field(default=None, repr=False)  # should_draft's
 
     def __post_init__(self) -> None:
         if not self.prompt:
             raise ValueError("prompt must not be empty")
         if not self.committed_ids:
             self.committed_ids = list(self.prompt)
+        if self.config.controller != "adaptive":
+            self.controller = None
+        elif self.controller is None:
+            self.controller = SpeculationController()
 
     # -- views -------------------------------------------------------------------
     @property
@@ -259,23 +231,41 @@ class SledSession:
             return StopReason.BUDGET
         if self.fallback:
             return None  # local generation: no threshold
-        if self.outstanding is None:
-            return draft_stop(
-                confidence, len(self.pending), threshold=cfg.threshold, max_draft=cfg.max_draft
-            )
-        if not cfg.async_drafting:
+        o, ctl = self.outstanding, self.controller
+        if o is None:  # a round: up to max_draft drafts
+            drafted, limit = len(self.pending), cfg.max_draft
+        elif not cfg.async_drafting:
             return StopReason.IN_FLIGHT
-        extras = len(self.pending) - self.outstanding.num_drafts
-        if len(self.pending) >= WIRE_MAX_DRAFT:
+        elif len(self.pending) >= WIRE_MAX_DRAFT:
             return StopReason.MAX_DRAFT
-        return draft_stop(confidence, extras, threshold=cfg.threshold, max_draft=cfg.max_draft + 1)
+        else:  # ahead of the request in flight: up to max_draft + 1
+            drafted, limit = len(self.pending) - o.num_drafts, cfg.max_draft + 1
+        if ctl is None:
+            return draft_stop(confidence, drafted, threshold=cfg.threshold, max_draft=limit)
+        if drafted >= limit:
+            return StopReason.MAX_DRAFT
+        cand = self._candidate
+        if cand is None or cand.confidence != confidence:  # asked without should_draft
+            cand = DraftFeatures(confidence, position=len(self.pending))
+        feats = [t.features for t in self.pending]
+        if o is None:
+            return ctl.round_stop(feats, cand)
+        return ctl.ahead_stop(feats[: o.num_drafts], feats[o.num_drafts :], cand)
 
-    def should_draft(self, confidence: float) -> bool:
+    def should_draft(
+        self, confidence: float, entropy: float | None = None, margin: float | None = None
+    ) -> bool:
+        """Whether to draft the drafter's next token, which has these features (see
+        :class:`DraftFeatures`); :meth:`add_draft` then records them with the token."""
+        self._candidate = DraftFeatures(confidence, entropy, margin, len(self.pending))
         return self.stop_reason(confidence) is None
 
     def add_draft(self, token: DraftToken) -> None:
         if self.params.greedy != (token.q_ids is None):
             raise ValueError("q rows go with sampling drafts, and only with them")
+        cand, self._candidate = self._candidate, None
+        if token.features is None and cand is not None and cand.position == len(self.pending):
+            token = replace(token, features=cand)
         self.pending.append(token)
 
     # -- requests ------------------------------------------------------------------
@@ -320,6 +310,7 @@ class SledSession:
                 max_new_tokens=self.max_new_tokens,
                 params=self.params,
                 fingerprint=self.fingerprint,
+                tpot_ms=self.tpot_ms,
                 sent_at_ns=now_ns,
                 q_ids=q_ids,
                 q_probs=q_probs,
@@ -415,15 +406,21 @@ class SledSession:
             )
         x = verdict.token
         tokens = [*self.pending_ids[:a], x]
-        kept = self.pending[a + 1 :] if a < len(self.pending) and self.pending[a].id == x else []
+        hit = a < len(self.pending) and self.pending[a].id == x  # the next pending token is x
+        kept = self.pending[a + 1 :] if hit else []
         retract = self.released if self.fallback else 0
         rtt_s = now_s - o.last_sent_s if o.attempts == 1 else None
         if rtt_s is not None:
             self.rtt.observe(rtt_s)
+        if self.controller is not None:  # it learns which drafts were accepted
+            feats = [t.features for t in self.pending]
+            guess = self.pending[o.num_drafts].id if len(self.pending) > o.num_drafts else None
+            self.controller.on_verdict(verdict, feats, o.num_drafts, guess, rtt_s)
         self.drafted += o.num_drafts
         self.accepted += a
         self.rounds += 1
         self.committed_ids.extend(tokens)
+        self.wasted += 0 if hit else len(self.pending) - a
         self.pending = list(kept)
         self.seq += 1
         self.outstanding = None

@@ -3,7 +3,9 @@
 Terms: *logits* are the model's raw scores for the next token (``[vocab]``); the
 *truncated distribution* is what the drafter actually samples from; *q* is that
 distribution as sent on the wire (``DraftRequest.q_ids`` / ``q_probs``); the
-*confidence* of a step is the largest probability after the warpers (paper eq. 1).
+*confidence* of a step is the largest probability after the warpers (paper eq. 1);
+its *entropy* (nats) and *margin* (top-1 minus top-2 probability) are of the same
+distribution. The three feed the speculation controller (:mod:`edge_node.controller`).
 
 The warpers, in order (the Hugging Face ``generate`` order), each renormalizing:
 
@@ -23,7 +25,8 @@ sampling on the verifier stays exact (``min(1, p/q)`` with the real q).
 
 Greedy (``temperature == 0``) picks the argmax (lowest id among equal maxima, like
 ``torch.argmax``); q is one-hot on it and is not sent. Its confidence is the largest
-probability of the plain softmax (temperature 1, no truncation).
+probability of the plain softmax (temperature 1, no truncation), and its entropy and
+margin are those of that softmax too.
 
 A verifier mirror needs :func:`warp` (for the target's p it uses the same order and
 tie rule but no cap at K; the cap only concerns q).
@@ -52,12 +55,15 @@ class TruncatedDist:
 
     ``ids`` ``[n]`` int64 and ``probs`` ``[n]`` float64 (sums to 1, ``n <= 64``);
     ``confidence`` is the max probability after the warpers (== ``probs[0]`` when
-    sampling; the plain-softmax max for greedy, where ``ids``/``probs`` are one-hot).
+    sampling; the plain-softmax max for greedy, where ``ids``/``probs`` are one-hot);
+    ``entropy`` (nats) and ``margin`` (top-1 minus top-2) describe the same distribution.
     """
 
     ids: IntArray  # [n]
     probs: FloatArray  # [n]
     confidence: float
+    entropy: float = 0.0
+    margin: float = 1.0
 
     @property
     def top(self) -> int:
@@ -134,17 +140,32 @@ def warp(
         n_keep = max(1, int(np.count_nonzero(before < top_p)))
         ids, kept = ids[:n_keep], kept[:n_keep]
     q = kept / kept.sum()
-    return TruncatedDist(ids=ids, probs=q, confidence=float(q[0]))
+    entropy, margin = _entropy_margin(q, 0)
+    return TruncatedDist(ids=ids, probs=q, confidence=float(q[0]), entropy=entropy, margin=margin)
+
+
+def _entropy_margin(probs: FloatArray, top: int) -> tuple[float, float]:
+    """Entropy in nats, and top-1 minus top-2 probability, of ``probs`` ``[n]`` (sums to
+    1; ``top`` is the index of its maximum). Two passes over ``[n]``, no BLAS threads."""
+    entropy = max(0.0, -float((probs * np.log(np.maximum(probs, 1e-300))).sum()))
+    if probs.shape[0] < 2:
+        return entropy, float(probs[top])
+    rest = probs.copy()
+    rest[top] = -1.0
+    return entropy, float(probs[top] - rest.max())
 
 
 def greedy(logits: npt.ArrayLike) -> TruncatedDist:
     """Argmax as a one-hot distribution; confidence = max of the plain softmax."""
     probs = softmax(logits)  # [vocab]
     top = int(np.argmax(probs))
+    entropy, margin = _entropy_margin(probs, top)
     return TruncatedDist(
         ids=np.array([top], dtype=np.int64),
         probs=np.ones(1, dtype=np.float64),
         confidence=float(probs[top]),
+        entropy=entropy,
+        margin=margin,
     )
 
 

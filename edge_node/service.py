@@ -36,6 +36,7 @@ from typing import Any, Literal, Self, TypeVar
 import structlog
 
 from edge_node.config import EdgeConfig
+from edge_node.controller import SpeculationController
 from edge_node.drafter import Drafter, DrafterError
 from edge_node.errors import EdgeError, TokenizerMismatch
 from edge_node.modes import centralized, local, sled
@@ -93,6 +94,9 @@ class EdgeNode:
         self.device = config.device_id
         self.policy = config.policy()
         self.rtt = RttEstimator(self.policy)
+        self.controller = (  # learns from every session of this device
+            SpeculationController() if self.policy.controller == "adaptive" else None
+        )
         self._drafter = drafter
         self._transport = transport
         self.log = structlog.get_logger("edge_node").bind(device=self.device)
@@ -107,6 +111,7 @@ class EdgeNode:
         self._serving = False
         self._seen_requests: dict[str, None] = {}  # request ids served, oldest first
         self.verification_expired = 0  # generations that ended with text left unverified
+        self.drafts_wasted = 0  # SLED drafts thrown away (rejected, or ahead and dropped)
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -302,6 +307,7 @@ class EdgeNode:
         max_new_tokens: int | None = None,
         params: SamplingParams | None = None,
         mode: str | None = None,
+        tpot_ms: float | None = None,
         request_id: str | None = None,
         fmt: Format = "msgpack",
         publish: bool = True,
@@ -320,6 +326,7 @@ class EdgeNode:
             mode=mode or self.config.mode,
             format=fmt,
             sent_at_ns=time.time_ns(),
+            tpot_ms=tpot_ms,
         )
         try:
             req.check(DEFAULT_LIMITS)

@@ -82,6 +82,7 @@ class DraftRequest(Record):
         sent_at_ns: int = 0,
         q_ids: list[list[int]] | None = None,
         q_probs: list[list[float]] | None = None,
+        tpot_ms: float | None = None,
     ) -> DraftRequest:
         """A request with the full ``context`` (committed ids): a session's first, or a
         resend after ``resync``. ``start == len(context)``."""
@@ -98,6 +99,7 @@ class DraftRequest(Record):
             max_new_tokens=max_new_tokens,
             params=params,
             fingerprint=fingerprint,
+            tpot_ms=tpot_ms,
         )
 
     @classmethod

@@ -10,6 +10,7 @@ App-facing records use full field names so JSON readers (Node-RED,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -45,6 +46,7 @@ class GenerateRequest(Record):
     mode: str = "sled"
     format: str = "msgpack"
     sent_at_ns: int = 0
+    tpot_ms: float | None = None  # latency objective, ms per generated token
 
     def check(self, limits: Limits) -> None:
         check_ident("generate.request", self.request, limits)
@@ -65,6 +67,8 @@ class GenerateRequest(Record):
         check_choice("generate.format", self.format, FORMATS)
         self.params.check(limits)
         check_nonneg("generate.sent_at_ns", self.sent_at_ns)
+        if self.tpot_ms is not None and not 0 < self.tpot_ms < math.inf:
+            raise fail("generate.tpot_ms", f"must be finite and > 0, got {self.tpot_ms}")
 
 
 @dataclass(frozen=True, slots=True)

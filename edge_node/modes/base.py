@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from edge_node.config import EdgeConfig
+from edge_node.controller import SpeculationController
 from edge_node.drafter import Drafter
 from edge_node.policy import PolicyConfig, RttEstimator
 from edge_node.results import Result, ResultStream
@@ -41,10 +42,12 @@ class Node(Protocol):
     device: str
     policy: PolicyConfig
     rtt: RttEstimator
+    controller: SpeculationController | None  # the device's, when adaptive
     clock: Clock
     sleep: Sleep
     log: Any  # structlog logger bound to the device
     verification_expired: int  # generations that ended past the verification deadline
+    drafts_wasted: int  # drafts thrown away (rejected, or drafted ahead and dropped)
 
     @property
     def drafter(self) -> Drafter: ...

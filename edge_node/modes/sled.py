@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edge_node.drafter import Drafter, KVState, Logits
-from edge_node.modes.base import Incoming, Node, next_message
+from edge_node.modes.base import Clock, Incoming, Node, next_message
 from edge_node.policy import Commit, DraftToken, Event, SledSession
 from edge_node.results import Result, ResultStream
 from edge_node.sampling import distribution_for, sample
@@ -31,7 +31,8 @@ async def run(
         sess = SledSession(
             link.session, prompt_ids, req.max_new_tokens, req.params,  # the request's
             eos_ids=drafter.eos_ids, fingerprint=drafter.fingerprint,  # the drafter's
-            config=node.policy, rtt=node.rtt,  # the device's
+            config=node.policy, rtt=node.rtt, controller=node.controller,  # the device's
+            tpot_ms=req.tpot_ms or node.config.tpot_ms,
         )  # fmt: skip
         steps = SledSteps(sess)
         rng = np.random.default_rng(req.params.seed)
@@ -40,7 +41,7 @@ async def run(
             step = steps.next_step(node.clock(), stream.wall_ns())
             if isinstance(step, Draft):
                 logits, num_drafted = await node.compute(
-                    draft, drafter, sess, state, logits, rng, step.max_tokens
+                    draft, drafter, sess, state, logits, rng, step.max_tokens, node.clock
                 )
                 steps.drafted(num_drafted)
             elif isinstance(step, Send):
@@ -61,6 +62,7 @@ async def run(
                 yield stream.chunk(commit.tokens, verified=True, retract=commit.retract)
             else:
                 stream.count(drafted=sess.drafted, accepted=sess.accepted, rounds=sess.rounds)
+                node.drafts_wasted += sess.wasted
                 if step.expired:
                     node.verification_expired += 1
                     link.log.warning(
@@ -108,15 +110,18 @@ def draft(
     logits: Logits,  # [vocab], next-token logits after sess.sequence
     rng: np.random.Generator,
     max_tokens: int | None,
+    clock: Clock,
 ) -> tuple[Logits, int]:
     """Draft while the policy wants, at most ``max_tokens``: (next logits, number drafted).
 
-    Runs in the worker thread. Sampling drafts carry their truncated distribution q.
+    Runs in the worker thread. Sampling drafts carry their truncated distribution q. The
+    adaptive controller learns each token's drafting time (warpers + decode step).
     """
     num_drafted = 0
     while max_tokens is None or num_drafted < max_tokens:
+        began_s = clock()
         dist = distribution_for(logits, sess.params)
-        if not sess.should_draft(dist.confidence):
+        if not sess.should_draft(dist.confidence, dist.entropy, dist.margin):
             break
         tok = sample(dist, rng)
         if sess.params.greedy:
@@ -126,4 +131,6 @@ def draft(
             sess.add_draft(DraftToken(tok, q_ids, q_probs))
         logits = drafter.feed(state, [tok])
         num_drafted += 1
+        if sess.controller is not None:
+            sess.controller.observe_draft(clock() - began_s)
     return logits, num_drafted

@@ -171,6 +171,7 @@ def test_async_drafts_kept_when_all_accepted_and_target_matches() -> None:
     assert s.committed_ids == [*PROMPT, 21, 22, 23, 24]
     assert s.pending_ids == [25, 26]
     assert s.build_request(0.2).draft == [25, 26]
+    assert s.wasted == 0  # 24 became the target token, 25 26 stay
 
 
 @pytest.mark.parametrize(
@@ -188,6 +189,7 @@ def test_async_drafts_dropped_otherwise(accepted: int, token: int) -> None:
     out = s.on_verdict(verdict(s, accepted, token), 0.1)
     assert isinstance(out, Commit) and out.kept == 0 and s.pending == []
     assert s.committed_ids == [*PROMPT, *[21, 22, 23][:accepted], token]
+    assert s.wasted == 5 - accepted  # the rejected sent drafts and both drafted ahead
 
 
 def test_async_drafting_limit_and_switch_off() -> None:

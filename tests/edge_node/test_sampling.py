@@ -128,3 +128,29 @@ def test_a_tiny_temperature_splits_exact_ties() -> None:
 def test_a_temperature_that_is_not_finite_and_positive_is_refused(temperature: float) -> None:
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):
         warp(LOGITS, temperature=temperature)
+
+
+@pytest.mark.parametrize(
+    ("logits", "entropy", "margin"),
+    [
+        ([0.0, 0.0], math.log(2), 0.0),  # a coin: 1 bit, no margin
+        ([0.0, 0.0, 0.0, 0.0], math.log(4), 0.0),
+        ([math.log(3), 0.0], -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)), 0.5),
+        ([100.0, 0.0, 0.0], 0.0, 1.0),  # certain
+    ],
+)
+def test_greedy_entropy_and_margin_of_the_softmax(
+    logits: list[float], entropy: float, margin: float
+) -> None:
+    d = greedy(logits)
+    assert d.entropy == pytest.approx(entropy, abs=1e-9)
+    assert d.margin == pytest.approx(margin, abs=1e-9)
+
+
+def test_sampling_entropy_and_margin_are_of_q() -> None:
+    # top-k 2 keeps [0.5, 0.25] -> q = [2/3, 1/3]
+    d = warp(np.log([0.5, 0.25, 0.25]), temperature=1.0, top_k=2)
+    assert d.margin == pytest.approx(1 / 3)
+    assert d.entropy == pytest.approx(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)))
+    one = warp(np.log([0.9, 0.1]), temperature=1.0, top_p=0.5)  # one token left
+    assert one.entropy == 0.0 and one.margin == 1.0
