@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 from bench.cost import CostInputs
 from bench.profiles import PROFILES, DeviceProfile, ServerProfile
 from bench.sim import experiments as ex
+from bench.sim import limit as lim
+from bench.sim import regime
 from bench.sim.fleet import FleetConfig, FleetSession
 from bench.sim.oracle import OracleModel, build_oracle_target, oracle_params
 from bench.sim.progress import Progress
@@ -64,6 +65,10 @@ class PaperRun:
     max_batch: int
     skip: frozenset[str]
     quick: bool
+    dtype: str = "auto"  # the verifier's --dtype; resolved in run()
+    device: str = "auto"  # the verifier's --device
+    tpot_ms: float = 200.0  # paper regime: the devices' latency objective
+    paper_profile: str = "jetson"  # paper regime: device profile
     rec: ex.Recorder = field(default_factory=ex.Recorder)
 
     def _steps(self) -> int:
@@ -76,13 +81,20 @@ class PaperRun:
             n += len(p["thresholds"]) * len(p["threshold_devices"]) + len(PROFILES) + 2
         if "hf" not in self.skip:
             n += 1
+        if "regime" not in self.skip:
+            n += 2 + len(regime.CONFIGS) * regime.RegimeSpec().probes
         return n
 
     def run(self) -> dict[str, Any]:
         p = self.plan
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         prog = Progress(self._steps())
+        from verifier_node.runner import resolve_device, resolve_dtype
+
+        self.dtype = resolve_dtype(self.dtype, resolve_device(self.device))
         results: dict[str, Any] = {
+            "dtype": self.dtype,
+            "device": self.device,
             "quick": self.quick,
             "plan": p,
             "profile": {
@@ -118,6 +130,10 @@ class PaperRun:
                     self._oracle_experiments(mqtt, data, prog, results)
                 if "demo" not in self.skip and data.get("demo_traces"):
                     self._demo_experiments(mqtt, data, prog, results)
+                if "regime" not in self.skip:
+                    results["regime"] = regime.run(
+                        mqtt, data["regime"], self.rec, prog.tick, out=self.out, **self._where()
+                    )
             if "hf" not in self.skip and data.get("demo_traces"):
                 prog.tick("(f) HF assisted generation in-process")
                 results["hf"] = ex.hf_assisted(
@@ -184,7 +200,9 @@ class PaperRun:
             prog.tick("demo models missing")
             prog.tick("demo models missing")
         prog.tick("oracle target: build (random weights, seeded)")
-        spec = OracleModel()
+        # bf16: the planted target, whose greedy argmax survives bf16 (bench/sim/oracle.py)
+        bf16 = self.dtype != "float32"
+        spec = OracleModel(planted=True, weight_scale=1.0) if bf16 else OracleModel()
         oracle_dir = build_oracle_target(spec, tokenizer_json, self.cache_dir)
         results["oracle_params"] = oracle_params(oracle_dir)
         results["oracle_model"] = {
@@ -192,6 +210,7 @@ class PaperRun:
             "layers": spec.layers,
             "heads": spec.heads,
             "intermediate": spec.intermediate,
+            "planted": spec.planted,
         }
         prog.tick("reference: oracle target greedy output")
         orefs = greedy_reference(
@@ -218,6 +237,30 @@ class PaperRun:
             )
             for i, (pr, ref) in enumerate(zip(prompts, orefs, strict=True))
         ]
+        if "oracle" not in self.skip:
+            prog.tick("server-bound limit: verify / decode forward cost, B=16")
+            costs = lim.forward_costs(
+                oracle_dir,
+                batch=16,
+                ks=(2, 4, 6, 8),
+                context=max(len(x) for x in prompts) + p["max_new_tokens"] // 2,
+                dtype=self.dtype,
+                device=self.device,
+                threads=self.threads,
+            )
+            costs["k"] = lim.best_draft_length(self.alpha, costs["ratio"])
+            results["server_bound"] = costs
+        if "regime" not in self.skip:
+            prog.tick("paper regime: target, references, synthetic traces")
+            rspec = regime.RegimeSpec(
+                tpot_ms=self.tpot_ms, alpha=self.alpha, profile=PROFILES[self.paper_profile]
+            )
+            if not self.quick:
+                rspec = replace(rspec, probes=6, measure_s=15.0)
+            data["regime"] = regime.prepare(
+                tokenizer_json, prompts, rspec, self.cache_dir, self.threads, prog.note
+            )
+            results["regime_setup"] = data["regime"].setup()
         gc.collect()
         return data
 
@@ -246,9 +289,14 @@ class PaperRun:
             measure_s=self.plan["measure_s"],
         )
 
+    def _where(self) -> dict[str, Any]:
+        return {"threads": self.threads, "dtype": self.dtype, "device": self.device}
+
     def _verifier(
         self, model_dir: Path, mqtt: MqttConfig, topics: Topics, tag: str
     ) -> VerifierProcess:
+        # today's regime: the paper's dynamic batching (fifo, max_batch / max_wait)
+        settings = {"dtype": self.dtype, "device": self.device, "scheduler": "fifo"}
         return VerifierProcess(
             model_dir,
             mqtt,
@@ -256,6 +304,7 @@ class PaperRun:
             threads=self.threads,
             max_batch=self.max_batch,
             log_path=self.out / f"verifier-{tag}.log",
+            settings=settings,
         )
 
     def _oracle_experiments(
@@ -284,6 +333,7 @@ class PaperRun:
                 profile=self.profile.name,
                 max_draft=self.max_draft,
                 alpha=self.alpha,
+                instant_policy=DraftPolicy(results["server_bound"]["k"], 0.0),
             )
             results["wstgr"] = wc
             reuse = {(self.max_draft, 0.0, q["devices"]): q for q in wc["points"]["sled"]}
@@ -397,6 +447,3 @@ def _params(model_dir: Path) -> int | None:
         value = json.loads(metrics.read_text()).get("target", {}).get("params")
         return int(value) if value else None
     return None
-
-
-Tick = Callable[[str], None]

@@ -68,9 +68,13 @@ def measure(
     traces: Sequence[PromptTrace],
     cfg: FleetConfig,
     rec: Recorder,
+    *,
+    spans: bool = False,
     **labels: Any,
 ) -> dict[str, Any]:
-    """Run one fleet point against ``verifier`` and record it."""
+    """Run one fleet point against ``verifier`` and record it. ``spans``: also return
+    the sessions' spans and the window (keys ``_sessions``, ``_window``; the caller pops
+    them before the point is written out)."""
     cpu0, own0, t0 = verifier.cpu_seconds(), time.process_time(), time.monotonic()
     res = fleet.run(traces, cfg)
     wall = max(time.monotonic() - t0, 1e-9)
@@ -78,6 +82,8 @@ def measure(
     point = point_dict(res, util, **labels)
     point["driver_cpu_cores"] = (time.process_time() - own0) / wall
     point["idle_wait_s"] = verifier.wait_idle()
+    if spans:
+        point["_sessions"], point["_window"] = res.sessions, res.window
     rec.points.append(point)
     rec.violations.extend(res.violations)
     rec.errors.extend(res.errors)
@@ -109,9 +115,13 @@ def wstgr_and_capacity(
     rate_target: float,
     rec: Recorder,
     tick: Tick,
+    instant_policy: DraftPolicy | None = None,
     **labels: Any,
 ) -> dict[str, Any]:
-    """Experiments (a) and (b): WSTGR vs devices and capacity, SLED and centralized."""
+    """Experiments (a) and (b): WSTGR vs devices and capacity, SLED and centralized.
+
+    ``instant_policy``: the drafting policy of the server-bound points (devices drafting
+    instantly), default ``base.policy``."""
     out: dict[str, Any] = {"points": {}, "capacity": {}}
     for mode in ("sled", "centralized"):
         table: dict[int, list[float]] = {}
@@ -140,8 +150,12 @@ def wstgr_and_capacity(
             out["points"]["sled_instant"] = []
             for n in spec.instant_devices:
                 tick(f"(a) sled, instant drafting, {n} devices")
-                cfg = spec.timed(base, mode="sled", devices=n, draft_tokens_per_s=1e6)
-                p = measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **labels)
+                policy = instant_policy or base.policy
+                cfg = spec.timed(
+                    base, mode="sled", devices=n, draft_tokens_per_s=1e6, policy=policy
+                )
+                tags = {**labels, "max_draft": policy.max_draft}
+                p = measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **tags)
                 out["points"]["sled_instant"].append(p)
         out["capacity"][mode] = {
             "devices": cap.devices,
