@@ -1,0 +1,64 @@
+"""Goodput and SLO attainment of a point, capacity at the SLO (bench/sim/slo.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.sim.fleet import Span
+from bench.sim.regime import headline
+from bench.sim.slo import judge, session_tpot_ms, slo_capacity
+
+
+@pytest.mark.parametrize(
+    ("span", "window_end", "tpot"),
+    [
+        (Span(0.0, 2.0, 10, done=True), 5.0, 200.0),  # done: its own end
+        (Span(0.0, 2.0, 10, done=False), 5.0, 500.0),  # running: charged to the window end
+        (Span(1.0, 1.0, 0, done=False), 5.0, math.inf),  # nothing committed
+    ],
+)
+def test_session_tpot(span: Span, window_end: float, tpot: float) -> None:
+    assert session_tpot_ms(span, window_end) == pytest.approx(tpot)
+
+
+def test_goodput_counts_only_sessions_meeting_the_objective() -> None:
+    spans = [
+        Span(0.0, 10.0, 100, done=True),  # 100 ms/token: meets 200 ms
+        Span(0.0, 10.0, 20, done=True),  # 500 ms/token: misses
+        Span(20.0, 30.0, 50, done=True),  # after the window: not counted
+    ]
+    p = judge(spans, (0.0, 10.0), tpot_ms=200.0)
+    assert (p.sessions, p.met) == (2, 1)
+    assert p.attainment == pytest.approx(0.5)
+    assert p.goodput == pytest.approx(10.0)  # 100 tokens in 10 s
+    assert p.throughput == pytest.approx(12.0)
+
+
+def test_tokens_are_prorated_to_the_window() -> None:
+    p = judge([Span(5.0, 15.0, 100, done=True)], (0.0, 10.0), tpot_ms=200.0)
+    assert p.goodput == pytest.approx(5.0)  # half the session lies in the window
+
+
+def test_slo_capacity_interpolates_the_attainment_crossing() -> None:
+    cap = slo_capacity({2: 1.0, 4: 0.95, 8: 0.5})
+    assert cap.devices == 4
+    assert cap.interpolated == pytest.approx(4 + (0.95 - 0.9) / (0.95 - 0.5) * 4)
+    assert slo_capacity({2: 0.5}).interpolated == 0.0
+
+
+def test_regime_headline_ratios() -> None:
+    configs = {
+        "centralized": {"capacity": 4.0, "goodput": 20.0},
+        "sled_paper": {"capacity": 5.0, "goodput": 22.0},
+        "sled_full": {"capacity": 10.0, "goodput": 45.0},
+    }
+    head = headline({"configs": configs, "estimator_mape": 0.1})
+    assert head == {
+        "slo_capacity_ratio": 2.5,
+        "goodput_ratio": 2.25,
+        "capacity_ratio_vs_static": 2.0,
+        "estimator_mape": 0.1,
+    }
+    assert set(headline(None).values()) == {None}
