@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.sim import plots
+from bench.sim.report_regime import regime_section, server_bound_section
 from bench.sim.results import (
     CAPACITY_MODES,
     SWEEP_MODES,
@@ -71,6 +72,8 @@ def write_report(out: Path, results: Mapping[str, Any]) -> None:
         md += _profiles_live(r.profiles_live)
     if r.hf:
         md += _one_device(out, r)
+    md += server_bound_section(results)
+    md += regime_section(out, results)
     if r.errors:
         md += ["## Errors seen", "", *[f"* {e}" for e in r.errors[:MAX_LISTED]], ""]
     (out / "report.md").write_text("\n".join(md) + "\n")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from bench.sim.fleet import Span
 from bench.sim.regime import headline
+from bench.sim.report_regime import LABELS, regime_section, server_bound_section
 from bench.sim.slo import judge, session_tpot_ms, slo_capacity
 
 
@@ -62,3 +64,40 @@ def test_regime_headline_ratios() -> None:
         "estimator_mape": 0.1,
     }
     assert set(headline(None).values()) == {None}
+
+
+def test_the_report_renders_the_regime_and_the_limit(tmp_path: Path) -> None:
+    point = {"devices": 4, "goodput": 20.0, "tpot_p50_ms": 150.0, "acceptance_rate": 0.7}
+    point["slo_attainment"] = 0.95
+    configs = {
+        name: {"capacity": 4.0, "capacity_lower_bound": False, "goodput": 20.0, "points": [point]}
+        for name in LABELS
+    }
+    setup = {
+        "params": 411e6,
+        "hidden": 1024,
+        "layers": 24,
+        "tpot_ms": 200.0,
+        "profile": "jetson",
+        "draft_tokens_per_s": 40.0,
+        "alpha": 0.8,
+        "max_draft": 8,
+        "paper_threshold": 0.5,
+    }
+    results = {"regime": {"configs": configs}, "regime_setup": setup, "dtype": "bfloat16"}
+    md = regime_section(tmp_path, results)
+    assert sum(line.startswith("| SLED") for line in md) == 4
+    assert (tmp_path / "regime_goodput.png").is_file()
+    costs = {
+        "k": 4,
+        "ratio": {"2": 1.2, "4": 1.5},
+        "t_verify_ms": {"2": 12.0, "4": 15.0},
+        "t_decode_ms": 10.0,
+        "dtype": "bfloat16",
+        "device": "cpu",
+        "batch": 16,
+        "context": 40,
+        "repeats": 5,
+    }
+    md = server_bound_section({"server_bound": costs, "server_bound_limit_16": 2.2})
+    assert any("limit 2.20" in line for line in md)
