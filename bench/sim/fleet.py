@@ -1,9 +1,8 @@
 """A fleet of simulated devices driving a real verifier over a real MQTT broker.
 
-Each simulated device is one asyncio task; all of them share one MQTT connection (a
-single ``…/dev/+/verdict`` subscription, routed by device id by :class:`Router`), so
-the driver costs the machine a few percent of a core even with dozens of devices and
-the verifier keeps the CPU. Two kinds of device:
+Each simulated device is one asyncio task; all share one MQTT connection (one
+``…/dev/+/verdict`` subscription, routed by device id by :class:`Router`), so the driver
+costs a few percent of a core even with dozens of devices. Two kinds of device:
 
 * **SLED** — replays a :class:`~bench.sim.trace.PromptTrace` with
   :class:`~bench.sim.replay.ReplayDevice` at its profile's drafting speed. The
@@ -83,13 +82,14 @@ class DeviceStats:
 
 @dataclass(slots=True)
 class Span:
-    """One session's timing: started (request sent), last commit, tokens committed
-    (monotonic seconds); ``done`` when it reached the end of its reference."""
+    """One session's timing: started (request sent), last commit, tokens committed of
+    ``budget`` (its reference) (monotonic seconds); ``done`` when it reached the end."""
 
     start_s: float
     end_s: float
     tokens: int = 0
     done: bool = False
+    budget: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +185,7 @@ async def _sled_session(
         tpot_ms=cfg.tpot_ms,
     )
     dev.controller = replay.session.controller
-    span = Span(clock(), clock())
+    span = Span(clock(), clock(), budget=len(trace.reference))
     stats.sessions.append(span)
     while not replay.done and not stop.is_set():
         req = replay.next_request(clock())
@@ -254,7 +254,7 @@ async def _central_session(
         sent_at_ns=time.time_ns(),
     )
     sent = clock()
-    span = Span(sent, sent)
+    span = Span(sent, sent, budget=len(trace.reference))
     stats.sessions.append(span)
     await dev.send(req)
     got: list[int] = []

@@ -6,9 +6,10 @@ Terms (used the same way for SLED and centralized sessions):
   committed token - time its first request was sent) / tokens committed, so prefill,
   queueing and the network count, as a user sees them. Milliseconds.
 * a session **meets the SLO** when its TPOT is at most ``tpot_ms``. A session still
-  running when the window closes is judged on what it has committed by then (a session
-  that has committed nothing for longer than the objective allows is failing).
-* **SLO attainment** of a point: the fraction of the sessions that overlap the
+  running when the window closes is judged on its TPOT so far (up to its last commit);
+  one that has committed nothing yet is judged only once it is late for its whole
+  ``budget`` (window end - start > objective x budget: it has certainly missed).
+* **SLO attainment** of a point: the fraction of the judged sessions that overlap the
   measurement window and meet the SLO.
 * **goodput**: tokens committed inside the window by sessions that meet the SLO, per
   second of window (tokens/s). Throughput that misses the objective does not count.
@@ -34,6 +35,7 @@ class SpanLike(Protocol):
     end_s: float
     tokens: int
     done: bool
+    budget: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +54,13 @@ class SloPoint:
         return self.met / self.sessions if self.sessions else 0.0
 
 
-def session_tpot_ms(span: SpanLike, window_end_s: float) -> float:
+def session_tpot_ms(span: SpanLike, window_end_s: float, tpot_ms: float) -> float | None:
     """A session's TPOT, milliseconds (see module docstring); inf when it committed
-    nothing. A running session is charged up to ``window_end_s``."""
-    end = span.end_s if span.done else max(span.end_s, window_end_s)
+    nothing and is late for its whole budget, None when it cannot be judged yet."""
     if span.tokens <= 0:
-        return float("inf")
-    return (end - span.start_s) / span.tokens * 1e3
+        late = (window_end_s - span.start_s) * 1e3 > tpot_ms * max(span.budget, 1)
+        return float("inf") if late else None
+    return (span.end_s - span.start_s) / span.tokens * 1e3
 
 
 def judge(spans: Sequence[SpanLike], window: tuple[float, float], tpot_ms: float) -> SloPoint:
@@ -74,7 +76,9 @@ def judge(spans: Sequence[SpanLike], window: tuple[float, float], tpot_ms: float
     for s in spans:
         if s.start_s >= t1 or (s.done and s.end_s < t0):
             continue  # outside the window
-        tpot = session_tpot_ms(s, t1)
+        tpot = session_tpot_ms(s, t1, tpot_ms)
+        if tpot is None:
+            continue
         sessions += 1
         tpots.append(tpot)
         lo, hi = max(s.start_s, t0), min(max(s.end_s, s.start_s), t1)

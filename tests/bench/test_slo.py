@@ -14,15 +14,17 @@ from bench.sim.slo import judge, session_tpot_ms, slo_capacity
 
 
 @pytest.mark.parametrize(
-    ("span", "window_end", "tpot"),
+    ("span", "tpot"),
     [
-        (Span(0.0, 2.0, 10, done=True), 5.0, 200.0),  # done: its own end
-        (Span(0.0, 2.0, 10, done=False), 5.0, 500.0),  # running: charged to the window end
-        (Span(1.0, 1.0, 0, done=False), 5.0, math.inf),  # nothing committed
+        (Span(0.0, 2.0, 10, done=True), 200.0),  # done
+        (Span(0.0, 2.0, 10, done=False), 200.0),  # running: so far, to its last commit
+        (Span(4.0, 4.0, 0, done=False, budget=16), None),  # nothing yet, not late: not judged
+        (Span(1.0, 1.0, 0, done=False, budget=16), math.inf),  # 4 s > 16 x 200 ms: missed
     ],
 )
-def test_session_tpot(span: Span, window_end: float, tpot: float) -> None:
-    assert session_tpot_ms(span, window_end) == pytest.approx(tpot)
+def test_session_tpot(span: Span, tpot: float | None) -> None:
+    got = session_tpot_ms(span, 5.0, 200.0)
+    assert got == (None if tpot is None else pytest.approx(tpot))
 
 
 def test_goodput_counts_only_sessions_meeting_the_objective() -> None:
@@ -30,6 +32,7 @@ def test_goodput_counts_only_sessions_meeting_the_objective() -> None:
         Span(0.0, 10.0, 100, done=True),  # 100 ms/token: meets 200 ms
         Span(0.0, 10.0, 20, done=True),  # 500 ms/token: misses
         Span(20.0, 30.0, 50, done=True),  # after the window: not counted
+        Span(9.5, 9.5, 0, budget=16),  # just started: not judged
     ]
     p = judge(spans, (0.0, 10.0), tpot_ms=200.0)
     assert (p.sessions, p.met) == (2, 1)
