@@ -175,28 +175,29 @@ class Pacer:
     # -- start-up -----------------------------------------------------------------------
     def calibrate(self, engine: Engine) -> None:
         """Run the calibration rounds (:func:`~verifier_node.estimator.calibration_shapes`),
-        each twice (first with its prefill, then cached), and fit the estimator with them.
+        each twice (the first may prefill, the second is cached), and fit the estimator.
         Blocking: call it on the worker thread before serving."""
         t0 = time.perf_counter()
         rng = random.Random(0)
         vocab_size = int(getattr(engine.runner, "vocab_size", 2))
         positions = int(getattr(engine.runner, "max_positions", 2048))
         plan = calibration_shapes(self.config.max_batch, positions, max_draft=CALIBRATION_DRAFT)
-        keys: list[Hashable] = []
-        for i, (num_rows, context, draft) in enumerate(plan):
+        longest = max(context for _, context, _ in plan)
+        ids = [[rng.randrange(vocab_size) for _ in range(longest)] for _ in range(8)]
+        keys = [(CALIBRATION_KEY, b) for b in range(8)]  # row b: one growing context
+        for num_rows, context, draft in plan:
             rows = [
                 Row(
-                    key=(CALIBRATION_KEY, i, b),
-                    context=[rng.randrange(vocab_size) for _ in range(context)],
+                    key=keys[b],
+                    context=ids[b][:context],
                     draft=[rng.randrange(vocab_size) for _ in range(draft)],
                 )
                 for b in range(num_rows)
             ]
-            keys += [r.key for r in rows]
             for _ in range(2):
                 _, m = engine.run(rows)
                 self.estimator.observe(round_shape(rows, m), m.round_ms)
-        for key in keys:
+        for key in keys[: max(num_rows for num_rows, _, _ in plan)]:
             engine.release(key)
         log.info(
             "verifier.calibrated",

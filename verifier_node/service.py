@@ -155,6 +155,8 @@ class VerifierService:
             finally:
                 await self._say_status(online=False)
                 self._executor.shutdown(wait=False, cancel_futures=True)
+                est = self.pacer.estimator
+                log.info("verifier.stopped", rounds=self.batches, estimator_mape=est.mape())
 
     async def _say_status(self, *, online: bool) -> None:
         vocab, fp = self.limits.vocab_size or 0, self.fingerprint

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections import deque
 
 import pytest
 
@@ -51,6 +53,25 @@ def test_learns_a_linear_cost_online() -> None:
     assert est.predict_ms(s) == pytest.approx(cost_ms(s), rel=0.05)
 
 
+def test_error_stays_near_the_timing_noise() -> None:
+    """Calibration shapes, then 300 random rounds with 5 % lognormal timing noise: the
+    estimator's error is within 0.01 of the error of the noiseless truth itself."""
+    rng = random.Random(2)
+    est = Estimator()
+    for rows, context, draft in calibration_shapes(16, 2048):
+        for prefill in (context - 1, 0):
+            s = total([RoundShape.row(context, draft, prefill)] * rows)
+            est.observe(s, cost_ms(s) * math.exp(rng.gauss(0, 0.05)))
+    est.errors = deque(maxlen=300)  # measure served rounds only, as the verifier does
+    oracle = []
+    for _ in range(300):
+        s = random_round(rng)
+        actual = cost_ms(s) * math.exp(rng.gauss(0, 0.05))
+        oracle.append(abs(cost_ms(s) - actual) / actual)
+        est.observe(s, actual)
+    assert est.mape() < sum(oracle) / len(oracle) + 0.01
+
+
 def test_error_is_measured_before_learning() -> None:
     est = Estimator(prior_ms=(10.0, 0, 0, 0, 0, 0))  # predicts 10 ms for anything
     s = RoundShape.row(10, 1)
@@ -61,7 +82,7 @@ def test_error_is_measured_before_learning() -> None:
 
 def test_forgetting_follows_a_slower_machine() -> None:
     rng = random.Random(1)
-    forgets, remembers = Estimator(window=20), Estimator(window=20, forgetting=1.0)
+    forgets, remembers = Estimator(window=20), Estimator(window=20, drift=0.0)
     for i in range(200):
         s = random_round(rng)
         slow = 2.0 if i >= 100 else 1.0  # the machine is now twice as slow (another job)
@@ -92,5 +113,7 @@ def test_calibration_plan_fits_the_target(max_batch: int, positions: int) -> Non
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError):
         Estimator(forgetting=0.2)
+    with pytest.raises(ValueError):
+        Estimator(drift=-1.0)
     with pytest.raises(ValueError):
         Estimator(prior_ms=(1.0,))
