@@ -19,11 +19,12 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from edge_node.controller import CONTROLLERS
 from edge_node.policy import PolicyConfig
 from runtime.config import ConfigError, NodeConfig, check_config_id, doc, setting
 from runtime.config import add_config_arguments as _add_config_arguments
 from schemas import MODES
+
+DEFAULT_THRESHOLD = 0.1  # suits small drafters: their top probability is usually low
 
 if TYPE_CHECKING:
     from runtime.transport import MqttConfig
@@ -54,14 +55,16 @@ class EdgeConfig(NodeConfig):
         "longest prompt served, tokens (also at most the drafter's max_positions); a "
         "longer one ends at once with an error",
     )
-    controller: str = setting(
-        "threshold",
-        "how far to draft: threshold (draft while confidence >= --threshold) or adaptive "
-        "(learned acceptance vs measured drafting time, round trip and verifier load)",
-        choices=CONTROLLERS,
+    controller: str | None = setting(
+        None,
+        "how far to draft: adaptive (learned acceptance vs measured drafting time, round "
+        "trip and verifier load; no threshold) or threshold (paper eq. 1: while confidence "
+        ">= --threshold); unset: threshold if --threshold is set, else adaptive",
     )
-    threshold: float = setting(  # demo drafter-2l: 0.5 drafts almost nothing (see README)
-        0.1, "controller threshold: draft while next-token confidence >= this (0..1)"
+    threshold: float | None = setting(  # demo drafter-2l: 0.5 drafts almost nothing
+        None,
+        f"threshold controller: draft while next-token confidence >= this (0..1); "
+        f"default {DEFAULT_THRESHOLD}",
     )
     max_draft: int = setting(8, "draft tokens per verification round (1..64)")
     async_drafting: bool = setting(True, "keep drafting while a verification is in flight")
@@ -93,18 +96,25 @@ class EdgeConfig(NodeConfig):
         NodeConfig.__post_init__(self)
         if self.threads < 1 or self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ConfigError("threads, max_new_tokens and max_prompt_tokens must be >= 1")
-        if self.tpot_ms is not None and not 0 < self.tpot_ms < math.inf:
-            raise ConfigError(f"tpot_ms must be finite and > 0, got {self.tpot_ms}")
         try:
             self.policy()
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if self.tpot_ms is not None and not 0 < self.tpot_ms < math.inf:
+            raise ConfigError(f"tpot_ms must be finite and > 0, got {self.tpot_ms}")
 
     # -- derived records -------------------------------------------------------------
+    @property
+    def drafting_controller(self) -> str:
+        """``controller``, or its default: threshold when a threshold is set, else adaptive."""
+        if self.controller is not None:
+            return self.controller
+        return "adaptive" if self.threshold is None else "threshold"
+
     def policy(self) -> PolicyConfig:
         return PolicyConfig(
-            threshold=self.threshold,
-            controller=self.controller,
+            threshold=DEFAULT_THRESHOLD if self.threshold is None else self.threshold,
+            controller=self.drafting_controller,
             max_draft=self.max_draft,
             async_drafting=self.async_drafting,
             timeout_floor_s=self.timeout_floor_ms / 1000,

@@ -15,16 +15,24 @@ draft it. Two controllers:
   verdicts) gives ``p_j``, the probability that draft ``j`` is accepted given that the
   ones before it were. With ``P_j = p_1 ... p_j`` (all of the first ``j`` accepted), a
   round of ``k`` drafts commits ``A(k) = 1 + P_1 + ... + P_k`` tokens on average and
-  takes ``T(k) = k * draft_s + round_s`` seconds. One more draft raises the round's
+  costs ``T(k) = k * token_s + round_s`` seconds. One more draft raises the round's
   tokens per second ``A / T`` iff::
 
-      P_{k+1} * T(k) > draft_s * A(k)        # gain of one more token vs its cost
+      P_{k+1} * T(k) > token_s * A(k)        # gain of one more token vs its cost
 
-  ``round_s`` is the measured round trip (EWMA over verdicts) plus the round's cost to
-  the other devices on a busy verifier: ``verify_s * load / (1 - load)`` (an M/M/1
-  queue's wait per unit of service at busy fraction ``load``, the verdict's hint). So a
-  device drafts longer when the round trip is long or the verifier busy, and shorter
-  when the verifier is idle and near. A draft ahead is kept with probability
+  The costs are measured. The verifier's time for this device's rounds is fitted as
+  ``verify_fixed_s + verify_token_s * (drafts + 1)`` (:class:`VerifyCost`, from the
+  verdicts' ``verify_us``). With ``c = load / (1 - load)`` (an M/M/1 queue's wait per
+  unit of service at the busy fraction ``load``, the verdicts' hint: what this device's
+  work costs the others on a busy verifier)::
+
+      token_s = draft_s + verify_token_s * (1 + c)          # one more draft
+      round_s = rtt_s - verify_token_s * drafts + c * verify_fixed_s   # per round
+
+  with ``rtt_s`` the round trip's EWMA. So a device drafts longer when the round trip
+  is long or the verifier busy with fixed per-round costs (the paper's Fig. 5), shorter
+  when the verifier is idle and near, or when each verified token is what costs. A
+  draft ahead is kept with probability
   ``P_sent * p_guess * ...``; it is drafted while keeping it is at least as likely as
   wasting it, weighted: ``P_kept >= waste / (1 + waste)`` (``waste_weight`` 1: 0.5).
   Every round drafts at least ``min_drafts`` (1): a probe, so the predictor keeps
@@ -96,23 +104,19 @@ class DraftFeatures:
     margin: float | None = None
     position: int = 0
 
-    @property
-    def full(self) -> bool:
-        return self.entropy is not None and self.margin is not None
 
-
-def _logit(confidence: float) -> float:
-    c = min(1.0 - CONFIDENCE_CLIP, max(CONFIDENCE_CLIP, confidence))
-    return math.log(c / (1.0 - c))
+def _clip(value: float, low: float, high: float) -> float:
+    """``value`` in ``[low, high]``; a non-finite value (nan) counts as ``low``."""
+    return min(high, max(low, value)) if math.isfinite(value) else low
 
 
 def _vector(f: DraftFeatures) -> Vector:
     """``[1, logit(c), pos]`` (confidence-only) or ``[1, logit(c), pos, H, m]`` (full)."""
-    pos = min(f.position, 16) / 8.0
+    c = _clip(f.confidence, CONFIDENCE_CLIP, 1.0 - CONFIDENCE_CLIP)
+    head = [1.0, math.log(c / (1.0 - c)), min(max(f.position, 0), 16) / 8.0]
     if f.entropy is None or f.margin is None:
-        return np.array([1.0, _logit(f.confidence), pos])
-    entropy = min(max(f.entropy, 0.0), 10.0) / 5.0
-    return np.array([1.0, _logit(f.confidence), pos, entropy, min(max(f.margin, 0.0), 1.0)])
+        return np.array(head)
+    return np.array([*head, _clip(f.entropy, 0.0, 10.0) / 5.0, _clip(f.margin, 0.0, 1.0)])
 
 
 class AcceptancePredictor:
@@ -124,7 +128,7 @@ class AcceptancePredictor:
     (RMSProp: ``lr / sqrt(mean squared gradient)``), pulled gently towards the prior.
     """
 
-    def __init__(self, *, lr: float = 0.05, decay: float = 0.99, l2: float = 1e-4) -> None:
+    def __init__(self, *, lr: float = 0.1, decay: float = 0.99, l2: float = 1e-4) -> None:
         self.lr, self.decay, self.l2 = lr, decay, l2
         self.prior = {3: np.array([0.0, 1.0, 0.0]), 5: np.array([0.0, 1.0, 0.0, 0.0, 0.0])}
         self.weights = {n: w.copy() for n, w in self.prior.items()}
@@ -148,8 +152,9 @@ class AcceptancePredictor:
             grad = (p - y) * x + self.l2 * (w - self.prior[n])  # d(log loss)/dw
             sq = self.decay * self._sq[n] + (1 - self.decay) * grad * grad
             self._sq[n] = sq
+            rms = np.sqrt(sq / (1 - self.decay ** (self.updates + 1)))  # bias-corrected
             # a new array, assigned at once: a reader in another thread sees old or new
-            self.weights[n] = w - self.lr * grad / (np.sqrt(sq) + 1e-8)
+            self.weights[n] = w - self.lr * grad / (rms + 1e-8)
         self.updates += 1
 
     def learn(self, drafts: Sequence[DraftFeatures | None], accepted: int) -> None:
@@ -168,7 +173,7 @@ class ControllerConfig:
     min_drafts: int = 1  # drafts a round always has (a probe: keeps the predictor learning)
     waste_weight: float = 1.0  # cost of a wasted draft ahead / gain of a kept one
     alpha: float = 0.2  # weight of a new sample in the time and load EWMAs
-    lr: float = 0.05  # predictor step size
+    lr: float = 0.1  # predictor step size
 
     def __post_init__(self) -> None:
         if not self.prior_round_drafts > 0 or not self.waste_weight >= 0:
@@ -181,12 +186,49 @@ def _ewma(old: float | None, new: float, alpha: float) -> float:
     return new if old is None else (1 - alpha) * old + alpha * new
 
 
+class VerifyCost:
+    """The verifier's time for this device's rounds, ``fixed_s + token_s * tokens``
+    (``tokens``: drafts + 1), fitted online from EWMA moments of (tokens, verify time).
+
+    The slope is this device's marginal cost per verified token (other devices' rows in
+    the same batch land in the intercept). It shrinks towards 0 while the device's
+    round sizes hardly vary (``shrink``, tokens squared), so it starts as all fixed.
+    """
+
+    def __init__(self, alpha: float, shrink: float = 1.0) -> None:
+        self.alpha, self.shrink = alpha, shrink
+        self.samples = 0
+        self.mean_tokens = self.mean_s = self._var = self._cov = 0.0
+
+    def observe(self, tokens: int, verify_s: float) -> None:
+        if self.samples == 0:
+            self.mean_tokens, self.mean_s = float(tokens), verify_s
+        else:
+            a = self.alpha
+            dn, ds = tokens - self.mean_tokens, verify_s - self.mean_s
+            self.mean_tokens += a * dn
+            self.mean_s += a * ds
+            self._var = (1 - a) * (self._var + a * dn * dn)
+            self._cov = (1 - a) * (self._cov + a * dn * ds)
+        self.samples += 1
+
+    @property
+    def token_s(self) -> float:
+        return max(0.0, self._cov / (self._var + self.shrink))
+
+    @property
+    def fixed_s(self) -> float:
+        return max(0.0, self.mean_s - self.token_s * self.mean_tokens)
+
+
 class SpeculationController:
     """The adaptive controller of one device (see the module docstring).
 
-    The service feeds it drafting times (:meth:`observe_draft`) and each verdict's
-    timings and load (:meth:`observe_round`); the session feeds it the verdicts'
-    lessons (:meth:`learn`) and asks :meth:`round_stop` / :meth:`ahead_stop`.
+    The service feeds it drafting times (:meth:`observe_draft`); the sessions of the
+    device feed it each verdict (:meth:`on_verdict`: the lesson, timings and load) and
+    ask :meth:`round_stop` / :meth:`ahead_stop`. Drafting runs in a worker thread and
+    verdicts on the event loop: updates assign new numbers (and new weight arrays), so a
+    decision made meanwhile uses old or new estimates, never fails.
     """
 
     def __init__(self, config: ControllerConfig | None = None) -> None:
@@ -194,7 +236,7 @@ class SpeculationController:
         self.predictor = AcceptancePredictor(lr=self.config.lr)
         self.draft_s: float | None = None  # EWMA of one draft token's drafting time
         self.rtt_s: float | None = None  # EWMA of the round trip
-        self.verify_s: float | None = None  # EWMA of the verifier's verify time
+        self.verify = VerifyCost(self.config.alpha)  # the verifier's time for my rounds
         self.queue_s: float | None = None  # EWMA of the verifier's queue time
         self.load: float | None = None  # EWMA of the verifier's busy fraction (hint)
 
@@ -204,14 +246,21 @@ class SpeculationController:
             self.draft_s = _ewma(self.draft_s, seconds_per_token, self.config.alpha)
 
     def observe_round(
-        self, rtt_s: float | None, *, queue_us: int = 0, verify_us: int = 0, load: float = 0.0
+        self,
+        rtt_s: float | None,
+        *,
+        tokens: int = 1,
+        queue_us: int = 0,
+        verify_us: int = 0,
+        load: float = 0.0,
     ) -> None:
-        """A verdict came: its round trip (None: resent, not a sample) and server hints."""
+        """A verdict came for ``tokens`` (drafts + 1): its round trip (None: resent, not
+        a sample) and the server's hints."""
         a = self.config.alpha
         if rtt_s is not None and rtt_s >= 0 and math.isfinite(rtt_s):
             self.rtt_s = _ewma(self.rtt_s, rtt_s, a)
         if verify_us > 0:
-            self.verify_s = _ewma(self.verify_s, verify_us / 1e6, a)
+            self.verify.observe(tokens, verify_us / 1e6)
         if queue_us >= 0:
             self.queue_s = _ewma(self.queue_s, queue_us / 1e6, a)
         if math.isfinite(load):
@@ -241,12 +290,17 @@ class SpeculationController:
             self.learn(pending[: a if verdict.done else a + 1], a)
         else:
             self.learn(pending[: num_sent + 1], a + (guess is not None and guess == verdict.token))
-        load = verdict.load
-        self.observe_round(rtt_s, queue_us=verdict.queue_us, verify_us=verdict.verify_us, load=load)
+        self.observe_round(
+            rtt_s,
+            tokens=num_sent + 1,
+            queue_us=verdict.queue_us,
+            verify_us=verdict.verify_us,
+            load=verdict.load,
+        )
 
     # -- costs -------------------------------------------------------------------------
     def costs_s(self) -> tuple[float, float]:
-        """``(draft_s, round_s)``: one draft token's time, and a round's fixed cost."""
+        """``(token_s, round_s)``: one more draft's cost, and a round's fixed cost."""
         ratio = self.config.prior_round_drafts
         draft_s, rtt_s = self.draft_s, self.rtt_s
         if draft_s is None and rtt_s is None:
@@ -257,8 +311,11 @@ class SpeculationController:
         if rtt_s is None:
             rtt_s = ratio * draft_s
         load = min(self.load or 0.0, MAX_LOAD)
-        verify_s = self.verify_s or 0.0
-        return draft_s, rtt_s + verify_s * load / (1.0 - load)
+        c = load / (1.0 - load)
+        v = self.verify
+        token_s = draft_s + v.token_s * (1.0 + c)
+        own_s = v.token_s * max(0.0, v.mean_tokens - 1.0)  # my drafts' share of the rtt
+        return token_s, max(0.0, rtt_s - own_s) + c * (v.fixed_s + v.token_s)
 
     def p(self, f: DraftFeatures | None) -> float:
         """P(accepted | the drafts before it were); 1 for a token without features."""
@@ -270,18 +327,18 @@ class SpeculationController:
     ) -> StopReason | None:
         """Drafts of the round so far and the candidate: stop (PREDICTED) or None.
 
-        Draft the candidate iff ``P_{k+1} * T(k) > draft_s * A(k)`` (module docstring)
+        Draft the candidate iff ``P_{k+1} * T(k) > token_s * A(k)`` (module docstring)
         or the round has fewer than ``min_drafts``.
         """
         if len(drafts) < self.config.min_drafts:
             return None
-        draft_s, round_s = self.costs_s()
+        token_s, round_s = self.costs_s()
         prob, tokens = 1.0, 1.0  # P_k, A(k)
         for f in drafts:
             prob *= self.p(f)
             tokens += prob
-        gain = prob * self.p(candidate) * (len(drafts) * draft_s + round_s)
-        return None if gain > draft_s * tokens else StopReason.PREDICTED
+        gain = prob * self.p(candidate) * (len(drafts) * token_s + round_s)
+        return None if gain > token_s * tokens else StopReason.PREDICTED
 
     def ahead_stop(
         self,
@@ -300,12 +357,21 @@ class SpeculationController:
         w = self.config.waste_weight
         return None if kept * (1.0 + w) >= w else StopReason.PREDICTED
 
-    def snapshot(self) -> dict[str, float]:
-        """The measurements as plain numbers (for logs and benchmarks)."""
-        draft_s, round_s = self.costs_s()
+    def snapshot(self) -> dict[str, float | None]:
+        """The measurements and costs, milliseconds (None: not measured yet), for logs."""
+        token_s, round_s = self.costs_s()
+        measured = self.draft_s is not None or self.rtt_s is not None
+
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1e3, 3)
+
         return {
-            "draft_ms": draft_s * 1e3,
-            "round_ms": round_s * 1e3,
-            "load": self.load or 0.0,
+            "draft_ms": ms(self.draft_s),
+            "rtt_ms": ms(self.rtt_s),
+            "token_ms": ms(token_s if measured else None),
+            "round_ms": ms(round_s if measured else None),
+            "verify_token_ms": ms(self.verify.token_s),
+            "verify_fixed_ms": ms(self.verify.fixed_s),
+            "load": self.load,
             "updates": float(self.predictor.updates),
         }

@@ -155,7 +155,7 @@ class SledSession:
     config: PolicyConfig
     rtt: RttEstimator
     fingerprint: str | None = None
-    controller: SpeculationController | None = None  # the device's; None: made if adaptive
+    controller: SpeculationController | None = None  # adaptive only (None: a new one)
     tpot_ms: float | None = None  # latency objective, ms per token (on opening requests)
     committed_ids: list[int] = field(default_factory=list)  # prompt + verified tokens
     pending: list[DraftToken] = field(default_factory=list)

@@ -63,6 +63,9 @@ async def run(
             else:
                 stream.count(drafted=sess.drafted, accepted=sess.accepted, rounds=sess.rounds)
                 node.drafts_wasted += sess.wasted
+                if sess.controller is not None:
+                    link.log.debug("edge.controller", wasted=sess.wasted,
+                                   **sess.controller.snapshot())  # fmt: skip
                 if step.expired:
                     node.verification_expired += 1
                     link.log.warning(

@@ -12,7 +12,7 @@ from edge_node.drafter import Drafter
 from edge_node.service import EdgeNode
 from runtime.mosquitto import Mosquitto
 from runtime.transport import MqttConfig
-from schemas import Topics
+from schemas import SamplingParams, Topics
 from tests.edge_node.conftest import TinyDrafter
 from tests.verifier_node.helpers import greedy_truth, running_verifier
 from verifier_node.config import VerifierConfig
@@ -78,3 +78,33 @@ async def test_adaptive_controller_is_token_exact(
     assert node.controller is not None
     assert node.controller.predictor.updates >= sum(f.rounds for f in finals) - len(finals)
     assert node.controller.rtt_s is not None and node.controller.draft_s is not None
+
+
+async def test_adaptive_controller_with_sampling(
+    llama_int8: TinyDrafter, broker: Mosquitto, mqtt_config: MqttConfig, topics: Topics
+) -> None:
+    """Sampling drafts feed the controller their q's confidence, entropy and margin; the
+    session runs to its budget with every token verified."""
+    vcfg = VerifierConfig(
+        verifier_id=f"v-{uuid.uuid4().hex[:8]}",
+        broker_url=broker.url,
+        topic_prefix=topics.prefix,
+    )
+    ecfg = EdgeConfig(
+        device_id=f"pi-{uuid.uuid4().hex[:6]}",
+        broker_url=broker.url,
+        topic_prefix=topics.prefix,
+        status_wait_ms=200,
+    )
+    assert ecfg.policy().controller == "adaptive"  # the default
+    params = SamplingParams(temperature=0.8, top_k=50, seed=3)
+    async with (
+        running_verifier(vcfg, llama_int8.hf_dir, _transport),
+        EdgeNode(ecfg, drafter=Drafter(llama_int8.onnx_dir)) as node,
+    ):
+        final = await node.generate_text(
+            PROMPTS[0], max_new_tokens=MAX_NEW, params=params, publish=False
+        )
+    assert final.finish_reason in ("length", "stop"), final.error
+    assert final.unverified_tokens == 0 and final.verified_tokens == len(final.tokens) > 0
+    assert node.controller is not None and node.controller.predictor.updates > 0

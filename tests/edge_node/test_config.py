@@ -59,6 +59,11 @@ def test_config_file_from_env(tmp_path: Path) -> None:
         ({"SLED_VERIFY_DEADLINE_S": "-1"}, "verify_deadline_s"),
         ({"SLED_MAX_PROMPT_TOKENS": "0"}, "max_prompt_tokens"),
         ({"SLED_PASSWORD_FILE": "/nonexistent/sled.pw"}, "password_file /nonexistent"),
+        ({"SLED_CONTROLLER": "magic"}, "controller must be one of"),
+        ({"SLED_TPOT_MS": "0"}, "tpot_ms"),
+        ({"SLED_TPOT_MS": "-5"}, "tpot_ms"),
+        ({"SLED_TPOT_MS": "inf"}, "tpot_ms"),
+        ({"SLED_TPOT_MS": "nan"}, "tpot_ms"),
     ],
 )
 def test_bad_values_name_the_field(env: dict[str, str], message: str) -> None:
@@ -125,3 +130,24 @@ def test_password_file_keeps_the_password_off_the_command_line(tmp_path: Path) -
     secret.write_text("\n")
     with pytest.raises(ConfigError, match="empty"):
         EdgeConfig(device_id="pi-1", password_file=str(secret))
+
+
+@pytest.mark.parametrize(
+    ("settings", "controller", "threshold"),
+    [
+        ({}, "adaptive", 0.1),  # no hand-set threshold by default
+        ({"threshold": 0.3}, "threshold", 0.3),  # a threshold given: paper eq. 1 with it
+        ({"controller": "threshold"}, "threshold", 0.1),
+        ({"controller": "adaptive", "threshold": 0.3}, "adaptive", 0.3),
+    ],
+)
+def test_controller_default_follows_the_threshold(
+    settings: dict[str, object], controller: str, threshold: float
+) -> None:
+    policy = EdgeConfig(device_id="pi-1", **settings).policy()  # type: ignore[arg-type]
+    assert (policy.controller, policy.threshold) == (controller, threshold)
+
+
+def test_tpot_from_env() -> None:
+    cfg = EdgeConfig.load(env={"SLED_DEVICE_ID": "pi-1", "SLED_TPOT_MS": "80"})
+    assert cfg.tpot_ms == 80.0 and EdgeConfig(device_id="pi-1").tpot_ms is None

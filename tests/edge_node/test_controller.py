@@ -12,6 +12,7 @@ from edge_node.controller import (
     DraftFeatures,
     SpeculationController,
     StopReason,
+    VerifyCost,
 )
 from edge_node.policy import DraftToken, PolicyConfig, RttEstimator, SledSession
 from schemas import SamplingParams, Verdict
@@ -139,6 +140,31 @@ def test_longer_drafts_under_high_load() -> None:
     assert round_length(busy, 0.8) > round_length(idle, 0.8)
 
 
+def test_verify_cost_learns_its_per_token_slope() -> None:
+    v = VerifyCost(alpha=0.1)
+    v.observe(5, 0.020)
+    assert (v.token_s, v.fixed_s) == (0.0, 0.020)  # one size seen: all fixed
+    for i in range(400):
+        n = 2 + i % 8  # rounds of 1..8 drafts
+        v.observe(n, 0.010 + 0.002 * n)
+    # slope 2 ms a token, shrunk by var / (var + 1) with var ~ 5.25 tokens^2
+    assert 0.0015 < v.token_s < 0.0020
+    assert 0.010 < v.fixed_s < 0.013
+
+
+def test_shorter_drafts_when_each_verified_token_costs() -> None:
+    fixed = ctl(draft_ms=1.0, rtt_ms=40.0)
+    per_token = ctl(draft_ms=1.0, rtt_ms=40.0)
+    for i in range(400):
+        n = 2 + i % 8
+        per_token.observe_round(None, tokens=n, verify_us=2000 + 3000 * n)  # 3 ms a token
+    assert round_length(per_token, 0.8) < round_length(fixed, 0.8)
+    # and a busy verifier makes each token dearer still: shorter again
+    busy = ctl(draft_ms=1.0, rtt_ms=40.0)
+    busy.verify, busy.load = per_token.verify, 0.8
+    assert round_length(busy, 0.8) < round_length(per_token, 0.8)
+
+
 def test_works_before_anything_is_measured() -> None:
     c = SpeculationController()  # round trip = 4 draft tokens until measured
     assert round_length(c, 0.8) == 3
@@ -260,3 +286,13 @@ def test_verdict_teaches_the_first_draft_ahead() -> None:
     v = Verdict(session="s", seq=1, accepted=1, token=42, committed=10, done=True)
     c.on_verdict(v, [f, f, f], 3, None, None)  # the budget ended it: no rejection learned
     assert c.predictor.updates == 4
+
+
+def test_snapshot_says_what_is_not_measured_yet() -> None:
+    c = SpeculationController()
+    assert c.snapshot()["draft_ms"] is None and c.snapshot()["round_ms"] is None
+    c.observe_draft(0.002)
+    c.observe_round(0.030, tokens=3, verify_us=12_000, load=0.5)
+    snap = c.snapshot()
+    assert (snap["draft_ms"], snap["rtt_ms"], snap["load"]) == (2.0, 30.0, 0.5)
+    assert snap["round_ms"] == 30.0 + 12.0  # load 0.5: c = 1, all of the verify time fixed

@@ -483,6 +483,13 @@ CASES = [
         expect=GenerateRequest,
     ),
     Case(
+        "latency objective not positive",
+        pack({"k": "generate", "v": 1, "request": "r1", "prompt": "hi", "tpot_ms": 0}),
+        ErrorCode.BAD_FIELD,
+        ("generate.tpot_ms", "must be finite and > 0"),
+        expect=GenerateRequest,
+    ),
+    Case(
         "unknown finish reason",
         pack({"k": "final", "v": 1, "request": "r1", "finish_reason": "tired"}),
         ErrorCode.BAD_FIELD,
