@@ -81,11 +81,10 @@ def forward_costs(
     import torch
 
     from runtime.models import load_causal_lm
+    from verifier_node.runner import resolve_device
 
     model = load_causal_lm(model_dir, threads=threads)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device)
-    if device == "auto" and not torch.cuda.is_available():
-        dev = torch.device("cpu")
+    dev = resolve_device(device)
     model = model.to(device=dev, dtype=getattr(torch, dtype))
     vocab = int(model.config.vocab_size)
     gen = torch.Generator().manual_seed(0)

@@ -34,7 +34,7 @@ def test_the_best_draft_length_maximises_the_limit() -> None:
 def test_forward_costs_on_a_tiny_target(tmp_path: Path) -> None:
     model = save_tiny_llama(tmp_path / "m")
     costs = lim.forward_costs(
-        model, batch=2, ks=(1, 3), context=8, dtype="float32", device="cpu", threads=1, repeats=2
+        model, batch=2, ks=(1, 3), context=8, dtype="float32", device="auto", threads=1, repeats=2
     )
     assert set(costs["ratio"]) == {1, 3} and costs["t_decode_ms"] > 0
     assert all(lo <= hi for lo, hi in costs["spread"].values())
