@@ -85,7 +85,8 @@ def measure(
     if spans:
         point["_sessions"], point["_window"] = res.sessions, res.window
     rec.points.append(point)
-    rec.violations.extend(res.violations)
+    tag = "/".join(str(labels[k]) for k in ("experiment", "target", "config") if k in labels)
+    rec.violations.extend(f"[{tag}] {v}" for v in res.violations)
     rec.errors.extend(res.errors)
     return point
 
