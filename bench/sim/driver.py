@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cost import CostInputs
-from bench.profiles import PROFILES, DeviceProfile, ServerProfile
+from bench.profiles import PROFILES, DeviceProfile, ServerProfile, profile_doc
 from bench.sim import experiments as ex
 from bench.sim import limit as lim
 from bench.sim import regime
@@ -26,11 +26,13 @@ from bench.sim.oracle import OracleModel, build_oracle_target, oracle_params
 from bench.sim.progress import Progress
 from bench.sim.record import (
     PROMPTS,
+    demo_params,
     encode_prompts,
     ensure_onnx_drafter,
     eos_ids,
     greedy_reference,
     record_drafter_traces,
+    vocab_size,
 )
 from bench.sim.summary import summarise
 from bench.sim.trace import DraftPolicy, PromptTrace, oracle_trace
@@ -97,21 +99,8 @@ class PaperRun:
             "device": self.device,
             "quick": self.quick,
             "plan": p,
-            "profile": {
-                "name": self.profile.name,
-                "label": self.profile.label,
-                "draft_tokens_per_s": self.profile.draft_tokens_per_s,
-                "source": self.profile.source,
-            },
-            "profiles": {
-                k: {
-                    "draft_tokens_per_s": v.draft_tokens_per_s,
-                    "label": v.label,
-                    "source": v.source,
-                    "drafter": v.drafter,
-                }
-                for k, v in PROFILES.items()
-            },
+            "profile": {"name": self.profile.name, **profile_doc(self.profile)},
+            "profiles": {k: profile_doc(v) for k, v in PROFILES.items()},
             "rate_target": self.rate_target,
             "alpha": self.alpha,
             "max_draft": self.max_draft,
@@ -193,7 +182,7 @@ class PaperRun:
                 ]
                 speeds[name] = speed
             results["drafter_speed_here"] = speeds
-            results["demo_params"] = _params(self.models / "target")
+            results["demo_params"] = demo_params(self.models / "target")
         else:
             prog.note(f"demo models not found in {self.models}: skipping (c)-(f) demo parts")
             prog.tick("demo models missing")
@@ -221,7 +210,7 @@ class PaperRun:
             threads=self.threads,
             progress=prog.note,
         )
-        vocab = _vocab_size(oracle_dir)
+        vocab = vocab_size(oracle_dir)
         oracle_eos = frozenset(eos_ids(oracle_dir))
         data["oracle_dir"] = oracle_dir
         data["oracle_traces"] = [
@@ -293,10 +282,17 @@ class PaperRun:
         return {"threads": self.threads, "dtype": self.dtype, "device": self.device}
 
     def _verifier(
-        self, model_dir: Path, mqtt: MqttConfig, topics: Topics, tag: str, dtype: str = ""
+        self,
+        model_dir: Path,
+        mqtt: MqttConfig,
+        topics: Topics,
+        tag: str,
+        dtype: str = "",
+        max_wait_ms: float = 5.0,
     ) -> VerifierProcess:
         # today's regime: the paper's dynamic batching (fifo, max_batch / max_wait)
         settings = {"dtype": dtype or self.dtype, "device": self.device, "scheduler": "fifo"}
+        settings["max_wait_ms"] = f"{max_wait_ms:g}"
         return VerifierProcess(
             model_dir,
             mqtt,
@@ -315,7 +311,7 @@ class PaperRun:
         oracle_dir: Path = data["oracle_dir"]
         traces = data["oracle_traces"]
         base = self._base(oracle_dir, topics, DraftPolicy(self.max_draft, 0.0))
-        spec = self._spec()
+        spec = replace(self._spec(), instant_devices=())  # server-bound: own verifier below
         with (
             self._verifier(oracle_dir, mqtt, topics, "oracle") as vp,
             FleetSession(mqtt, topics) as fleet,
@@ -333,7 +329,6 @@ class PaperRun:
                 profile=self.profile.name,
                 max_draft=self.max_draft,
                 alpha=self.alpha,
-                instant_policy=DraftPolicy(results["server_bound"]["k"], 0.0),
             )
             results["wstgr"] = wc
             reuse = {(self.max_draft, 0.0, q["devices"]): q for q in wc["points"]["sled"]}
@@ -352,6 +347,26 @@ class PaperRun:
                 target="oracle",
                 profile=self.profile.name,
                 alpha=self.alpha,
+            )
+        # server-bound points: every device always waits, so a longer batching window
+        # fills the batches (it would stall centralized steps, hence a verifier of their own)
+        instant = Topics(prefix="bench/oracle-instant/sled/v1")
+        policy = DraftPolicy(results["server_bound"]["k"], 0.0)
+        with (
+            self._verifier(oracle_dir, mqtt, instant, "instant", max_wait_ms=40.0) as vp,
+            FleetSession(mqtt, instant) as fleet,
+        ):
+            wc["points"]["sled_instant"] = ex.instant_points(
+                vp,
+                fleet,
+                traces,
+                replace(base, topics=instant),
+                self._spec(),
+                policy,
+                self.rec,
+                prog.tick,
+                target="oracle",
+                profile=self.profile.name,
             )
         results["cost"] = ex.cost_table(wc, self.profile, self.server, CostInputs())
 
@@ -432,19 +447,3 @@ class PaperRun:
                 max_new_tokens=p["max_new_tokens"],
                 policy=DEMO_POLICY,
             )
-
-
-def _vocab_size(model_dir: Path) -> int:
-    import json
-
-    return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
-
-
-def _params(model_dir: Path) -> int | None:
-    import json
-
-    metrics = model_dir.parent / "metrics.json"
-    if metrics.is_file():
-        value = json.loads(metrics.read_text()).get("target", {}).get("params")
-        return int(value) if value else None
-    return None

@@ -167,6 +167,29 @@ def wstgr_and_capacity(
     return out
 
 
+def instant_points(
+    verifier: VerifierProcess,
+    fleet: FleetSession,
+    traces: Sequence[PromptTrace],
+    base: FleetConfig,
+    spec: SweepSpec,
+    policy: DraftPolicy,
+    rec: Recorder,
+    tick: Tick,
+    **labels: Any,
+) -> list[dict[str, Any]]:
+    """The server-bound points of (a): SLED devices drafting instantly with ``policy``."""
+    points = []
+    for n in spec.instant_devices:
+        tick(f"(a) sled, instant drafting, {n} devices")
+        cfg = spec.timed(base, mode="sled", devices=n, draft_tokens_per_s=1e6, policy=policy)
+        tags = {**labels, "max_draft": policy.max_draft}
+        points.append(
+            measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **tags)
+        )
+    return points
+
+
 def speculative_sweep(
     verifier: VerifierProcess,
     fleet: FleetSession,
