@@ -46,7 +46,8 @@ def server_bound_section(results: Mapping[str, Any]) -> list[str]:
         "## Server-bound limit",
         "",
         f"Devices drafting instantly, 16 devices, k = {k} (the k with the highest limit "
-        f"for the nominal alpha), dtype {costs['dtype']} on {costs['device']}. Plain forwards "
+        f"for the nominal alpha), batching window 40 ms, dtype {costs['dtype']} on "
+        f"{costs['device']}. Plain forwards "
         f"of the oracle target, B = {costs['batch']}, context {costs['context']}, "
         f"interleaved, median of {costs['repeats']}: decode step "
         f"{_f(costs['t_decode_ms'], 1)} ms.",
