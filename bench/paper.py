@@ -13,7 +13,10 @@ no CPU. Experiments:
 (c) speculative length / confidence threshold: per-device rate vs capacity;
 (d) cost per 1K tokens (paper eq. 2) with the Pareto front;
 (e) acceptance rate and mean accepted length per drafter, threshold and profile;
-(f) one device: SLED over MQTT vs Hugging Face assisted generation in one process.
+(f) one device: SLED over MQTT vs Hugging Face assisted generation in one process;
+(g) the paper regime: a ~411M-parameter bf16 target, goodput and capacity under a TPOT
+    objective for centralized, SLED as in the paper, SLED with the deadline scheduler
+    and the speculation controller, and each of those two alone (bench/sim/regime.py).
 
 Every run checks losslessness (committed tokens == the target's own greedy output);
 throughput from a run that was not lossless is withheld (``lossless: false``).
@@ -162,7 +165,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip",
         default="",
         help="comma-separated experiments to skip: oracle (a-c with the oracle target), "
-        "demo (c-e live with the demo target), hf (f), real (e and f on the real pair)",
+        "demo (c-e live with the demo target), hf (f), real (e and f on the real pair), "
+        "regime (g, the paper regime)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="the verifier's --dtype: auto (bfloat16 on CUDA and on CPUs with AMX or "
+        "AVX-512 BF16, else float32), float32, bfloat16, float16 (default auto)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="the verifier's --device: auto (CUDA when present), cpu, cuda, cuda:N",
+    )
+    parser.add_argument(
+        "--tpot-ms",
+        type=float,
+        default=200.0,
+        help="paper regime (g): every device's latency objective, ms per token (default 200)",
+    )
+    parser.add_argument(
+        "--paper-profile",
+        choices=sorted(PROFILES),
+        default="jetson",
+        help="paper regime (g): device profile of the fleet (default jetson)",
     )
 
 
@@ -189,7 +216,19 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    same = ("models", "rate_target", "alpha", "max_draft", "threads", "max_batch", "quick")
+    same = (
+        "models",
+        "rate_target",
+        "alpha",
+        "max_draft",
+        "threads",
+        "max_batch",
+        "quick",
+        "dtype",
+        "device",
+        "tpot_ms",
+        "paper_profile",
+    )
     paper = PaperRun(
         out=out,
         cache_dir=args.cache_dir or _default_cache(),

@@ -67,6 +67,16 @@ PROFILES: Final[dict[str, DeviceProfile]] = {p.name: p for p in (RPI_4B, RPI_5, 
 """Device profiles by name (``--profile`` values)."""
 
 
+def profile_doc(p: DeviceProfile) -> dict[str, object]:
+    """A profile as the benchmark's results document holds it."""
+    return {
+        "label": p.label,
+        "draft_tokens_per_s": p.draft_tokens_per_s,
+        "source": p.source,
+        "drafter": p.drafter,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ServerProfile:
     """The verifier machine, for the cost model. Price in US dollars, power in watts."""

@@ -1,10 +1,9 @@
 """The ``sled bench paper`` run: prepare models and traces, start processes, measure.
 
 Order: build/record everything that needs torch in this process first (references,
-ONNX exports, drafter traces, the oracle target), then start Mosquitto and one
-verifier subprocess per target and run the fleet points. Torch stays idle in this
-process during timing (except experiment (f)'s in-process HF run, done with no
-verifier busy).
+ONNX exports, drafter traces, the oracle target), then start Mosquitto and one verifier
+subprocess per target and run the fleet points. Torch stays idle in this process during
+timing (except experiment (f)'s in-process HF run, done with no verifier busy).
 """
 
 from __future__ import annotations
@@ -12,25 +11,28 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.cost import CostInputs
-from bench.profiles import PROFILES, DeviceProfile, ServerProfile
+from bench.profiles import PROFILES, DeviceProfile, ServerProfile, profile_doc
 from bench.sim import experiments as ex
+from bench.sim import limit as lim
+from bench.sim import regime
 from bench.sim.fleet import FleetConfig, FleetSession
 from bench.sim.oracle import OracleModel, build_oracle_target, oracle_params
 from bench.sim.progress import Progress
 from bench.sim.realpair import run_real_pair
 from bench.sim.record import (
     PROMPTS,
+    demo_params,
     encode_prompts,
     ensure_onnx_drafter,
     eos_ids,
     greedy_reference,
     record_drafter_traces,
+    vocab_size,
 )
 from bench.sim.summary import summarise
 from bench.sim.trace import DraftPolicy, PromptTrace, oracle_trace
@@ -65,6 +67,10 @@ class PaperRun:
     max_batch: int
     skip: frozenset[str]
     quick: bool
+    dtype: str = "auto"  # the verifier's --dtype; resolved in run()
+    device: str = "auto"  # the verifier's --device
+    tpot_ms: float = 200.0  # paper regime: the devices' latency objective
+    paper_profile: str = "jetson"  # paper regime: device profile
     rec: ex.Recorder = field(default_factory=ex.Recorder)
 
     def _steps(self) -> int:
@@ -75,32 +81,25 @@ class PaperRun:
             n += len(p["spec_lengths"]) * len(p["spec_devices"])
         if "demo" not in self.skip:
             n += len(p["thresholds"]) * len(p["threshold_devices"]) + len(PROFILES) + 2
-        if "hf" not in self.skip:
-            n += 1
+        n += int("hf" not in self.skip)
+        if "regime" not in self.skip:
+            n += 2 + len(regime.CONFIGS) * regime.RegimeSpec().probes
         return n
 
     def run(self) -> dict[str, Any]:
         p = self.plan
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         prog = Progress(self._steps())
+        from verifier_node.runner import resolve_device, resolve_dtype
+
+        self.dtype = resolve_dtype(self.dtype, resolve_device(self.device))
         results: dict[str, Any] = {
+            "dtype": self.dtype,
+            "device": self.device,
             "quick": self.quick,
             "plan": p,
-            "profile": {
-                "name": self.profile.name,
-                "label": self.profile.label,
-                "draft_tokens_per_s": self.profile.draft_tokens_per_s,
-                "source": self.profile.source,
-            },
-            "profiles": {
-                k: {
-                    "draft_tokens_per_s": v.draft_tokens_per_s,
-                    "label": v.label,
-                    "source": v.source,
-                    "drafter": v.drafter,
-                }
-                for k, v in PROFILES.items()
-            },
+            "profile": {"name": self.profile.name, **profile_doc(self.profile)},
+            "profiles": {k: profile_doc(v) for k, v in PROFILES.items()},
             "rate_target": self.rate_target,
             "alpha": self.alpha,
             "max_draft": self.max_draft,
@@ -120,14 +119,10 @@ class PaperRun:
                 if "demo" not in self.skip and data.get("demo_traces"):
                     self._demo_experiments(mqtt, data, prog, results)
                 if "real" not in self.skip:  # (e), (f) on the real pair: bench/sim/realpair.py
-                    results["real_pair"] = run_real_pair(
-                        mqtt,
-                        quick=self.quick,
-                        cache_dir=self.cache_dir,
-                        out=self.out,
-                        threads=self.threads,
-                        violations=self.rec.violations,
-                        note=prog.note,
+                    results["real_pair"] = run_real_pair(mqtt, self, prog.note)
+                if "regime" not in self.skip:
+                    results["regime"] = regime.run(
+                        mqtt, data["regime"], self.rec, prog.tick, out=self.out, **self._where()
                     )
             if "hf" not in self.skip and data.get("demo_traces"):
                 prog.tick("(f) HF assisted generation in-process")
@@ -188,14 +183,16 @@ class PaperRun:
                 ]
                 speeds[name] = speed
             results["drafter_speed_here"] = speeds
-            results["demo_params"] = _params(self.models / "target")
+            results["demo_params"] = demo_params(self.models / "target")
         else:
             prog.note(f"demo models not found in {self.models}: skipping (c)-(f) demo parts")
             prog.tick("demo models missing")
             prog.tick("demo models missing")
             prog.tick("demo models missing")
         prog.tick("oracle target: build (random weights, seeded)")
-        spec = OracleModel()
+        # bf16: the planted target, whose greedy argmax survives bf16 (bench/sim/oracle.py)
+        bf16 = self.dtype != "float32"
+        spec = OracleModel(planted=True, weight_scale=1.0) if bf16 else OracleModel()
         oracle_dir = build_oracle_target(spec, tokenizer_json, self.cache_dir)
         results["oracle_params"] = oracle_params(oracle_dir)
         results["oracle_model"] = {
@@ -203,6 +200,7 @@ class PaperRun:
             "layers": spec.layers,
             "heads": spec.heads,
             "intermediate": spec.intermediate,
+            "planted": spec.planted,
         }
         prog.tick("reference: oracle target greedy output")
         orefs = greedy_reference(
@@ -213,7 +211,7 @@ class PaperRun:
             threads=self.threads,
             progress=prog.note,
         )
-        vocab = _vocab_size(oracle_dir)
+        vocab = vocab_size(oracle_dir)
         oracle_eos = frozenset(eos_ids(oracle_dir))
         data["oracle_dir"] = oracle_dir
         data["oracle_traces"] = [
@@ -229,6 +227,30 @@ class PaperRun:
             )
             for i, (pr, ref) in enumerate(zip(prompts, orefs, strict=True))
         ]
+        if "oracle" not in self.skip:
+            prog.tick("server-bound limit: verify / decode forward cost, B=16")
+            costs = lim.forward_costs(
+                oracle_dir,
+                batch=16,
+                ks=(2, 4, 6, 8),
+                context=max(len(x) for x in prompts) + p["max_new_tokens"] // 2,
+                dtype=self.dtype,
+                device=self.device,
+                threads=self.threads,
+            )
+            costs["k"] = lim.best_draft_length(self.alpha, costs["ratio"])
+            results["server_bound"] = costs
+        if "regime" not in self.skip:
+            prog.tick("paper regime: target, references, synthetic traces")
+            rspec = regime.RegimeSpec(
+                tpot_ms=self.tpot_ms, alpha=self.alpha, profile=PROFILES[self.paper_profile]
+            )
+            if not self.quick:
+                rspec = replace(rspec, probes=6, measure_s=15.0)
+            data["regime"] = regime.prepare(
+                tokenizer_json, prompts, rspec, self.cache_dir, self.threads, prog.note
+            )
+            results["regime_setup"] = data["regime"].setup()
         gc.collect()
         return data
 
@@ -257,9 +279,21 @@ class PaperRun:
             measure_s=self.plan["measure_s"],
         )
 
+    def _where(self) -> dict[str, Any]:
+        return {"threads": self.threads, "dtype": self.dtype, "device": self.device}
+
     def _verifier(
-        self, model_dir: Path, mqtt: MqttConfig, topics: Topics, tag: str
+        self,
+        model_dir: Path,
+        mqtt: MqttConfig,
+        topics: Topics,
+        tag: str,
+        dtype: str = "",
+        max_wait_ms: float = 5.0,
     ) -> VerifierProcess:
+        # today's regime: the paper's dynamic batching (fifo, max_batch / max_wait)
+        settings = {"dtype": dtype or self.dtype, "device": self.device, "scheduler": "fifo"}
+        settings["max_wait_ms"] = f"{max_wait_ms:g}"
         return VerifierProcess(
             model_dir,
             mqtt,
@@ -267,6 +301,7 @@ class PaperRun:
             threads=self.threads,
             max_batch=self.max_batch,
             log_path=self.out / f"verifier-{tag}.log",
+            settings=settings,
         )
 
     def _oracle_experiments(
@@ -277,7 +312,7 @@ class PaperRun:
         oracle_dir: Path = data["oracle_dir"]
         traces = data["oracle_traces"]
         base = self._base(oracle_dir, topics, DraftPolicy(self.max_draft, 0.0))
-        spec = self._spec()
+        spec = replace(self._spec(), instant_devices=())  # server-bound: own verifier below
         with (
             self._verifier(oracle_dir, mqtt, topics, "oracle") as vp,
             FleetSession(mqtt, topics) as fleet,
@@ -314,6 +349,26 @@ class PaperRun:
                 profile=self.profile.name,
                 alpha=self.alpha,
             )
+        # server-bound points: every device always waits, so a longer batching window
+        # fills the batches (it would stall centralized steps, hence a verifier of their own)
+        instant = Topics(prefix="bench/oracle-instant/sled/v1")
+        policy = DraftPolicy(results["server_bound"]["k"], 0.0)
+        with (
+            self._verifier(oracle_dir, mqtt, instant, "instant", max_wait_ms=40.0) as vp,
+            FleetSession(mqtt, instant) as fleet,
+        ):
+            wc["points"]["sled_instant"] = ex.instant_points(
+                vp,
+                fleet,
+                traces,
+                replace(base, topics=instant),
+                self._spec(),
+                policy,
+                self.rec,
+                prog.tick,
+                target="oracle",
+                profile=self.profile.name,
+            )
         results["cost"] = ex.cost_table(wc, self.profile, self.server, CostInputs())
 
     def _demo_experiments(
@@ -329,7 +384,8 @@ class PaperRun:
         base = self._base(target, topics, DEMO_POLICY)
         spec = self._spec()
         with (
-            self._verifier(target, mqtt, topics, "demo") as vp,
+            # fp32: the trained demo target's near-ties flip in bf16 (docs/performance.md)
+            self._verifier(target, mqtt, topics, "demo", dtype="float32") as vp,
             FleetSession(mqtt, topics) as fleet,
         ):
             results["threshold"] = ex.speculative_sweep(
@@ -392,22 +448,3 @@ class PaperRun:
                 max_new_tokens=p["max_new_tokens"],
                 policy=DEMO_POLICY,
             )
-
-
-def _vocab_size(model_dir: Path) -> int:
-    import json
-
-    return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
-
-
-def _params(model_dir: Path) -> int | None:
-    import json
-
-    metrics = model_dir.parent / "metrics.json"
-    if metrics.is_file():
-        value = json.loads(metrics.read_text()).get("target", {}).get("params")
-        return int(value) if value else None
-    return None
-
-
-Tick = Callable[[str], None]

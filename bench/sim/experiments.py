@@ -68,9 +68,13 @@ def measure(
     traces: Sequence[PromptTrace],
     cfg: FleetConfig,
     rec: Recorder,
+    *,
+    spans: bool = False,
     **labels: Any,
 ) -> dict[str, Any]:
-    """Run one fleet point against ``verifier`` and record it."""
+    """Run one fleet point against ``verifier`` and record it. ``spans``: also return
+    the sessions' spans and the window (keys ``_sessions``, ``_window``; the caller pops
+    them before the point is written out)."""
     cpu0, own0, t0 = verifier.cpu_seconds(), time.process_time(), time.monotonic()
     res = fleet.run(traces, cfg)
     wall = max(time.monotonic() - t0, 1e-9)
@@ -78,8 +82,11 @@ def measure(
     point = point_dict(res, util, **labels)
     point["driver_cpu_cores"] = (time.process_time() - own0) / wall
     point["idle_wait_s"] = verifier.wait_idle()
+    if spans:
+        point["_sessions"], point["_window"] = res.sessions, res.window
     rec.points.append(point)
-    rec.violations.extend(res.violations)
+    tag = "/".join(str(labels[k]) for k in ("experiment", "target", "config") if k in labels)
+    rec.violations.extend(f"[{tag}] {v}" for v in res.violations)
     rec.errors.extend(res.errors)
     return point
 
@@ -109,9 +116,13 @@ def wstgr_and_capacity(
     rate_target: float,
     rec: Recorder,
     tick: Tick,
+    instant_policy: DraftPolicy | None = None,
     **labels: Any,
 ) -> dict[str, Any]:
-    """Experiments (a) and (b): WSTGR vs devices and capacity, SLED and centralized."""
+    """Experiments (a) and (b): WSTGR vs devices and capacity, SLED and centralized.
+
+    ``instant_policy``: the drafting policy of the server-bound points (devices drafting
+    instantly), default ``base.policy``."""
     out: dict[str, Any] = {"points": {}, "capacity": {}}
     for mode in ("sled", "centralized"):
         table: dict[int, list[float]] = {}
@@ -140,8 +151,12 @@ def wstgr_and_capacity(
             out["points"]["sled_instant"] = []
             for n in spec.instant_devices:
                 tick(f"(a) sled, instant drafting, {n} devices")
-                cfg = spec.timed(base, mode="sled", devices=n, draft_tokens_per_s=1e6)
-                p = measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **labels)
+                policy = instant_policy or base.policy
+                cfg = spec.timed(
+                    base, mode="sled", devices=n, draft_tokens_per_s=1e6, policy=policy
+                )
+                tags = {**labels, "max_draft": policy.max_draft}
+                p = measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **tags)
                 out["points"]["sled_instant"].append(p)
         out["capacity"][mode] = {
             "devices": cap.devices,
@@ -150,6 +165,29 @@ def wstgr_and_capacity(
             "table": {n: min(r) if r else 0.0 for n, r in sorted(table.items())},
         }
     return out
+
+
+def instant_points(
+    verifier: VerifierProcess,
+    fleet: FleetSession,
+    traces: Sequence[PromptTrace],
+    base: FleetConfig,
+    spec: SweepSpec,
+    policy: DraftPolicy,
+    rec: Recorder,
+    tick: Tick,
+    **labels: Any,
+) -> list[dict[str, Any]]:
+    """The server-bound points of (a): SLED devices drafting instantly with ``policy``."""
+    points = []
+    for n in spec.instant_devices:
+        tick(f"(a) sled, instant drafting, {n} devices")
+        cfg = spec.timed(base, mode="sled", devices=n, draft_tokens_per_s=1e6, policy=policy)
+        tags = {**labels, "max_draft": policy.max_draft}
+        points.append(
+            measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **tags)
+        )
+    return points
 
 
 def speculative_sweep(

@@ -1,9 +1,8 @@
 """A fleet of simulated devices driving a real verifier over a real MQTT broker.
 
-Each simulated device is one asyncio task; all of them share one MQTT connection (a
-single ``…/dev/+/verdict`` subscription, routed by device id by :class:`Router`), so
-the driver costs the machine a few percent of a core even with dozens of devices and
-the verifier keeps the CPU. Two kinds of device:
+Each simulated device is one asyncio task; all share one MQTT connection (one
+``…/dev/+/verdict`` subscription, routed by device id by :class:`Router`), so the driver
+costs a few percent of a core even with dozens of devices. Two kinds of device:
 
 * **SLED** — replays a :class:`~bench.sim.trace.PromptTrace` with
   :class:`~bench.sim.replay.ReplayDevice` at its profile's drafting speed. The
@@ -33,6 +32,7 @@ from typing import Literal
 from bench.sim.replay import Outcome, ReplayDevice, Request
 from bench.sim.router import Router, next_verdict, start_router, stop_task
 from bench.sim.trace import AcceptanceCounts, DraftPolicy, PromptTrace
+from edge_node.controller import SpeculationController
 from edge_node.policy import Event, PolicyConfig
 from runtime.stats import percentile
 from runtime.transport import MqttConfig, MqttTransport
@@ -60,6 +60,7 @@ class FleetConfig:
     max_sessions: int | None = None  # each device stops after this many sessions
     topics: Topics = field(default_factory=Topics)
     seed: int = 0
+    tpot_ms: float | None = None  # the devices' latency objective, ms per token (SLED)
 
 
 @dataclass
@@ -76,6 +77,19 @@ class DeviceStats:
     violations: list[str] = field(default_factory=list)
     sessions_done: int = 0
     verdicts: list[tuple[int, int]] = field(default_factory=list)  # (accepted, token), SLED
+    sessions: list[Span] = field(default_factory=list)  # one per session started
+
+
+@dataclass(slots=True)
+class Span:
+    """One session's timing: started (request sent), last commit, tokens committed of
+    ``budget`` (its reference) (monotonic seconds); ``done`` when it reached the end."""
+
+    start_s: float
+    end_s: float
+    tokens: int = 0
+    done: bool = False
+    budget: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +110,8 @@ class PointResult(AcceptanceCounts):
     violations: list[str]
     sessions_done: int
     verdicts: list[tuple[int, int]] = field(default_factory=list)  # device 0's, in order
+    sessions: list[Span] = field(default_factory=list)  # every device's
+    window: tuple[float, float] = (0.0, 0.0)  # measurement window, monotonic seconds
 
     @property
     def wstgr(self) -> float:
@@ -124,6 +140,7 @@ class _Device:
     bus: MqttTransport
     inbox: asyncio.Queue[Record]
     stats: DeviceStats
+    controller: SpeculationController | None = None  # kept across sessions, as a device does
 
     async def send(self, record: Record) -> None:
         await self.bus.publish(self.cfg.topics.draft(self.name), encode(record))
@@ -164,7 +181,12 @@ async def _sled_session(
         async_draft=cfg.async_draft,
         session=session,
         fingerprint=cfg.fingerprint,
+        controller=dev.controller,
+        tpot_ms=cfg.tpot_ms,
     )
+    dev.controller = replay.session.controller
+    span = Span(clock(), clock(), budget=len(trace.reference))
+    stats.sessions.append(span)
     while not replay.done and not stop.is_set():
         req = replay.next_request(clock())
         delay = req.send_at - clock()
@@ -181,12 +203,14 @@ async def _sled_session(
         if not out.lossless:
             return dev.fail(session, out.detail)
         stats.events.append((now, out.committed_tokens))
+        span.end_s, span.tokens = now, span.tokens + out.committed_tokens
         stats.verdicts.append((verdict.accepted, verdict.token))
         stats.rounds += 1
         stats.drafted += out.drafted
         stats.accepted += out.accepted
     if replay.done:
         stats.sessions_done += 1
+        span.done = True
     return True
 
 
@@ -230,6 +254,8 @@ async def _central_session(
         sent_at_ns=time.time_ns(),
     )
     sent = clock()
+    span = Span(sent, sent, budget=len(trace.reference))
+    stats.sessions.append(span)
     await dev.send(req)
     got: list[int] = []
     first = True
@@ -260,12 +286,14 @@ async def _central_session(
             )
         if new:
             stats.events.append((now, len(new)))
+            span.end_s, span.tokens = now, len(got)
         if rec.done:
             if got != trace.reference:
                 return dev.fail(
                     session, f"done after {len(got)} of {len(trace.reference)} reference tokens"
                 )
             stats.sessions_done += 1
+            span.done = True
             return True
 
 
@@ -342,6 +370,8 @@ def _result(
         violations=[v for s in stats for v in s.violations][:20],
         sessions_done=sum(s.sessions_done for s in stats),
         verdicts=stats[0].verdicts if stats else [],
+        sessions=[x for s in stats for x in s.sessions],
+        window=window,
     )
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.sim.trace import DraftPolicy, PromptTrace
 from runtime.transport import MqttConfig
@@ -53,18 +53,23 @@ class RealPlan:
         return cls(prompts=6, max_new_tokens=32) if quick else cls(prompts=30, max_new_tokens=64)
 
 
+class PaperRunLike(Protocol):
+    """What :func:`run_real_pair` reads of the paper run (bench.sim.driver.PaperRun)."""
+
+    quick: bool
+    cache_dir: Path
+    out: Path
+    threads: int
+    rec: Any  # bench.sim.experiments.Recorder: rec.violations collects lossless failures
+
+
 def run_real_pair(
-    mqtt: MqttConfig,
-    *,
-    quick: bool,
-    cache_dir: Path,
-    out: Path,
-    threads: int,
-    violations: list[str],
-    note: Callable[[str], None],
+    mqtt: MqttConfig, run: PaperRunLike, note: Callable[[str], None]
 ) -> dict[str, Any]:
     """Experiments (e) and (f) on the real pair; a violation of losslessness is appended
-    to ``violations``. Returns plain data (``report_lines`` renders it)."""
+    to ``run.rec.violations``. Returns plain data (``report_lines`` renders it)."""
+    quick, cache_dir, out, threads = run.quick, run.cache_dir, run.out, run.threads
+    violations: list[str] = run.rec.violations
     from bench.sim import experiments as ex
     from bench.sim.record import encode_prompts, greedy_reference, record_drafter_traces
     from bench.sim.verifier_proc import VerifierProcess

@@ -176,3 +176,17 @@ def record_drafter_traces(
         traces.append(PromptTrace(list(prompt), list(ref), chains, confs, max_new_tokens))
     speed = decode_steps / decode_s if decode_s > 0 else 0.0
     return traces, speed
+
+
+def vocab_size(model_dir: Path) -> int:
+    """The vocabulary size in a model folder's ``config.json``."""
+    return int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
+
+
+def demo_params(model_dir: Path) -> int | None:
+    """The demo target's parameter count from the demo folder's ``metrics.json``."""
+    metrics = Path(model_dir).parent / "metrics.json"
+    if metrics.is_file():
+        value = json.loads(metrics.read_text()).get("target", {}).get("params")
+        return int(value) if value else None
+    return None

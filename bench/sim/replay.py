@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, replace
 
 from bench.sim.trace import PromptTrace, draft_from, new_session
+from edge_node.controller import SpeculationController
 from edge_node.policy import Commit, Event, PolicyConfig, SledSession
 from schemas import DraftRequest, Verdict
 
@@ -67,15 +68,25 @@ class ReplayDevice:
         async_draft: bool,
         session: str = "replay",
         fingerprint: str | None = None,
+        controller: SpeculationController | None = None,
+        tpot_ms: float | None = None,
     ) -> None:
         if tokens_per_s <= 0:
             raise ValueError("tokens_per_s must be > 0")
         self.trace = trace
         self.policy = replace(policy, async_drafting=async_draft)
         self.tokens_per_s = tokens_per_s
+        self.tpot_ms = tpot_ms
         self.session: SledSession = new_session(
-            trace, self.policy, session=session, fingerprint=fingerprint
+            trace,
+            self.policy,
+            session=session,
+            fingerprint=fingerprint,
+            controller=controller,
+            tpot_ms=tpot_ms,
         )
+        if self.session.controller is not None:  # the device's drafting speed, as measured
+            self.session.controller.observe_draft(1.0 / tokens_per_s)
         self._violated = False
 
     @property
@@ -88,7 +99,13 @@ class ReplayDevice:
         """Start over with ``count`` reference tokens verified (a fresh session state)."""
         s = self.session
         self.session = new_session(
-            self.trace, self.policy, committed=count, session=s.session, fingerprint=s.fingerprint
+            self.trace,
+            self.policy,
+            committed=count,
+            session=s.session,
+            fingerprint=s.fingerprint,
+            controller=s.controller,
+            tpot_ms=self.tpot_ms,
         )
 
     @property

@@ -13,6 +13,7 @@ from typing import Any
 
 from bench.sim import plots
 from bench.sim.realpair import report_lines
+from bench.sim.report_regime import regime_section, server_bound_section
 from bench.sim.results import (
     CAPACITY_MODES,
     SWEEP_MODES,
@@ -73,6 +74,8 @@ def write_report(out: Path, results: Mapping[str, Any]) -> None:
     if r.hf:
         md += _one_device(out, r)
     md += report_lines(results.get("real_pair"))  # bench/sim/realpair.py
+    md += server_bound_section(results)
+    md += regime_section(out, results)
     if r.errors:
         md += ["## Errors seen", "", *[f"* {e}" for e in r.errors[:MAX_LISTED]], ""]
     (out / "report.md").write_text("\n".join(md) + "\n")

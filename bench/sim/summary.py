@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.sim import limit as lim
+from bench.sim import regime
 from bench.sim.experiments import Recorder
 from bench.sim.results import WstgrSweep
 
@@ -21,6 +23,8 @@ WITHHELD = (
     "sled_single",
     "sled_live",
     "points",
+    "regime",
+    "server_bound",
 )
 """Throughput results dropped from a run that was not lossless."""
 
@@ -62,6 +66,9 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
         "capacity_ratio": None,
         "hf_assisted_latency_ratio": None,
         "wstgr_ratio_16_server_bound": None,
+        "server_bound_ratio_16": None,
+        "server_bound_limit_16": None,
+        "server_bound_alpha": None,
     }
     if results.get("wstgr"):
         wc = WstgrSweep.from_dict(results["wstgr"])
@@ -71,12 +78,30 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
             head["wstgr_ratio_16"] = sled / central
         if instant is not None and central:
             head["wstgr_ratio_16_server_bound"] = instant / central
+            head["server_bound_ratio_16"] = instant / central
+        head.update(_limit(results, wc))
         cs = wc.capacity["sled"].interpolated
         cc = wc.capacity["centralized"].interpolated
         head["capacity_sled"] = cs
         head["capacity_centralized"] = cc
         head["capacity_ratio"] = cs / cc if cc else None
+    head.update(regime.headline(results.get("regime")))
     live, hf = results.get("sled_live"), results.get("hf")
     if live and hf:
         head["hf_assisted_latency_ratio"] = live["ms_per_token"] / hf["assisted"]["ms_per_token"]
     return head
+
+
+def _limit(results: dict[str, Any], wc: WstgrSweep) -> dict[str, float | None]:
+    """The server-bound limit E / (t_verify / t_decode) at 16 devices, with the alpha
+    measured in the server-bound point itself (:mod:`bench.sim.limit`)."""
+    costs = results.get("server_bound")
+    point = next((q for q in wc.points.get("sled_instant", ()) if q.devices == 16), None)
+    if not costs or point is None or point.mean_accepted <= 0:
+        return {}
+    k = int(costs["k"])
+    ratio = costs["ratio"].get(k, costs["ratio"].get(str(k)))
+    alpha = lim.alpha_from_mean(point.mean_accepted, k)
+    costs["alpha_measured"] = alpha
+    costs["expected_tokens"] = lim.expected_tokens(alpha, k)
+    return {"server_bound_limit_16": lim.limit(alpha, k, ratio), "server_bound_alpha": alpha}

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_node.controller import SpeculationController
 from edge_node.policy import DraftToken, PolicyConfig, RttEstimator, SledSession
 from runtime.stats import ratio
 from schemas import SamplingParams, Verdict
@@ -49,6 +50,9 @@ class PromptTrace:
     ``[M]`` (ends at EOS or at ``max_new_tokens``). ``chains[i]``: the drafter's greedy
     continuation ``[L]`` after ``prompt + reference[:i]``, for ``i`` in ``[0, M)``;
     ``confidences[i]`` ``[L]`` the max softmax probability of each chain token.
+    ``entropies[i]`` / ``margins[i]`` ``[L]``: the drafter's entropy (nats) and top-2
+    probability margin at each chain token, for the adaptive speculation controller;
+    empty in traces recorded before they existed (the controller then uses confidence).
     """
 
     prompt: list[int]
@@ -57,10 +61,15 @@ class PromptTrace:
     confidences: list[list[float]]
     max_new_tokens: int
     eos: list[int] = field(default_factory=list)
+    entropies: list[list[float]] = field(default_factory=list)
+    margins: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.prompt:
             raise ValueError("empty prompt")
+        for name, rows in (("entropies", self.entropies), ("margins", self.margins)):
+            if rows and len(rows) != len(self.reference):
+                raise ValueError(f"{len(rows)} {name} rows for {len(self.reference)} tokens")
         if len(self.chains) != len(self.reference) or len(self.confidences) != len(self.reference):
             raise ValueError(
                 f"{len(self.chains)} chains / {len(self.confidences)} confidence rows "
@@ -102,8 +111,13 @@ def new_session(
     committed: int = 0,
     session: str = "replay",
     fingerprint: str | None = None,
+    controller: SpeculationController | None = None,
+    tpot_ms: float | None = None,
 ) -> SledSession:
-    """The edge node's session state for ``trace``, ``committed`` reference tokens in."""
+    """The edge node's session state for ``trace``, ``committed`` reference tokens in.
+
+    ``controller``: the device's speculation controller (kept across its sessions, as
+    the edge node keeps it); None makes a fresh one when the policy is adaptive."""
     return SledSession(
         session=session,
         prompt=list(trace.prompt),
@@ -113,6 +127,8 @@ def new_session(
         config=policy,
         rtt=RttEstimator(policy),
         fingerprint=fingerprint,
+        controller=controller,
+        tpot_ms=tpot_ms,
         committed_ids=[*trace.prompt, *trace.reference[:committed]],
     )
 
@@ -125,12 +141,19 @@ def draft_from(trace: PromptTrace, session: SledSession, limit: int | None = Non
     (:meth:`SledSession.should_draft`) decides whether to draft it. At most ``limit``
     tokens (the time the device had), and never past the recorded chain.
     """
-    chain = trace.chains[session.generated] if session.generated < len(trace.chains) else []
-    confidences = trace.confidences[session.generated] if chain else []
+    i = session.generated
+    chain = trace.chains[i] if i < len(trace.chains) else []
+    confidences = trace.confidences[i] if chain else []
+    entropies = trace.entropies[i] if chain and trace.entropies else []
+    margins = trace.margins[i] if chain and trace.margins else []
     drafted = 0
     while limit is None or drafted < limit:
         j = len(session.pending)
-        if j >= len(chain) or not session.should_draft(confidences[j]):
+        if j >= len(chain):
+            break
+        entropy = entropies[j] if j < len(entropies) else None
+        margin = margins[j] if j < len(margins) else None
+        if not session.should_draft(confidences[j], entropy, margin):
             break
         session.add_draft(DraftToken(chain[j]))
         drafted += 1
@@ -243,7 +266,8 @@ def save_traces(path: Path, traces: list[PromptTrace], meta: dict[str, Any]) -> 
     rows = []
     for t in traces:
         row = asdict(t)
-        row["confidences"] = [[round(c, 5) for c in cs] for cs in t.confidences]
+        for name in ("confidences", "entropies", "margins"):
+            row[name] = [[round(c, 5) for c in cs] for cs in getattr(t, name)]
         rows.append(row)
     path.write_text(json.dumps({"meta": meta, "traces": rows}))
 

@@ -46,6 +46,7 @@ class VerifierProcess:
         max_batch: int = 32,
         extra_args: tuple[str, ...] = (),
         start_timeout_s: float = 180.0,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.mqtt = mqtt
@@ -55,6 +56,7 @@ class VerifierProcess:
         self.max_batch = max_batch
         self.extra_args = extra_args
         self.start_timeout_s = start_timeout_s
+        self.settings = dict(settings or {})  # more config fields: {"dtype": "bfloat16"}
         self.proc: subprocess.Popen[bytes] | None = None
         self.verifier_id = f"bench-{os.getpid()}"
 
@@ -71,6 +73,7 @@ class VerifierProcess:
             "SLED_VERIFIER_ID": self.verifier_id,
             "SLED_MAX_BATCH": str(self.max_batch),
             "SLED_LOG_LEVEL": "warning",
+            **{"SLED_" + name.upper(): value for name, value in self.settings.items()},
         }
 
     def __enter__(self) -> VerifierProcess:
@@ -134,6 +137,26 @@ class VerifierProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def metric_sum(self, name: str) -> float:
+        """Sum over labels of the Prometheus sample ``name`` (needs ``metrics_port`` in
+        ``settings``); 0.0 when the endpoint or the sample is missing."""
+        import urllib.request
+
+        port = self.settings.get("metrics_port")
+        if not port:
+            return 0.0
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            head, _, value = line.rpartition(" ")
+            if head.split("{", 1)[0] == name:
+                total += float(value)
+        return total
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the verifier process so far, seconds."""

@@ -40,3 +40,18 @@ def test_a_lossy_live_run_withholds_throughput() -> None:
     assert r["violations"] == ["live edge node output differs from the target's greedy"]
     assert not any(key in r for key in WITHHELD)
     assert r["capacity_ratio"] is None and r["wstgr_ratio_16"] is None
+
+
+def test_server_bound_limit_from_the_same_run() -> None:
+    from bench.sim.limit import alpha_from_mean, expected_tokens
+
+    r = fresh()
+    r["server_bound"] = {"k": 4, "ratio": {"2": 1.2, "4": 1.5}}
+    mean_accepted = r["wstgr"]["points"]["sled_instant"][0]["mean_accepted"]
+    summarise(r, Recorder())
+    alpha = alpha_from_mean(mean_accepted, 4)
+    assert r["server_bound_ratio_16"] == pytest.approx(200.0 / 70.0)
+    assert r["server_bound_alpha"] == pytest.approx(alpha)
+    assert r["server_bound_limit_16"] == pytest.approx(expected_tokens(alpha, 4) / 1.5)
+    for key in ("slo_capacity_ratio", "goodput_ratio", "capacity_ratio_vs_static"):
+        assert key in r and r[key] is None  # no paper regime in this run
