@@ -43,29 +43,12 @@ PROMPTS = [
 ]
 
 
-def target_greedy(target: Path, prompts: list[list[int]], max_new: int) -> list[list[int]]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(target)
-    out = []
-    with torch.inference_mode():
-        for p in prompts:
-            ids = model.generate(
-                torch.tensor([p]),
-                attention_mask=torch.ones(1, len(p), dtype=torch.int64),
-                max_new_tokens=max_new,
-                do_sample=False,
-            )
-            out.append(ids[0, len(p) :].tolist())
-    return out
-
-
 async def run(num_prompts: int, max_new: int, drafter_dir: Path, devices: int) -> dict[str, Any]:
+    from bench.sim.record import greedy_continuation
     from edge_node.config import EdgeConfig
     from edge_node.drafter import Drafter
     from edge_node.service import EdgeNode
+    from runtime.models import eos_ids, load_causal_lm
     from runtime.mosquitto import Mosquitto
     from verifier_node.config import VerifierConfig
     from verifier_node.service import serve
@@ -74,7 +57,9 @@ async def run(num_prompts: int, max_new: int, drafter_dir: Path, devices: int) -
     drafter = Drafter(drafter_dir)
     texts = (PROMPTS * 4)[:num_prompts]
     prompts = [drafter.encode(t) for t in texts]
-    truth = target_greedy(target, prompts, max_new)
+    model = load_causal_lm(target, threads=1)  # the target alone, greedy, stops after EOS
+    eos = eos_ids(target)
+    truth = [greedy_continuation(model, p, max_new, eos) for p in prompts]
     controllers = ("threshold", "adaptive")
     totals: dict[str, dict[str, float]] = {
         c: dict.fromkeys(("rounds", "drafted", "accepted", "tokens", "wall_s", "exact"), 0.0)
