@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 
-from bench.sim.trace import PromptTrace
+from bench.sim.trace import PromptTrace, oracle_token
 
 CONCENTRATION = 4.0
 NOISE = 0.08
@@ -70,12 +70,7 @@ def synthetic_trace(
         for j in range(chain_len):
             true = reference[i + j] if i + j < len(reference) else None
             q = rng.betavariate(a, b)
-            if true is not None and rng.random() < q:
-                tok = true
-            else:
-                tok = rng.randrange(vocab_size)
-                while tok == true or tok in avoid:
-                    tok = rng.randrange(vocab_size)
+            tok = oracle_token(rng, true, q, vocab_size, avoid)
             conf, ent, margin = _features(rng, q, noise)
             chain.append(tok)
             c_row.append(conf)

@@ -217,6 +217,19 @@ def simulate_acceptance(traces: list[PromptTrace], policy: PolicyConfig) -> Acce
     return AcceptanceStats(rounds, drafted, accepted, generated)
 
 
+def oracle_token(
+    rng: random.Random, true: int | None, p: float, vocab_size: int, avoid: frozenset[int]
+) -> int:
+    """``true`` (the target's token) with probability ``p``, else a random other token
+    that is not in ``avoid``; past the reference's end (``true`` None) always random."""
+    if true is not None and rng.random() < p:
+        return true
+    tok = rng.randrange(vocab_size)
+    while tok == true or tok in avoid:
+        tok = rng.randrange(vocab_size)
+    return tok
+
+
 def oracle_trace(
     prompt: list[int],
     reference: list[int],
@@ -242,13 +255,7 @@ def oracle_trace(
         chain = []
         for j in range(chain_len):
             true = reference[i + j] if i + j < len(reference) else None
-            if true is not None and rng.random() < alpha:
-                chain.append(true)
-            else:
-                tok = rng.randrange(vocab_size)
-                while tok == true or tok in avoid:
-                    tok = rng.randrange(vocab_size)
-                chain.append(tok)
+            chain.append(oracle_token(rng, true, alpha, vocab_size, avoid))
         chains.append(chain)
     confidences = [[1.0] * chain_len for _ in reference]
     return PromptTrace(
