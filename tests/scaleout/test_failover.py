@@ -54,8 +54,8 @@ def test_the_device_ids_are_assigned_as_the_docstring_says() -> None:
 
 @dataclass
 class Cluster:
-    """Verifiers and edges on ``broker``; with ``edge_broker`` (another node of a broker
-    cluster) the edges connect there instead, the verifiers and the app stay on ``broker``."""
+    """Verifiers, edges and the app on ``broker`` (across a broker cluster:
+    tests/cluster/test_scaleout.py)."""
 
     broker: Mosquitto
     topics: Topics
@@ -63,7 +63,6 @@ class Cluster:
     logs: Path
     verifiers: dict[str, VerifierProcess] = field(default_factory=dict)
     edges: dict[str, EdgeProcess] = field(default_factory=dict)
-    edge_broker_url: str | None = None
 
     @property
     def mqtt(self) -> MqttConfig:
@@ -78,7 +77,7 @@ class Cluster:
 
     def add_edge(self, device: str) -> EdgeProcess:
         spec = EdgeSpec(
-            self.models.drafter, self.edge_broker_url or self.broker.url, self.topics.prefix,
+            self.models.drafter, self.broker.url, self.topics.prefix,
             device_id=device,
             fallback_after=1_000_000,  # waits out a failover instead of finishing locally
             extra=("--verifier-settle-s", str(SETTLE_S)),
