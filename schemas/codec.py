@@ -92,6 +92,12 @@ def _single_exact(value: Any) -> bool:
         return all(_single_exact(v) for v in value.values())
     if not isinstance(value, list) or not value:
         return True
+    if type(value[0]) is int:  # token ids (drafts, contexts): no float, checked at C speed
+        try:
+            array("q", value)
+            return True
+        except (TypeError, OverflowError):
+            pass  # a float or a list among them, or an int beyond 64 bits: look closer
     if all(type(v) is float for v in value):  # a row of floats: compared at C speed
         try:
             return array("f", value).tolist() == value
