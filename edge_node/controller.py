@@ -20,7 +20,11 @@ draft it. Two controllers:
 
       P_{k+1} * T(k) > token_s * A(k)        # gain of one more token vs its cost
 
-  The costs are measured. The verifier's time for this device's rounds is fitted as
+  The costs are measured. ``verify_token_s`` and ``verify_fixed_s`` are the verifier's
+  own cost model when its verdicts carry it (``token_us``, ``row_us``: what one more
+  token, and one more row with its share of the round's fixed cost, add to a round;
+  the device alone cannot tell its tokens' cost from the other rows' in a batch). Else
+  the verifier's time for this device's rounds is fitted as
   ``verify_fixed_s + verify_token_s * (drafts + 1)`` (:class:`VerifyCost`, from the
   verdicts' ``verify_us``). With ``c = (load - own) / (1 - load)`` (an M/M/1 queue's
   wait per unit of service at the busy fraction ``load``, the verdicts' hint, counting
@@ -240,6 +244,8 @@ class SpeculationController:
         self.verify = VerifyCost(self.config.alpha)  # the verifier's time for my rounds
         self.queue_s: float | None = None  # EWMA of the verifier's queue time
         self.load: float | None = None  # EWMA of the verifier's busy fraction (hint)
+        self.server_token_s: float | None = None  # the verifier's cost model (hints):
+        self.server_row_s: float | None = None  # one more token / row, EWMA
 
     # -- measurements ------------------------------------------------------------------
     def observe_draft(self, seconds_per_token: float) -> None:
@@ -254,9 +260,11 @@ class SpeculationController:
         queue_us: int = 0,
         verify_us: int = 0,
         load: float = 0.0,
+        token_us: int = 0,
+        row_us: int = 0,
     ) -> None:
         """A verdict came for ``tokens`` (drafts + 1): its round trip (None: resent, not
-        a sample) and the server's hints."""
+        a sample) and the server's hints (``token_us``/``row_us`` 0: not sent)."""
         a = self.config.alpha
         if rtt_s is not None and rtt_s >= 0 and math.isfinite(rtt_s):
             self.rtt_s = _ewma(self.rtt_s, rtt_s, a)
@@ -266,6 +274,9 @@ class SpeculationController:
             self.queue_s = _ewma(self.queue_s, queue_us / 1e6, a)
         if math.isfinite(load):
             self.load = _ewma(self.load, min(1.0, max(0.0, load)), a)
+        if token_us > 0 and row_us > 0:
+            self.server_token_s = _ewma(self.server_token_s, token_us / 1e6, a)
+            self.server_row_s = _ewma(self.server_row_s, row_us / 1e6, a)
 
     def learn(self, drafts: Sequence[DraftFeatures | None], accepted: int) -> None:
         """See :meth:`AcceptancePredictor.learn`."""
@@ -297,6 +308,8 @@ class SpeculationController:
             queue_us=verdict.queue_us,
             verify_us=verdict.verify_us,
             load=verdict.load,
+            token_us=verdict.token_us,
+            row_us=verdict.row_us,
         )
 
     # -- costs -------------------------------------------------------------------------
@@ -315,9 +328,12 @@ class SpeculationController:
         load = min(self.load or 0.0, MAX_LOAD)
         own = min(1.0, v.mean_s / rtt_s) if v.samples and rtt_s > 0 else 0.0  # my busy share
         c = max(0.0, load - own) / (1.0 - load)  # what my work costs the others
-        token_s = draft_s + v.token_s * (1.0 + c)
-        own_s = v.token_s * max(0.0, v.mean_tokens - 1.0)  # my drafts' share of the rtt
-        return token_s, max(0.0, rtt_s - own_s) + c * (v.fixed_s + v.token_s)
+        verify_token_s, verify_row_s = v.token_s, v.fixed_s  # from my own rounds, or
+        if self.server_token_s is not None and self.server_row_s is not None:
+            verify_token_s, verify_row_s = self.server_token_s, self.server_row_s  # its model
+        token_s = draft_s + verify_token_s * (1.0 + c)
+        own_s = verify_token_s * max(0.0, v.mean_tokens - 1.0)  # my drafts' share of the rtt
+        return token_s, max(0.0, rtt_s - own_s) + c * (verify_row_s + verify_token_s)
 
     def p(self, f: DraftFeatures | None) -> float:
         """P(accepted | the drafts before it were); 1 for a token without features."""

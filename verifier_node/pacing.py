@@ -95,6 +95,7 @@ class Pacer:
         self.config = config
         self.metrics = metrics
         self.busy = BusyMeter(LOAD_WINDOW_S)
+        self.last_shape = RoundShape()  # the last clean round's shape
 
     # -- jobs ---------------------------------------------------------------------------
     def sled_job(self, s: Session, row: Row, fresh: bool) -> Job:
@@ -144,7 +145,23 @@ class Pacer:
         if m is None:  # the round raised and was re-run row by row: not a clean sample
             return
         self.metrics.observe_round(m)
-        self.observe(round_shape(rows, m), m.round_ms)
+        self.last_shape = round_shape(rows, m)
+        self.observe(self.last_shape, m.round_ms)
+
+    def costs_us(self) -> tuple[int, int]:
+        """The verdicts' cost model ``(token_us, row_us)`` from the estimator, at the last
+        round's shape: what one more verified token (attending to the round's mean
+        context) and one more row (its share of the round's fixed cost included) add to a
+        round, microseconds; ``(0, 0)`` before any round."""
+        shape = self.last_shape
+        if shape.rows == 0:
+            return 0, 0
+        est = self.estimator
+        context = shape.context_tokens // shape.rows
+        token = est.marginal_ms(shape, RoundShape(new_tokens=1, pair_tokens=context))
+        row = est.marginal_ms(shape, RoundShape(rows=1, context_tokens=context))
+        fixed = est.predict_ms(RoundShape(rows=1)) - est.row_ms(RoundShape(rows=1))
+        return int(token * 1e3), int((row + max(0.0, fixed) / shape.rows) * 1e3)
 
     def observe(self, shape: RoundShape, actual_ms: float) -> None:
         if shape.rows == 0:

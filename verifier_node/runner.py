@@ -22,6 +22,7 @@ The runner is not thread-safe: the service calls it from one worker thread only.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -322,13 +323,17 @@ class TargetRunner:
         residents = [self.table.residents[k] for k in keys]
         t1 = time.perf_counter()
 
-        # 3. Re-prefill what is not cached of committed[:-1] (new or evicted sessions).
+        # 3. Re-prefill what is not cached of committed[:-1] (new or evicted sessions)
+        #    beyond the last ``chunk`` ids, in forwards of their own; the rest rides in
+        #    the scoring forward (step 4) when it runs eagerly.
+        fuse = self.static is None
+        keep_back = chunk if fuse else 0
         prefill_tokens = 0
         while True:
             todo = [
                 (res, r.context[len(res.tokens) : len(r.context) - 1][:chunk])
                 for res, r in zip(residents, rows, strict=True)
-                if len(res.tokens) < len(r.context) - 1
+                if len(res.tokens) < len(r.context) - 1 - keep_back
             ]
             if not todo:
                 break
@@ -345,8 +350,11 @@ class TargetRunner:
         t2 = time.perf_counter()
 
         # 4. The scoring forward, rows in slot order (a contiguous run reads a view).
+        #    A row still missing committed ids feeds them first (fused prefill): the
+        #    forward's layout is ``fed``, its logits are kept only for ``batch``'s tokens.
         order = sorted(range(len(rows)), key=lambda b: residents[b].slot)
         inputs = [[rows[b].context[-1], *rows[b].draft] for b in order]
+        missing = [list(rows[b].context[len(residents[b].tokens) : -1]) for b in order]
         t3 = time.perf_counter()
         batch = packing.pack(
             [len(rows[b].context) - 1 for b in order],
@@ -359,13 +367,37 @@ class TargetRunner:
             flat = [t for ids in inputs for t in ids]
             packed = self.static.run(batch.starts, batch.lengths, batch.slots, flat)
         static = packed is not None  # one gathered attention call in a static shape
-        if packed is None:
+        fused = sum(len(ids) for ids in missing)
+        ran = batch  # the layout of the forward that ran
+        if packed is None and fused:
+            fed_ids = [m + ids for m, ids in zip(missing, inputs, strict=True)]
+            fed = packing.pack(
+                [len(residents[b].tokens) for b in order],
+                [len(ids) for ids in fed_ids],
+                self.device,
+                slots=[residents[b].slot for b in order],
+            )
+            scored = [  # packed index of every scored token
+                lo + len(m) + q
+                for lo, m, ids in zip(
+                    itertools.accumulate(map(len, fed_ids[:-1]), initial=0),
+                    missing,
+                    inputs,
+                    strict=True,
+                )
+                for q in range(len(ids))
+            ]
+            index = torch.tensor(scored, dtype=torch.int64).to(self.device)  # [num_tokens]
+            packed = self._forward(fed, fed_ids, logits_to_keep=index)  # [num_tokens, vocab]
+            prefill_tokens += fused
+            ran = fed
+        elif packed is None:
             packed = self._forward(batch, inputs, logits_to_keep=0)  # [num_tokens, vocab]
         if self.device.type == "cuda":  # so forward_ms is the forward, not its launch
             torch.cuda.synchronize(self.device)
         t4 = time.perf_counter()
-        for b in order:
-            residents[b].tokens.extend([rows[b].context[-1], *rows[b].draft])
+        for b, m in zip(order, missing, strict=True):
+            residents[b].tokens.extend([*m, rows[b].context[-1], *rows[b].draft])
         t5 = time.perf_counter()
         stats = ForwardStats(
             prepare_ms=((t1 - t0) + (t3 - t2) + (t5 - t4)) * 1e3,
@@ -379,13 +411,17 @@ class TargetRunner:
             evicted=len(placement.evicted),
             resized=placement.resize_to is not None,
             kv_bytes=self.cache.nbytes,
-            kv_view=batch.kv_view and not static,
-            attention_calls=1 if static else len(batch.segments),
+            kv_view=ran.kv_view and not static,
+            attention_calls=1 if static else len(ran.segments),
         )
         return ScoreOutput(packed, batch, order, stats)
 
     def _forward(
-        self, batch: packing.PackedBatch, token_ids: Sequence[Sequence[int]], *, logits_to_keep: int
+        self,
+        batch: packing.PackedBatch,
+        token_ids: Sequence[Sequence[int]],
+        *,
+        logits_to_keep: int | torch.Tensor,
     ) -> torch.Tensor:  # [num_tokens or logits_to_keep, vocab]
         """One model call over a packed batch: row ``b`` feeds ``token_ids[b]`` at
         positions ``batch.starts[b] …`` into slot ``batch.slots[b]``."""

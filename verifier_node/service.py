@@ -289,14 +289,14 @@ class VerifierService:
         self.pacer.ran(rows, m, started, now)  # metrics, estimator, load
         if m is not None:
             blog.debug("verifier.round", **asdict(m))
-        verify_us, load = int(m.round_ms * 1e3) if m is not None else 0, self.pacer.load(now)
+        verify_us = int(m.round_ms * 1e3) if m is not None else 0
+        hints = (verify_us, self.pacer.load(now), *self.pacer.costs_us())  # verdict fields
         out: list[tuple[str, Record]] = []
         for q, outcome, wait_us in zip(batch, outcomes, queue_us, strict=True):
             key, row = q.key, q.item
             assert isinstance(key, RowKey)
             if key.mode is Mode.SLED:
-                timing = (wait_us, verify_us, load)
-                out.append(self._finish_sled(key, row, outcome, timing, now))
+                out.append(self._finish_sled(key, row, outcome, (wait_us, *hints), now))
             else:
                 out.append(self._finish_central(key, outcome, now))
             self.pacer.answered(q.job, now)
@@ -326,7 +326,7 @@ class VerifierService:
         key: RowKey,
         row: Row,
         outcome: Outcome,
-        timing: tuple[int, int, float],  # queue_us, verify_us, load
+        timing: tuple[int, int, float, int, int],  # queue, verify, load, token, row (µs)
         now: float,
     ) -> tuple[str, Record]:
         device, session = key.session_key
@@ -344,9 +344,7 @@ class VerifierService:
             outcome.token,
             eos_ids=self.eos_ids,
             now_s=now,
-            queue_us=timing[0],
-            verify_us=timing[1],
-            load=timing[2],
+            hints=timing,
         )
         self._count("verified")
         self.metrics.accepted_length.observe(verdict.accepted)

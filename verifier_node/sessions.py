@@ -326,11 +326,10 @@ class SessionTable(LiveTable[Session]):
         *,
         eos_ids: Collection[int],
         now_s: float,
-        queue_us: int = 0,
-        verify_us: int = 0,
-        load: float = 0.0,
+        hints: tuple[int, int, float, int, int] = (0, 0, 0.0, 0, 0),
     ) -> tuple[Verdict, Outcome]:
-        """Commit a verification result; the verdict is stored for duplicates."""
+        """Commit a verification result; the verdict is stored for duplicates. ``hints``:
+        the verdict's ``(queue_us, verify_us, load, token_us, row_us)``."""
         s = self._sessions[key]
         assert s.pending_seq == seq, f"{key}: completing seq {seq}, pending {s.pending_seq}"
         stop = apply_stop_rules(
@@ -351,9 +350,11 @@ class SessionTable(LiveTable[Session]):
             token=stop.token,
             committed=start + stop.accepted + 1,
             done=stop.done,
-            queue_us=queue_us,
-            verify_us=verify_us,
-            load=load,
+            queue_us=hints[0],
+            verify_us=hints[1],
+            load=hints[2],
+            token_us=hints[3],
+            row_us=hints[4],
         )
         s.last_seq, s.last_verdict, s.pending_seq = seq, verdict, None
         s.done = stop.done

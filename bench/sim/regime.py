@@ -47,7 +47,7 @@ Tick = Callable[[str], None]
 REFERENCE_TOKENS = 32  # target-only greedy tokens computed (and cached) per prompt
 
 PAPER_TARGET = OracleModel(
-    hidden=1024, layers=24, heads=16, intermediate=4096, weight_scale=1.0, planted=True
+    hidden=1536, layers=20, heads=24, intermediate=6144, weight_scale=1.0, planted=True
 )
 """~411M parameters (bf16: 0.8 GB); decode step ~140-200 ms at 1-8 rows on 2 cores."""
 

@@ -171,6 +171,20 @@ def test_shorter_drafts_when_each_verified_token_costs() -> None:
     assert round_length(busy, 0.8) < round_length(per_token, 0.8)
 
 
+def test_the_verifiers_cost_model_replaces_the_devices_own_fit() -> None:
+    # a batch's time hides what this device's tokens cost (its own fit says "all fixed");
+    # the verdicts' token_us / row_us say 4 ms a token, 20 ms a row
+    own = ctl(draft_ms=10.0, rtt_ms=100.0, verify_us=60_000, load=0.9)
+    told = ctl(
+        draft_ms=10.0, rtt_ms=100.0, verify_us=60_000, load=0.9, token_us=4000, row_us=20_000
+    )
+    c = (0.9 - 0.6) / 0.1  # the others' share of the load, per unit of service
+    assert told.costs_s() == pytest.approx((0.010 + 0.004 * (1 + c), 0.100 + c * 0.024))
+    assert round_length(told, 0.8) < round_length(own, 0.8)
+    half = ctl(draft_ms=10.0, rtt_ms=100.0, token_us=4000)  # both or neither: unused
+    assert half.server_token_s is None
+
+
 def test_works_before_anything_is_measured() -> None:
     c = SpeculationController()  # round trip = 4 draft tokens until measured
     assert round_length(c, 0.8) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -288,3 +289,30 @@ def test_short_contexts_attend_apart_from_a_long_one(llama_dir: Path) -> None:
         for b, r in enumerate(rows):
             ref = reference_logits(model, list(r.context), list(r.draft))
             assert (out.row(b) - ref).abs().max().item() < TOL, r.key
+
+
+def test_new_sessions_prefill_inside_the_scoring_forward(llama_dir: Path) -> None:
+    """A new session's prompt rides in the round's one forward (fused prefill); only a
+    prompt longer than the chunk prefills its head in forwards of its own."""
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="sdpa")
+    runner = TargetRunner(model, prefill_chunk=16)
+    calls = 0
+    forward = model.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return forward(*args, **kwargs)
+
+    model.forward = counting  # type: ignore[method-assign]
+    cached, fresh, long = [5, 6, 7, 8], list(range(20, 32)), list(range(40, 80))
+    runner.score([Row("a", cached, [9])])
+    calls = 0
+    out = runner.score([Row("a", [*cached, 9, 3], [4, 5]), Row("b", fresh, [1, 2, 3])])
+    assert calls == 1 and out.stats.num_prefill_tokens == len(fresh) - 1
+    assert (out.row(0)[:3] - reference_logits(model, [*cached, 9, 3], [4, 5])).abs().max() < TOL
+    assert (out.row(1)[:4] - reference_logits(model, fresh, [1, 2, 3])).abs().max() < TOL
+    calls = 0
+    out = runner.score([Row("c", long, [7])])  # 39 uncached: 16 + 16 apart, 7 fused
+    assert calls == 3 and out.stats.num_prefill_tokens == len(long) - 1
+    assert (out.row(0)[:2] - reference_logits(model, long, [7])).abs().max() < TOL
