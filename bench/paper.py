@@ -14,7 +14,7 @@ no CPU. Experiments:
 (d) cost per 1K tokens (paper eq. 2) with the Pareto front;
 (e) acceptance rate and mean accepted length per drafter, threshold and profile;
 (f) one device: SLED over MQTT vs Hugging Face assisted generation in one process;
-(g) the paper regime: a ~411M-parameter bf16 target, goodput and capacity under a TPOT
+(g) the paper regime: a ~755M-parameter bf16 target, goodput and capacity under a TPOT
     objective for centralized, SLED as in the paper, SLED with the deadline scheduler
     and the speculation controller, and each of those two alone (bench/sim/regime.py).
 

@@ -308,8 +308,8 @@ class SpeculationController:
             queue_us=verdict.queue_us,
             verify_us=verdict.verify_us,
             load=verdict.load,
-            token_us=verdict.token_us,
-            row_us=verdict.row_us,
+            token_us=verdict.token_us or 0,
+            row_us=verdict.row_us or 0,
         )
 
     # -- costs -------------------------------------------------------------------------

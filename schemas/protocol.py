@@ -184,7 +184,8 @@ class Verdict(Record):
     high). The verifier sends it in steps of 1/128, so it packs as a 5-byte float.
     ``token_us``/``row_us`` are the verifier's cost model (its estimator): what one more
     verified token, and one more row (with its share of the round's fixed cost), add
-    to a round, microseconds; 0 when unknown.
+    to a round, microseconds; sent when they changed by more than 10 % since the
+    session's last verdict that carried them (None: unchanged, or not known yet).
     """
 
     KIND: ClassVar[str] = "verdict"
@@ -200,8 +201,8 @@ class Verdict(Record):
     queue_us: int = field(default=0, metadata=key("w"))
     verify_us: int = field(default=0, metadata=key("u"))
     load: float = field(default=0.0, metadata=key("l"))
-    token_us: int = field(default=0, metadata=key("t"))
-    row_us: int = field(default=0, metadata=key("r"))
+    token_us: int | None = field(default=None, metadata=key("t"))
+    row_us: int | None = field(default=None, metadata=key("r"))
 
     @property
     def ok(self) -> bool:
@@ -213,8 +214,10 @@ class Verdict(Record):
         check_nonneg("verdict.c", self.committed)
         check_nonneg("verdict.w", self.queue_us)
         check_nonneg("verdict.u", self.verify_us)
-        check_nonneg("verdict.t", self.token_us)
-        check_nonneg("verdict.r", self.row_us)
+        if self.token_us is not None:
+            check_nonneg("verdict.t", self.token_us)
+        if self.row_us is not None:
+            check_nonneg("verdict.r", self.row_us)
         if not 0.0 <= self.load <= 1.0:
             raise fail("verdict.l", f"load must be in [0, 1], got {self.load}")
         if self.code is None:

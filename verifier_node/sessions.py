@@ -59,6 +59,8 @@ from verifier_node.quotas import Ask, Gate
 from verifier_node.rows import Mode, Outcome, Row, SessionKey, round_seed
 from verifier_node.tables import LiveTable
 
+COSTS_MOVE = 0.1  # a verdict carries the cost hints again when one moved by more than this
+
 
 # -- stop rules -------------------------------------------------------------------------
 def apply_stop_rules(
@@ -117,6 +119,7 @@ class Session:
     accepted: int = 0  # of which accepted
     started_s: float = 0.0  # when the session's opening request arrived (monotonic s)
     tpot_ms: float | None = None  # the device's latency objective (ms per token), if sent
+    costs_sent: tuple[int, int] | None = None  # the verdicts' last (token_us, row_us)
 
     @property
     def device(self) -> str:
@@ -316,6 +319,19 @@ class SessionTable(LiveTable[Session]):
         reason = "rebuilt" if old is not None else "new"
         return Admission(Action.VERIFY, reason, session=s, row=s.row(req))
 
+    @staticmethod
+    def _costs(s: Session, token_us: int, row_us: int) -> tuple[int | None, int | None]:
+        """The verdict's cost hints: sent when known and moved by > 10 % since sent."""
+        last, new = s.costs_sent, (token_us, row_us)
+        if token_us <= 0 or row_us <= 0:
+            return None, None
+        if last is not None and all(
+            abs(n - o) <= COSTS_MOVE * o for n, o in zip(new, last, strict=True)
+        ):
+            return None, None
+        s.costs_sent = new
+        return new
+
     def complete(
         self,
         key: SessionKey,
@@ -341,6 +357,7 @@ class SessionTable(LiveTable[Session]):
             max_new_tokens=s.max_new_tokens,
         )
         start = len(s.committed_ids)
+        token_us, row_us = self._costs(s, hints[3], hints[4])
         s.committed_ids.extend(draft[: stop.accepted])
         s.committed_ids.append(stop.token)
         verdict = Verdict(
@@ -353,8 +370,8 @@ class SessionTable(LiveTable[Session]):
             queue_us=hints[0],
             verify_us=hints[1],
             load=hints[2],
-            token_us=hints[3],
-            row_us=hints[4],
+            token_us=token_us,
+            row_us=row_us,
         )
         s.last_seq, s.last_verdict, s.pending_seq = seq, verdict, None
         s.done = stop.done

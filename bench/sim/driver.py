@@ -232,7 +232,7 @@ class PaperRun:
             costs = lim.forward_costs(
                 oracle_dir,
                 batch=16,
-                ks=(2, 4, 6, 8),
+                ks=(1, 2, 3, 4, 6, 8),
                 context=max(len(x) for x in prompts) + p["max_new_tokens"] // 2,
                 dtype=self.dtype,
                 device=self.device,

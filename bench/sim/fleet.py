@@ -386,8 +386,10 @@ class FleetSession:
             result = fleet.run(traces, cfg)
     """
 
-    def __init__(self, mqtt: MqttConfig, topics: Topics, *, slack_s: float = 60.0) -> None:
-        self.mqtt = mqtt
+    def __init__(
+        self, mqtt: MqttConfig, topics: Topics, *, slack_s: float = 60.0, keepalive_s: int = 30
+    ) -> None:
+        self.mqtt = mqtt.with_(keepalive_s=keepalive_s)  # longer: a session idle between uses
         self.topics = topics
         self.slack_s = slack_s
         self._runner: asyncio.Runner | None = None

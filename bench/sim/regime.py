@@ -16,14 +16,17 @@ scheduler_only     SLED        deadline + estimator       threshold
 
 For each: SLO attainment and goodput per device count, capacity at the SLO (most
 devices with >= 90 % of sessions meeting it, :mod:`bench.sim.slo`), searched by
-doubling then bisection. Drafts come from the synthetic acceptance model
-(:mod:`bench.sim.synthetic`); devices replay them through the edge node's policy and
-controller at their profile's drafting speed. The estimator's error is read from the
-deadline verifier's ``sled_verifier_estimator_error`` histogram over the sled_full points.
+doubling then bisection; the configurations take their probes in turn, with both
+verifiers up, so the machine's drift falls on all of them alike. Drafts come from the
+synthetic acceptance model (:mod:`bench.sim.synthetic`); devices replay them through
+the edge node's policy and controller at their profile's drafting speed. The
+estimator's error is read from the deadline verifier's
+``sled_verifier_estimator_error`` histogram over the sled_full points.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,11 +48,12 @@ from schemas import Topics
 Tick = Callable[[str], None]
 
 REFERENCE_TOKENS = 32  # target-only greedy tokens computed (and cached) per prompt
+IDLE_KEEPALIVE_S = 600  # a fleet connection waits while the other verifier's points run
 
 PAPER_TARGET = OracleModel(
     hidden=1536, layers=20, heads=24, intermediate=6144, weight_scale=1.0, planted=True
 )
-"""~411M parameters (bf16: 0.8 GB); decode step ~140-200 ms at 1-8 rows on 2 cores."""
+"""~755M parameters (bf16: 1.5 GB); decode step ~120-140 ms at 1-8 rows on 2 cores (no AMX)."""
 
 
 @dataclass(frozen=True)
@@ -168,96 +172,111 @@ def run(
     dtype: str,
     device: str,
 ) -> dict[str, Any]:
-    """Measure every configuration; the paper-regime part of ``results.json``."""
+    """Measure every configuration; the paper-regime part of ``results.json``.
+
+    Both verifiers (fifo and deadline) stay up for the whole regime, each with its own
+    topics and fleet connection, and the configurations take their capacity probes in
+    turn (round-robin), so a drift of the machine's speed falls on all of them alike.
+    """
     model_dir, traces, spec = prepared.model_dir, prepared.traces, prepared.spec
     profile = spec.profile
-    topics = Topics(prefix="bench/paper-regime/sled/v1")
-    base = FleetConfig(
-        mode="sled",
-        devices=1,
-        draft_tokens_per_s=profile.draft_tokens_per_s,
-        fingerprint=tokenizer_fingerprint_of(model_dir),
-        topics=topics,
-        warmup_s=spec.warmup_s,
-        measure_s=spec.measure_s,
-        tpot_ms=spec.tpot_ms,
-    )
     result: dict[str, Any] = {"configs": {}, "estimator_mape": None}
-    start = 2
-    for scheduler in ("fifo", "deadline"):
-        settings = {
-            "dtype": dtype,
-            "device": device,
-            "scheduler": scheduler,
-            "tpot_ms": f"{spec.tpot_ms:g}",
-            "max_wait_ms": f"{spec.max_wait_ms:g}",
-            "metrics_port": "0",
-        }
-        if scheduler == "deadline":
-            settings["metrics_port"] = str(_free_port())
-        with (
-            VerifierProcess(
-                model_dir,
-                mqtt,
-                topics,
-                threads=threads,
-                max_batch=spec.max_batch,
-                log_path=out / f"verifier-regime-{scheduler}.log",
-                settings=settings,
-            ) as vp,
-            FleetSession(mqtt, topics) as fleet,
-        ):
-            for cfg in (c for c in CONFIGS if c.scheduler == scheduler):
-                err0 = vp.metric_sum("sled_verifier_estimator_error_sum")
-                n0 = vp.metric_sum("sled_verifier_estimator_error_count")
-                fleet_cfg = replace(base, mode=cfg.mode, policy=_policy(cfg, spec))  # type: ignore[arg-type]
-                row = _search(vp, fleet, traces, fleet_cfg, cfg, spec, rec, tick, start)
-                if cfg.name == "centralized" and row["capacity"] >= 2:
-                    start = int(row["capacity"])  # SLED searches start where it ends
+    with contextlib.ExitStack() as stack:
+        served: dict[str, tuple[VerifierProcess, FleetSession, FleetConfig]] = {}
+        for scheduler in ("fifo", "deadline"):
+            topics = Topics(prefix=f"bench/paper-regime-{scheduler}/sled/v1")
+            settings = {
+                "dtype": dtype,
+                "device": device,
+                "scheduler": scheduler,
+                "tpot_ms": f"{spec.tpot_ms:g}",
+                "max_wait_ms": f"{spec.max_wait_ms:g}",
+                "metrics_port": str(_free_port()) if scheduler == "deadline" else "0",
+            }
+            vp = stack.enter_context(
+                VerifierProcess(
+                    model_dir,
+                    mqtt,
+                    topics,
+                    threads=threads,
+                    max_batch=spec.max_batch,
+                    log_path=out / f"verifier-regime-{scheduler}.log",
+                    settings=settings,
+                )
+            )
+            fleet = stack.enter_context(FleetSession(mqtt, topics, keepalive_s=IDLE_KEEPALIVE_S))
+            base = FleetConfig(
+                mode="sled",
+                devices=1,
+                draft_tokens_per_s=profile.draft_tokens_per_s,
+                fingerprint=tokenizer_fingerprint_of(model_dir),
+                topics=topics,
+                warmup_s=spec.warmup_s,
+                measure_s=spec.measure_s,
+                tpot_ms=spec.tpot_ms,
+            )
+            served[scheduler] = (vp, fleet, base)
+        probes: dict[str, dict[int, float]] = {c.name: {} for c in CONFIGS}
+        points: dict[str, list[dict[str, Any]]] = {c.name: [] for c in CONFIGS}
+        errors = [0.0, 0.0]  # the estimator's error sum and count over sled_full points
+        for _ in range(spec.probes):
+            for cfg in CONFIGS:
+                n = next_slo_probe(probes[cfg.name], start=2, max_devices=spec.max_devices)
+                if n is None:
+                    continue
+                vp, fleet, base = served[cfg.scheduler]
+                tick(f"(g) paper regime: {cfg.name}, {n} devices")
+                before = _estimator_error(vp)
+                fleet_cfg = replace(base, mode=cfg.mode, devices=n, policy=_policy(cfg, spec))  # type: ignore[arg-type]
+                point = _probe(vp, fleet, traces, fleet_cfg, cfg, spec, rec)
                 if cfg.name == "sled_full":
-                    count = vp.metric_sum("sled_verifier_estimator_error_count") - n0
-                    if count > 0:
-                        err = vp.metric_sum("sled_verifier_estimator_error_sum") - err0
-                        result["estimator_mape"] = err / count
-                        result["estimator_rounds"] = count
-                result["configs"][cfg.name] = row
+                    after = _estimator_error(vp)
+                    errors = [errors[0] + after[0] - before[0], errors[1] + after[1] - before[1]]
+                probes[cfg.name][n] = point["slo_attainment"]
+                points[cfg.name].append(point)
+        for cfg in CONFIGS:
+            result["configs"][cfg.name] = _summary(cfg, probes[cfg.name], points[cfg.name])
+        if errors[1] > 0:
+            result["estimator_mape"] = errors[0] / errors[1]
+            result["estimator_rounds"] = errors[1]
     return result
 
 
-def _search(
+def _estimator_error(vp: VerifierProcess) -> tuple[float, float]:
+    """The deadline verifier's estimator error histogram: (sum, count) so far."""
+    return (
+        vp.metric_sum("sled_verifier_estimator_error_sum"),
+        vp.metric_sum("sled_verifier_estimator_error_count"),
+    )
+
+
+def _probe(
     vp: VerifierProcess,
     fleet: FleetSession,
     traces: Sequence[PromptTrace],
-    base: FleetConfig,
-    cfg: Config,
+    cfg: FleetConfig,
+    config: Config,
     spec: RegimeSpec,
     rec: ex.Recorder,
-    tick: Tick,
-    start: int,
 ) -> dict[str, Any]:
-    """Capacity search at the objective for one configuration."""
-    attain: dict[int, float] = {}
-    points = []
-    for _ in range(spec.probes):
-        n = next_slo_probe(attain, start=start, max_devices=spec.max_devices)
-        if n is None:
-            break
-        tick(f"(g) paper regime: {cfg.name}, {n} devices")
-        res_cfg = replace(base, devices=n)
-        point = ex.measure(
-            vp, fleet, traces, res_cfg, rec, spans=True, experiment="regime", config=cfg.name
-        )
-        slo = judge(point.pop("_sessions"), point.pop("_window"), spec.tpot_ms)
-        point.update(
-            slo_attainment=slo.attainment,
-            goodput=slo.goodput,
-            throughput=slo.throughput,
-            sessions=slo.sessions,
-            tpot_p50_ms=slo.tpot_p50_ms,
-            tpot_p90_ms=slo.tpot_p90_ms,
-        )
-        attain[n] = slo.attainment
-        points.append(point)
+    """One point of one configuration, judged against the objective."""
+    point = ex.measure(
+        vp, fleet, traces, cfg, rec, spans=True, experiment="regime", config=config.name
+    )
+    slo = judge(point.pop("_sessions"), point.pop("_window"), spec.tpot_ms)
+    point.update(
+        slo_attainment=slo.attainment,
+        goodput=slo.goodput,
+        throughput=slo.throughput,
+        sessions=slo.sessions,
+        tpot_p50_ms=slo.tpot_p50_ms,
+        tpot_p90_ms=slo.tpot_p90_ms,
+    )
+    return point
+
+
+def _summary(cfg: Config, attain: dict[int, float], points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Capacity at the objective and goodput of one configuration's points."""
     cap = slo_capacity(attain)
     points.sort(key=lambda q: q["devices"])
     return {

@@ -10,6 +10,7 @@ the verifier was.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from schemas import Topics
 from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.messages import VerifierStatus
+
+_INSTANCES = itertools.count()
 
 
 class VerifierStartError(RuntimeError):
@@ -58,7 +61,7 @@ class VerifierProcess:
         self.start_timeout_s = start_timeout_s
         self.settings = dict(settings or {})  # more config fields: {"dtype": "bfloat16"}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.verifier_id = f"bench-{os.getpid()}"
+        self.verifier_id = f"bench-{os.getpid()}-{next(_INSTANCES)}"  # one MQTT client id each
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "sled.cli", "verifier", *self.extra_args]

@@ -123,8 +123,6 @@ def test_none_fields_are_left_out_and_hot_path_keys_are_short() -> None:
         "w": 0,
         "u": 0,
         "l": 0.0,
-        "t": 0,
-        "r": 0,
     }
     draft = msgpack.unpackb(encode(DraftRequest(session="s1", seq=1, start=4, draft=[5])))
     assert set(draft) == {"k", "v", "s", "q", "n", "d", "t"}  # no qi/qp/c/pl/m/p/f

@@ -215,3 +215,18 @@ def test_central_eos_and_mismatch() -> None:
     bad = CentralizedRequest(session="c2", prompt=[5], max_new_tokens=9, fingerprint="x")
     got = t.admit("dev", bad, 0.0)
     assert isinstance(got, GeneratedTokens) and got.code == ErrorCode.TOKENIZER_MISMATCH
+
+
+def test_verdicts_carry_the_cost_hints_when_they_move() -> None:
+    t = table()
+    sent = []
+    for seq, (token_us, row_us) in enumerate([(0, 0), (4000, 20000), (4300, 19000), (4500, 20000)]):
+        req = first() if seq == 0 else nxt(seq, len(PROMPT) + seq)
+        assert t.admit("dev", req, 0.0).action is Action.VERIFY
+        hints = (10, 200_000, 0.5, token_us, row_us)
+        verdict, _ = t.complete(
+            ("dev", "s1"), seq, req.draft, 0, 9, eos_ids={EOS}, now_s=0.0, hints=hints
+        )
+        sent.append((verdict.token_us, verdict.row_us))
+    # unknown: none; first known: sent; within 10 %: not again; 4500 vs 4000: sent
+    assert sent == [(None, None), (4000, 20000), (None, None), (4500, 20000)]
