@@ -22,7 +22,6 @@ The runner is not thread-safe: the service calls it from one worker thread only.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import time
@@ -377,16 +376,11 @@ class TargetRunner:
                 self.device,
                 slots=[residents[b].slot for b in order],
             )
-            scored = [  # packed index of every scored token
-                lo + len(m) + q
-                for lo, m, ids in zip(
-                    itertools.accumulate(map(len, fed_ids[:-1]), initial=0),
-                    missing,
-                    inputs,
-                    strict=True,
-                )
-                for q in range(len(ids))
-            ]
+            scored: list[int] = []  # packed index of every scored token
+            lo = 0
+            for m, ids in zip(missing, inputs, strict=True):
+                scored += range(lo + len(m), lo + len(m) + len(ids))
+                lo += len(m) + len(ids)
             index = torch.tensor(scored, dtype=torch.int64).to(self.device)  # [num_tokens]
             packed = self._forward(fed, fed_ids, logits_to_keep=index)  # [num_tokens, vocab]
             prefill_tokens += fused
