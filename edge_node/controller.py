@@ -32,7 +32,7 @@ draft it. Two controllers:
   device's work costs the others on a busy verifier::
 
       token_s = draft_s + verify_token_s * (1 + c)          # one more draft
-      round_s = rtt_s - verify_token_s * drafts + c * verify_fixed_s   # per round
+      round_s = rtt_s - verify_token_s * drafts + c * (verify_fixed_s + verify_token_s)
 
   with ``rtt_s`` the round trip's EWMA. So a device drafts longer when the round trip
   is long or the verifier busy with fixed per-round costs (the paper's Fig. 5), shorter
