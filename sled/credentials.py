@@ -56,6 +56,18 @@ SALT_BYTES: Final = 12
 PASSWORD_BYTES: Final = 18  # 24 URL-safe characters
 
 
+def new_password() -> str:
+    """A random URL-safe password that does not start with ``-``.
+
+    One in 64 URL-safe tokens starts with a dash, and ``--password -xyz`` on a command line
+    reads as an option, not a value: the node would refuse to start.
+    """
+    while True:
+        word = secrets.token_urlsafe(PASSWORD_BYTES)
+        if not word.startswith("-"):
+            return word
+
+
 class CredentialsError(ValueError):
     """A bad username, a role conflict, or a password file that cannot be updated."""
 
@@ -289,7 +301,7 @@ def write_credentials(
     unknown = set(chosen) - set(new)
     if unknown:
         raise CredentialsError(f"passwords given for users not named: {sorted(unknown)}")
-    clear = {name: chosen.get(name) or secrets.token_urlsafe(PASSWORD_BYTES) for name in new}
+    clear = {name: chosen.get(name) or new_password() for name in new}
     update_password_file(
         password_file, clear, remove=removed, use_mosquitto_passwd=use_mosquitto_passwd
     )

@@ -218,8 +218,8 @@ async def test_whole_system_over_tls_with_passwords_and_acl(
     tb, users, t = tls_broker, tls_broker.secure.users, tls_broker.secure.topics
     v_spec = VerifierSpec(rel_models.target, tb.tls_url, t.prefix, verifier_id="v1",
                           extra=("--tls-ca", str(tb.pki.ca), "--username", "v1",
-                                 "--password", str(users["v1"].password)))  # fmt: skip
-    e_login = ("--username", "pi-1", "--password", str(users["pi-1"].password))
+                                 f"--password={users['v1'].password}"))  # fmt: skip
+    e_login = ("--username", "pi-1", f"--password={users['pi-1'].password}")
     e_spec = EdgeSpec(rel_models.drafter, tb.tls_url, t.prefix, device_id="pi-1", extra=e_login)
     app_cfg = tb.tls_config("web")
     with fleet() as f:

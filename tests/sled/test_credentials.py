@@ -16,6 +16,7 @@ from sled.cli import main
 from sled.credentials import (
     CredentialsError,
     hash_password,
+    new_password,
     read_acl_roles,
     read_password_file,
     render_acl,
@@ -40,6 +41,14 @@ def test_hash_matches_mosquitto_passwd_output() -> None:
     assert hash_password("secret1", salt=salt) == hashed
     assert verify_password("secret1", hashed)
     assert not verify_password("secret2", hashed)
+
+
+def test_generated_passwords_never_read_as_a_command_line_option() -> None:
+    # One URL-safe token in 64 starts with '-'; 3000 draws all avoid it only by design.
+    words = [new_password() for _ in range(3000)]
+    assert not [w for w in words if w.startswith("-")]
+    assert len(set(words)) == len(words)
+    assert all(len(w) == 24 and re.fullmatch(r"[A-Za-z0-9_-]+", w) for w in words)
 
 
 def test_hash_format_and_random_salt() -> None:
