@@ -60,6 +60,10 @@ class Segment:
     row_local: torch.Tensor  # [tokens] row of each token within the segment
     col: torch.Tensor  # [tokens] index of each token within its row
     uniform: bool  # every row has max_len tokens (the tile is a view)
+    # [rows * max_len] the packed token (from token_lo) at each place of the query tile,
+    # padding repeating the row's last one: the tile is one index_select, not a scatter
+    # into zeros. None: scatter by (row_local, col) (the CUDA graphs' static buffers).
+    tile: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -191,7 +195,9 @@ def pack(
     # One host → device copy of every index: token_row, token_col, positions,
     # token_slot, cu, starts, then each gathered segment's slots.
     gathers = [t for lo, hi in runs for t in slots[lo:hi]]
+    tiles = [_tile(cu, lengths, lo, hi) for lo, hi in runs]
     host = [*token_row, *token_col, *positions, *token_slot, *cu, *starts, *gathers]
+    host += [t for tile in tiles for t in tile]
     moved = torch.tensor(host, dtype=torch.int64).to(device)
     dev_row, dev_col, dev_pos = moved[:n], moved[n : 2 * n], moved[2 * n : 3 * n]
     dev_slot = moved[3 * n : 4 * n]
@@ -205,7 +211,8 @@ def pack(
     mask = arange[None, None, None, :kv_len] <= query_pos[:, None, :, None]
     segments = []
     offset = 4 * n + 2 * batch + 1
-    for lo, hi in runs:
+    tile_at = offset + len(gathers)
+    for (lo, hi), tile in zip(runs, tiles, strict=True):
         t_lo, t_hi = cu[lo], cu[hi]
         contiguous = slots[lo:hi] == list(range(slots[lo], slots[lo] + hi - lo))
         seg_lengths = lengths[lo:hi]
@@ -222,9 +229,11 @@ def pack(
                 row_local=dev_row[t_lo:t_hi] - lo,
                 col=dev_col[t_lo:t_hi],
                 uniform=len(set(seg_lengths)) == 1,
+                tile=moved[tile_at : tile_at + len(tile)] if tile else None,
             )
         )
         offset += hi - lo
+        tile_at += len(tile)
     return PackedBatch(
         starts=list(starts),
         lengths=list(lengths),
@@ -241,6 +250,16 @@ def pack(
         max_len=max_len,
         kv_len=kv_len,
     )
+
+
+def _tile(cu: Sequence[int], lengths: Sequence[int], lo: int, hi: int) -> list[int]:
+    """Rows ``lo .. hi-1``'s query tile as packed indices from the segment's first token;
+    empty when the rows are of one length (the tile is a view then)."""
+    seg_lengths = lengths[lo:hi]
+    max_len = max(seg_lengths)
+    if min(seg_lengths) == max_len:
+        return []
+    return [cu[b] - cu[lo] + min(c, lengths[b] - 1) for b in range(lo, hi) for c in range(max_len)]
 
 
 _ACTIVE: ContextVar[PackedBatch | None] = ContextVar("sled_packed_batch", default=None)
@@ -293,6 +312,10 @@ def packed_attention(
         packed_q = query[0, :, seg.token_lo : seg.token_hi]  # [heads, tokens, dim]
         if seg.uniform:  # same length everywhere: the tile is a view
             q = packed_q.unflatten(1, (seg.rows, seg.max_len)).transpose(0, 1)
+        elif seg.tile is not None:  # padding queries repeat the row's last token
+            q = packed_q.index_select(1, seg.tile.to(device))
+            q = q.unflatten(1, (seg.rows, seg.max_len)).transpose(0, 1)
+            rows, cols = seg.row_local.to(device), seg.col.to(device)
         else:
             rows, cols = seg.row_local.to(device), seg.col.to(device)
             q = query.new_zeros(seg.rows, heads, seg.max_len, dim)
