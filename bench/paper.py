@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench.profiles import DEFAULT_SERVER, PROFILES, ServerProfile
+from runtime.threads import set_omp_wait
 
 DEMO_MODELS = Path(__file__).resolve().parent.parent / "sled" / "demo" / "models"
 
@@ -203,7 +204,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_omp_wait()  # before torch loads (runtime.threads)
     signal.signal(signal.SIGTERM, _terminate)
     from bench.sim.driver import PaperRun
 

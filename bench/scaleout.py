@@ -44,6 +44,7 @@ from bench.scaleout_sim import simulate
 from bench.sim.router import start_router, stop_task
 from bench.soak import SoakConfig, SoakStats, device_loop, references
 from edge_node.assignment import Assignment
+from runtime.threads import set_omp_wait
 from schemas import SchemaError, Topics, VerifierStatus, decode
 
 SHARE_GROUP = "bench-share"
@@ -248,7 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_omp_wait()  # before torch loads (runtime.threads)
     logging.getLogger("mqtt").setLevel(logging.ERROR)  # aiomqtt: "N pending publish calls"
 
     def say(text: str) -> None:

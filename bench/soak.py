@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import random
 import statistics
 import sys
@@ -46,6 +45,7 @@ from bench.sim.router import Router, next_verdict, start_router, stop_task
 from edge_node.policy import Commit, DraftToken, Event, PolicyConfig, RttEstimator, SledSession
 from runtime.models import load_causal_lm
 from runtime.stats import percentile
+from runtime.threads import set_omp_wait
 from schemas import Record, SamplingParams, Topics, encode
 
 
@@ -371,7 +371,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_omp_wait()  # before torch loads (runtime.threads)
     from bench.sim.verifier_proc import VerifierProcess
     from runtime.mosquitto import Mosquitto
     from runtime.transport import MqttConfig

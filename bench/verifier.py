@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -45,6 +44,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from runtime.threads import set_omp_wait
 
 ALPHAS = (0.6, 0.8, 0.9)
 MIXED_BATCH = 16
@@ -376,7 +377,7 @@ def _bench_dtype(dtype_name: str, args: argparse.Namespace, device: Any) -> dict
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_omp_wait()  # before torch loads (runtime.threads)
     from verifier_node.runner import configure_torch, resolve_device, resolve_dtype
 
     apply_presets(args)

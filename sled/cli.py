@@ -9,11 +9,11 @@ by real import statements (no module names in strings), when the parser is built
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from runtime.threads import set_omp_wait
 from sled.cli_common import add_subcommands
 
 
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_omp_wait()  # before anything loads torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:

@@ -22,7 +22,6 @@ The runner is not thread-safe: the service calls it from one worker thread only.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Hashable, Sequence
@@ -134,8 +133,9 @@ def resolve_dtype(name: str, device: torch.device, flags: frozenset[str] | None 
 
 
 def configure_torch(threads: int) -> None:
-    """Torch intra-op threads (and one inter-op thread); 0 leaves torch's default."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """Torch intra-op threads (and one inter-op thread); 0 leaves torch's default.
+
+    How the threads wait is set before torch loads (:mod:`runtime.threads`)."""
     if threads > 0:
         torch.set_num_threads(threads)
     try:

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.threads import spin_environment
 from runtime.transport import MqttConfig, MqttTransport
 from schemas import Topics
 from schemas.codec import decode
@@ -82,8 +83,8 @@ class VerifierProcess:
     def __enter__(self) -> VerifierProcess:
         env = dict(os.environ)
         env.update(self.environment())
+        spin_environment(env)  # the verifier's own default, whatever the bench inherited
         env.update(
-            OMP_WAIT_POLICY="PASSIVE",
             OMP_NUM_THREADS=str(self.threads),
             MKL_NUM_THREADS=str(self.threads),
             TOKENIZERS_PARALLELISM="false",

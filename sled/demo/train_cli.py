@@ -10,9 +10,10 @@ training, the drafters are exported to ONNX for the edge nodes (``drafter-1l-onn
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
+
+from runtime.threads import set_omp_wait
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +80,7 @@ def train(args: argparse.Namespace) -> int:
     """Train the demo models with the parsed training flags; the exit status."""
     # Spinning OpenMP workers steal the shared cores from everything else on the machine
     # (read when torch loads its OpenMP runtime, so set before the import).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_omp_wait()  # before torch loads (runtime.threads)
     from sled.demo.training.pipeline import train_demo
 
     return train_demo(args)
