@@ -10,6 +10,7 @@ import torch
 from verifier_node.packing import (
     CUDA_CALL_COST,
     activate,
+    attend,
     pack,
     packed_attention,
     plan_segments,
@@ -70,6 +71,37 @@ def test_packed_attention_equals_per_row_attention(lengths: list[int], kv_heads:
         )  # [heads, n, dim]
         got = out[0, lo : lo + n].transpose(0, 1)
         assert (got - ref).abs().max().item() < 1e-5, b
+
+
+@pytest.mark.parametrize("kv_heads", [8, 2])
+def test_one_query_attention_in_bf16_is_as_exact_as_sdpa(kv_heads: int) -> None:
+    """The decode step's fp32 math path: GQA heads read their own KV head, the mask
+    holds, and its error against float64 is no worse than bf16 SDPA's."""
+    gen = torch.Generator().manual_seed(1)
+    rows, heads, kv_len, dim = 5, 8, 40, 16
+    q, k, v = (
+        torch.randn(rows, h, n, dim, generator=gen).to(torch.bfloat16)
+        for h, n in ((heads, 1), (kv_heads, kv_len), (kv_heads, kv_len))
+    )
+    mask = (
+        torch.arange(kv_len)[None, None, None, :]
+        < torch.tensor([40, 3, 17, 1, 29])[:, None, None, None]
+    )  # [rows, 1, 1, kv_len]: each row's own context
+    rep = heads // kv_heads
+    exact = torch.nn.functional.scaled_dot_product_attention(
+        q.double(),
+        k.double().repeat_interleave(rep, 1),
+        v.double().repeat_interleave(rep, 1),
+        attn_mask=mask,
+        scale=0.3,
+    )
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=0.3, enable_gqa=kv_heads != heads
+    )
+    got = attend(q, k, v, mask, 0.3)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, heads, 1, dim)
+    err, sdpa_err = ((x.double() - exact).abs().max().item() for x in (got, sdpa))
+    assert err <= max(sdpa_err, 1e-2), (err, sdpa_err)
 
 
 def test_similar_rows_are_one_segment() -> None:
