@@ -29,6 +29,10 @@ Keys (``D`` a dtype name, ``B`` a batch size, ``k`` a draft length):
 * ``dtypes.D.mixed_vs_padded`` – at B = 16, a batch whose ``k`` is drawn uniformly from
   0..8 every round against the same batch padded to its longest draft, over 3 x
   ``--repeats`` rounds (``mixed``: both times and the token counts);
+* ``dtypes.D.mixed.linear_floor`` – the same ratio for the model's linear layers alone
+  (every ``nn.Linear``, the output head included, on as many tokens as each round
+  verifies), timed in the same rounds: what packing can reach on this hardware when
+  attention and per-layer overheads cost nothing (``linear_floor_spread``: quartiles);
 * ``dtypes.D.centralized_tokens_per_s.B`` – ``B / decode step``;
 * ``dtype_default``, and ``batches`` / ``mixed_vs_padded`` copied from it at top level.
 """
@@ -309,21 +313,28 @@ def _bench_mixed(model: Any, args: argparse.Namespace, batch: int) -> dict:
     prompts = torch.randint(vocab, (batch, args.prompt_len), generator=gen).tolist()
     mixed = _Sessions(engine, "mixed", [list(p) for p in prompts], vocab)
     padded = _Sessions(engine, "padded", [list(p) for p in prompts], vocab)
+    linears = _Linears(model)
     rng = random.Random(args.seed)
-    mixed_ms, padded_ms, ratios, tokens, padded_tokens = [], [], [], 0, 0
+    mixed_ms, padded_ms, ratios, floors, tokens, padded_tokens = [], [], [], [], 0, 0
     for r in range(args.warmup + MIXED_ROUNDS_PER_REPEAT * args.repeats):
         ks = [rng.randint(0, MIXED_MAX_K) for _ in range(batch)]
         pad = [max(ks)] * batch
-        first, second = (mixed, padded) if r % 2 == 0 else (padded, mixed)
-        t1 = first.round(ks if first is mixed else pad)
-        t2 = second.round(ks if second is mixed else pad)
-        t_mixed, t_padded = (t1, t2) if first is mixed else (t2, t1)
+        n_mixed, n_padded = sum(k + 1 for k in ks), sum(k + 1 for k in pad)
+        steps: list[tuple[Callable[[Any], float], Any]] = [
+            (mixed.round, ks),
+            (padded.round, pad),
+            (linears.run, n_mixed),
+            (linears.run, n_padded),
+        ]
+        order = range(4) if r % 2 == 0 else reversed(range(4))  # alternate the order
+        t = {i: steps[i][0](steps[i][1]) for i in order}
         if r >= args.warmup:
-            mixed_ms.append(t_mixed)
-            padded_ms.append(t_padded)
-            ratios.append(t_mixed / t_padded)
-            tokens += sum(k + 1 for k in ks)
-            padded_tokens += sum(k + 1 for k in pad)
+            mixed_ms.append(t[0])
+            padded_ms.append(t[1])
+            ratios.append(t[0] / t[1])
+            floors.append(t[2] / t[3])
+            tokens += n_mixed
+            padded_tokens += n_padded
     return {
         "batch": batch,
         "mixed_ms": _times(mixed_ms)[0],
@@ -331,7 +342,42 @@ def _bench_mixed(model: Any, args: argparse.Namespace, batch: int) -> dict:
         "vs_padded_spread": _quartiles(ratios),
         "tokens_vs_padded": round(tokens / padded_tokens, 4),
         "mixed_vs_padded": round(statistics.median(ratios), 4),
+        "linear_floor": round(statistics.median(floors), 4),
+        "linear_floor_spread": _quartiles(floors),
     }
+
+
+class _Linears:
+    """Every ``nn.Linear`` of a model on ``tokens`` random rows: its matmul work alone."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self.layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        self.inputs: dict[tuple[int, int], Any] = {}
+
+    def run(self, tokens: int) -> float:
+        """Wall time (ms) of one pass."""
+        import torch
+
+        sync = _synchronizer(self.layers[0].weight.device)
+        with torch.inference_mode():
+            xs = [self._input(tokens, layer) for layer in self.layers]
+            sync()
+            t0 = time.perf_counter()
+            for layer, x in zip(self.layers, xs, strict=True):
+                layer(x)
+            sync()
+        return (time.perf_counter() - t0) * 1e3
+
+    def _input(self, tokens: int, layer: Any) -> Any:
+        import torch
+
+        key = (tokens, layer.in_features)
+        if key not in self.inputs:
+            w = layer.weight
+            self.inputs[key] = torch.randn(tokens, key[1], dtype=w.dtype, device=w.device)
+        return self.inputs[key]
 
 
 def _bench_dtype(dtype_name: str, args: argparse.Namespace, device: Any) -> dict[str, Any]:
@@ -370,7 +416,8 @@ def _bench_dtype(dtype_name: str, args: argparse.Namespace, device: Any) -> dict
     print(
         f"{dtype_name:>9} mixed k 0..{MIXED_MAX_K} at B={mixed_batch}: "
         f"x{result['mixed_vs_padded']:.3f} of padded "
-        f"(tokens x{result['mixed']['tokens_vs_padded']:.3f})",
+        f"(tokens x{result['mixed']['tokens_vs_padded']:.3f}, "
+        f"linear layers alone x{result['mixed']['linear_floor']:.3f})",
         flush=True,
     )
     return result

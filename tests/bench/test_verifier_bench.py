@@ -51,6 +51,8 @@ def test_quick_run_writes_every_documented_key(tmp_path: Path) -> None:
             assert cells["k0"]["limit"]["0.8"] == 1.0  # no drafts: one token, one decode
         assert d["mixed_vs_padded"] > 0
         assert 0 < d["mixed"]["tokens_vs_padded"] <= 1
+        assert d["mixed"]["linear_floor"] > 0
+        assert len(d["mixed"]["linear_floor_spread"]) == 2
     assert result["mixed_vs_padded"] > 0
 
 
