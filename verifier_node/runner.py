@@ -32,7 +32,7 @@ from typing import Any, Final
 import torch
 
 from runtime.models import eos_ids, eos_ids_of
-from verifier_node import packing
+from verifier_node import packing, prepack
 from verifier_node.cudagraphs import StaticSteps
 from verifier_node.kvcache import LayerShape, SlotKVCache, SlotTable, common_prefix_len
 from verifier_node.rows import Row
@@ -164,6 +164,7 @@ class TargetRunner:
         CPU)."""
         packing.register()
         self.model = model.eval()
+        prepack.prepack_linears(model)  # bf16 on a CPU: oneDNN weights packed once
         config = model.config
         self.vocab_size: int = int(model.get_output_embeddings().weight.shape[0])
         positions: Any = getattr(config, "max_position_embeddings", None)
