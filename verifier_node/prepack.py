@@ -41,7 +41,8 @@ def _packed_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def prepack_linears(model: torch.nn.Module) -> int:
-    """Pack every bf16 ``nn.Linear`` on the CPU of ``model``; the number packed now.
+    """Pack every bf16 ``nn.Linear`` on the CPU of ``model``; how many of its linear
+    layers run packed.
 
     Idempotent (a packed layer is skipped). A layer whose packed output is not exactly
     ``F.linear``'s, or a torch without the ops, is left as it is."""
@@ -52,7 +53,10 @@ def prepack_linears(model: torch.nn.Module) -> int:
         counts[p.data_ptr()] = counts.get(p.data_ptr(), 0) + 1
     packed = 0
     for module in model.modules():
-        if not isinstance(module, torch.nn.Linear) or hasattr(module, PACKED_ATTR):
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if hasattr(module, PACKED_ATTR):
+            packed += 1
             continue
         weight = module.weight
         if weight.dtype != torch.bfloat16 or weight.device.type != "cpu":

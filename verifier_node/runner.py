@@ -164,7 +164,8 @@ class TargetRunner:
         CPU)."""
         packing.register()
         self.model = model.eval()
-        prepack.prepack_linears(model)  # bf16 on a CPU: oneDNN weights packed once
+        # bf16 on a CPU: linear layers on oneDNN weights packed once (bit-identical)
+        self.packed_linears = prepack.prepack_linears(model)
         config = model.config
         self.vocab_size: int = int(model.get_output_embeddings().weight.shape[0])
         positions: Any = getattr(config, "max_position_embeddings", None)

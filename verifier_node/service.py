@@ -139,6 +139,7 @@ class VerifierService:
                 "verifier.ready",
                 model=self.model_name,
                 vocab=self.limits.vocab_size,
+                packed_linears=self.engine.runner.packed_linears,
                 kv_share_tokens=self.limits_of.kv_shares.share_tokens,
                 **ready_fields(self.config),
             )

@@ -24,7 +24,9 @@ def test_packed_bf16_layers_give_the_same_logits_bit_for_bit(tied: bool) -> None
     plain = copy.deepcopy(model)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert prepack.prepack_linears(model) == len(linears) == 2 * 7 + 1
-    assert prepack.prepack_linears(model) == 0  # once only
+    first = [getattr(m, prepack.PACKED_ATTR) for m in linears]
+    assert prepack.prepack_linears(model) == len(linears)  # once only: nothing repacked
+    assert all(getattr(m, prepack.PACKED_ATTR) is w for m, w in zip(linears, first, strict=True))
     ids = torch.randint(256, (2, 11), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)
