@@ -181,7 +181,7 @@ def expected_tokens(alpha: float, k: int) -> float:
     return float(k + 1) if alpha == 1.0 else (1 - alpha ** (k + 1)) / (1 - alpha)
 
 
-class _Sessions:
+class EngineSessions:
     """``batch`` engine sessions growing by their verdicts; one verify round at a time."""
 
     def __init__(self, engine: Any, name: str, contexts: list[list[int]], vocab: int) -> None:
@@ -262,7 +262,7 @@ def _bench_batch(model: Any, batch: int, ks: list[int], args: argparse.Namespace
     all_ks = sorted({0, *ks})
     # One set of sessions and one plain cache serve every k (one prefill each); both
     # grow by about one token per round and k, so their contexts stay alike.
-    sessions = _Sessions(engine, "bench", prompts.tolist(), vocab)
+    sessions = EngineSessions(engine, "bench", prompts.tolist(), vocab)
     plain = _Plain(model, prompts.to(runner.device))
     items: list[tuple[str, int]] = [(kind, k) for k in all_ks for kind in ("engine", "plain")]
     times: dict[tuple[str, int], list[float]] = {item: [] for item in items}
@@ -311,8 +311,8 @@ def _bench_mixed(model: Any, args: argparse.Namespace, batch: int) -> dict:
     )
     gen = torch.Generator().manual_seed(args.seed + 1000)
     prompts = torch.randint(vocab, (batch, args.prompt_len), generator=gen).tolist()
-    mixed = _Sessions(engine, "mixed", [list(p) for p in prompts], vocab)
-    padded = _Sessions(engine, "padded", [list(p) for p in prompts], vocab)
+    mixed = EngineSessions(engine, "mixed", [list(p) for p in prompts], vocab)
+    padded = EngineSessions(engine, "padded", [list(p) for p in prompts], vocab)
     linears = _Linears(model)
     rng = random.Random(args.seed)
     mixed_ms, padded_ms, ratios, floors, tokens, padded_tokens = [], [], [], [], 0, 0

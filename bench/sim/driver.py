@@ -77,7 +77,8 @@ class PaperRun:
         p = self.plan
         n = 6  # preparation steps
         if "oracle" not in self.skip:
-            n += 2 * (len(p["devices"]) + p["capacity_probes"]) + len(p["instant_devices"])
+            n += 2 * (len(p["devices"]) + p["capacity_probes"])
+            n += len(p["instant_devices"]) * 3  # the ks tried (limit.candidate_draft_lengths)
             n += len(p["spec_lengths"]) * len(p["spec_devices"])
         if "demo" not in self.skip:
             n += len(p["thresholds"]) * len(p["threshold_devices"]) + len(PROFILES) + 2
@@ -239,6 +240,7 @@ class PaperRun:
                 threads=self.threads,
             )
             costs["k"] = lim.best_draft_length(self.alpha, costs["ratio"])
+            costs["ks_tried"] = lim.candidate_draft_lengths(costs["k"], list(costs["ratio"]))
             results["server_bound"] = costs
         if "regime" not in self.skip:
             prog.tick("paper regime: target, references, synthetic traces")
@@ -352,7 +354,8 @@ class PaperRun:
         # server-bound points: every device always waits, so a longer batching window
         # fills the batches (it would stall centralized steps, hence a verifier of their own)
         instant = Topics(prefix="bench/oracle-instant/sled/v1")
-        policy = DraftPolicy(results["server_bound"]["k"], 0.0)
+        costs = results["server_bound"]
+        policies = [DraftPolicy(k, 0.0) for k in costs.get("ks_tried", [costs["k"]])]
         with (
             self._verifier(oracle_dir, mqtt, instant, "instant", max_wait_ms=40.0) as vp,
             FleetSession(mqtt, instant) as fleet,
@@ -363,7 +366,7 @@ class PaperRun:
                 traces,
                 replace(base, topics=instant),
                 self._spec(),
-                policy,
+                policies,
                 self.rec,
                 prog.tick,
                 target="oracle",

@@ -19,6 +19,7 @@ from bench.profiles import DeviceProfile, ServerProfile
 from bench.sim.fleet import FleetConfig, FleetSession, PointResult
 from bench.sim.trace import DraftPolicy, PromptTrace, simulate_acceptance
 from bench.sim.verifier_proc import VerifierProcess
+from edge_node.policy import PolicyConfig
 from runtime.transport import MqttConfig
 from schemas import Topics
 
@@ -148,16 +149,17 @@ def wstgr_and_capacity(
         out["points"][mode] = sorted(points, key=lambda q: q["devices"])
         if mode == "sled":
             # the server-bound regime of the paper's Fig. 4: drafting costs no time
-            out["points"]["sled_instant"] = []
-            for n in spec.instant_devices:
-                tick(f"(a) sled, instant drafting, {n} devices")
-                policy = instant_policy or base.policy
-                cfg = spec.timed(
-                    base, mode="sled", devices=n, draft_tokens_per_s=1e6, policy=policy
-                )
-                tags = {**labels, "max_draft": policy.max_draft}
-                p = measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **tags)
-                out["points"]["sled_instant"].append(p)
+            out["points"]["sled_instant"] = instant_points(
+                verifier,
+                fleet,
+                traces,
+                base,
+                spec,
+                [instant_policy or base.policy],
+                rec,
+                tick,
+                **labels,
+            )
         out["capacity"][mode] = {
             "devices": cap.devices,
             "interpolated": cap.interpolated,
@@ -173,20 +175,22 @@ def instant_points(
     traces: Sequence[PromptTrace],
     base: FleetConfig,
     spec: SweepSpec,
-    policy: DraftPolicy,
+    policies: Sequence[PolicyConfig],
     rec: Recorder,
     tick: Tick,
     **labels: Any,
 ) -> list[dict[str, Any]]:
-    """The server-bound points of (a): SLED devices drafting instantly with ``policy``."""
+    """The server-bound points of (a): SLED devices drafting instantly, one point per
+    device count and policy (the summary takes the best policy per count)."""
     points = []
     for n in spec.instant_devices:
-        tick(f"(a) sled, instant drafting, {n} devices")
-        cfg = spec.timed(base, mode="sled", devices=n, draft_tokens_per_s=1e6, policy=policy)
-        tags = {**labels, "max_draft": policy.max_draft}
-        points.append(
-            measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **tags)
-        )
+        for policy in policies:
+            tick(f"(a) sled, instant drafting, {n} devices, k={policy.max_draft}")
+            cfg = spec.timed(base, mode="sled", devices=n, draft_tokens_per_s=1e6, policy=policy)
+            tags = {**labels, "max_draft": policy.max_draft}
+            points.append(
+                measure(verifier, fleet, traces, cfg, rec, experiment="wstgr_instant", **tags)
+            )
     return points
 
 
@@ -195,7 +199,7 @@ def speculative_sweep(
     fleet: FleetSession,
     traces: Sequence[PromptTrace],
     base: FleetConfig,
-    policies: Sequence[DraftPolicy],
+    policies: Sequence[PolicyConfig],
     devices: Sequence[int],
     spec: SweepSpec,
     rate_target: float,

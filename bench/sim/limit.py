@@ -12,17 +12,18 @@ whole-system rate over centralized's at the same B is at most::
 
     limit = E / (t_verify(B, k) / t_decode(B))
 
-:func:`forward_costs` measures ``t_verify / t_decode`` with plain Hugging Face forwards
-of the target (same dtype and device as the verifier), interleaved round by round and
-repeated, as medians; :func:`best_draft_length` picks the k that maximises the limit
-for the nominal alpha (the server-bound point runs at that k); :func:`alpha_from_mean`
-recovers the per-token acceptance from a run's mean accepted drafts per round.
+:func:`forward_costs` measures ``t_verify / t_decode`` with the verifier's own engine on
+the target (same dtype and device as the verifier process), interleaved round by round
+and repeated, as medians of the per-round ratios; :func:`best_draft_length` picks the k
+that maximises the limit for the nominal alpha, and :func:`candidate_draft_lengths` the
+ks the server-bound point tries (that one and the next two longer: per-round costs
+outside the forward favour longer drafts); :func:`alpha_from_mean` recovers the
+per-token acceptance from a run's mean accepted drafts per round.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,11 @@ def best_draft_length(alpha: float, ratios: dict[int, float]) -> int:
     return max(sorted(ratios), key=lambda k: limit(alpha, k, ratios[k]))
 
 
+def candidate_draft_lengths(best: int, ks: Sequence[int], more: int = 2) -> list[int]:
+    """``best`` and the next ``more`` longer draft lengths of ``ks``."""
+    return [best, *[k for k in sorted(ks) if k > best][:more]]
+
+
 def forward_costs(
     model_dir: Path,
     *,
@@ -70,67 +76,44 @@ def forward_costs(
     dtype: str,
     device: str,
     threads: int,
-    repeats: int = 5,
+    repeats: int = 7,
 ) -> dict[str, Any]:
-    """Median times of a decode step and of a verify step for each k, interleaved.
+    """Median times of the verifier engine's decode step and verify round for each k.
 
-    One forward of ``batch`` rows over a KV cache of ``context`` tokens: 1 new token per
-    row (decode) or ``k + 1`` (verify); the cache is cropped back after each. Times in
-    milliseconds; ``ratio[k]`` = verify / decode, ``spread`` the min-max of the ratio.
+    The product's own engine (``VerifyEngine`` over a ``TargetRunner``: packed batches,
+    the verifier's kernels and weight packing), ``batch`` sessions with ``context``
+    prompt tokens, one round per k in an order that alternates every round: ``k``
+    random drafts per row (``k = 0``: the centralized decode step). Times in
+    milliseconds; ``ratio[k]`` is the median over rounds of verify / that round's decode,
+    ``spread`` their min-max.
     """
-    import torch
+    import random
 
-    from runtime.models import load_causal_lm
-    from verifier_node.runner import resolve_device
+    from bench.verifier import EngineSessions
+    from verifier_node.engine import VerifyEngine
+    from verifier_node.runner import TargetRunner
 
-    model = load_causal_lm(model_dir, threads=threads)
-    dev = resolve_device(device)
-    model = model.to(device=dev, dtype=getattr(torch, dtype))
-    vocab = int(model.config.vocab_size)
-    gen = torch.Generator().manual_seed(0)
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    times: dict[int, list[float]] = {n: [] for n in (0, *ks)}
-    with torch.inference_mode():
-        ids = torch.randint(0, vocab, (batch, context), generator=gen).to(dev)  # [B, C]
-        cache = model(input_ids=ids, use_cache=True).cache
-
-        def step(new: int) -> float:
-            x = torch.randint(0, vocab, (batch, new), generator=gen).to(dev)  # [B, new]
-            sync()
-            t0 = time.perf_counter()
-            model(input_ids=x, cache=cache, use_cache=True)
-            sync()
-            dt = time.perf_counter() - t0
-            cache.crop(-new)
-            return dt
-
-        for _ in range(2):  # warm-up
-            for k in times:
-                step(k + 1)
-        for _ in range(repeats):
-            for k in times:
-                times[k].append(step(k + 1))
-    decode = statistics.median(times[0])
-    ratios = {k: statistics.median(times[k]) / decode for k in ks}
-    spread = {
-        k: [
-            min(v / d for v, d in zip(times[k], times[0], strict=True)),
-            max(v / d for v, d in zip(times[k], times[0], strict=True)),
-        ]
-        for k in ks
-    }
+    runner = TargetRunner.load(model_dir, dtype=dtype, device=device, threads=threads)
+    vocab = runner.vocab_size
+    rng = random.Random(0)
+    prompts = [[rng.randrange(vocab) for _ in range(context)] for _ in range(batch)]
+    sessions = EngineSessions(VerifyEngine(runner), "limit", prompts, vocab)
+    order = (0, *ks)
+    times: dict[int, list[float]] = {k: [] for k in order}
+    for r in range(2 + repeats):  # two warm-up rounds (the first prefills)
+        for k in order if r % 2 == 0 else order[::-1]:
+            dt = sessions.round([k] * batch)
+            if r >= 2:
+                times[k].append(dt)
+    per_round = {k: [v / d for v, d in zip(times[k], times[0], strict=True)] for k in ks}
     return {
         "batch": batch,
         "context": context,
-        "dtype": dtype,
-        "device": str(dev),
+        "dtype": str(runner.dtype).removeprefix("torch."),
+        "device": str(runner.device),
         "repeats": repeats,
-        "t_decode_ms": decode * 1e3,
-        "t_verify_ms": {k: statistics.median(times[k]) * 1e3 for k in ks},
-        "ratio": ratios,
-        "spread": spread,
+        "t_decode_ms": statistics.median(times[0]),
+        "t_verify_ms": {k: statistics.median(times[k]) for k in ks},
+        "ratio": {k: statistics.median(v) for k, v in per_round.items()},
+        "spread": {k: [min(v), max(v)] for k, v in per_round.items()},
     }

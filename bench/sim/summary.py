@@ -6,6 +6,7 @@ run's :class:`~bench.sim.experiments.Recorder`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from bench.sim import limit as lim
@@ -73,13 +74,14 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
     if results.get("wstgr"):
         wc = WstgrSweep.from_dict(results["wstgr"])
         sled, central = _at(wc.points["sled"], 16), _at(wc.points["centralized"], 16)
-        instant = _at(wc.points.get("sled_instant", ()), 16)
+        best = _best_instant(results["wstgr"])
+        instant = None if best is None else float(best["wstgr"])
         if sled is not None and central:
             head["wstgr_ratio_16"] = sled / central
         if instant is not None and central:
             head["wstgr_ratio_16_server_bound"] = instant / central
             head["server_bound_ratio_16"] = instant / central
-        head.update(_limit(results, wc))
+        head.update(_limit(results))
         cs = wc.capacity["sled"].interpolated
         cc = wc.capacity["centralized"].interpolated
         head["capacity_sled"] = cs
@@ -92,16 +94,25 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
     return head
 
 
-def _limit(results: dict[str, Any], wc: WstgrSweep) -> dict[str, float | None]:
-    """The server-bound limit E / (t_verify / t_decode) at 16 devices, with the alpha
-    measured in the server-bound point itself (:mod:`bench.sim.limit`)."""
+def _best_instant(wstgr: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The server-bound point at 16 devices with the highest WSTGR over the ks tried."""
+    points = [q for q in wstgr["points"].get("sled_instant", ()) if q["devices"] == 16]
+    return max(points, key=lambda q: q["wstgr"], default=None)
+
+
+def _limit(results: dict[str, Any]) -> dict[str, float | None]:
+    """The server-bound limit at 16 devices: the best over k of E / (t_verify / t_decode),
+    with the alpha measured in the best server-bound point (:mod:`bench.sim.limit`)."""
     costs = results.get("server_bound")
-    point = next((q for q in wc.points.get("sled_instant", ()) if q.devices == 16), None)
-    if not costs or point is None or point.mean_accepted <= 0:
+    point = _best_instant(results["wstgr"])
+    if not costs or point is None or point["mean_accepted"] <= 0:
         return {}
-    k = int(costs["k"])
-    ratio = costs["ratio"].get(k, costs["ratio"].get(str(k)))
-    alpha = lim.alpha_from_mean(point.mean_accepted, k)
+    k = int(point.get("max_draft", costs["k"]))
+    alpha = lim.alpha_from_mean(point["mean_accepted"], k)
+    ratios = {int(kk): r for kk, r in costs["ratio"].items()}
+    costs["k"] = k  # the k of the best point
+    costs["limit_k"] = lim.best_draft_length(alpha, ratios)
     costs["alpha_measured"] = alpha
-    costs["expected_tokens"] = lim.expected_tokens(alpha, k)
-    return {"server_bound_limit_16": lim.limit(alpha, k, ratio), "server_bound_alpha": alpha}
+    costs["expected_tokens"] = lim.expected_tokens(alpha, costs["limit_k"])  # the limit's
+    best = lim.limit(alpha, costs["limit_k"], ratios[costs["limit_k"]])
+    return {"server_bound_limit_16": best, "server_bound_alpha": alpha}

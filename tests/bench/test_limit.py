@@ -31,6 +31,12 @@ def test_the_best_draft_length_maximises_the_limit() -> None:
     assert lim.limit(0.8, 4, 1.5) == pytest.approx(3.3616 / 1.5)
 
 
+def test_the_server_bound_point_tries_the_best_k_and_two_longer() -> None:
+    assert lim.candidate_draft_lengths(2, [1, 2, 3, 4, 6, 8]) == [2, 3, 4]
+    assert lim.candidate_draft_lengths(6, [8, 1, 6, 4]) == [6, 8]
+    assert lim.candidate_draft_lengths(8, [1, 8]) == [8]
+
+
 def test_forward_costs_on_a_tiny_target(tmp_path: Path) -> None:
     model = save_tiny_llama(tmp_path / "m")
     costs = lim.forward_costs(
