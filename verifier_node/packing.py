@@ -312,14 +312,14 @@ def packed_attention(
         packed_q = query[0, :, seg.token_lo : seg.token_hi]  # [heads, tokens, dim]
         if seg.uniform:  # same length everywhere: the tile is a view
             q = packed_q.unflatten(1, (seg.rows, seg.max_len)).transpose(0, 1)
-        elif seg.tile is not None:  # padding queries repeat the row's last token
-            q = packed_q.index_select(1, seg.tile.to(device))
-            q = q.unflatten(1, (seg.rows, seg.max_len)).transpose(0, 1)
-            rows, cols = seg.row_local.to(device), seg.col.to(device)
         else:
             rows, cols = seg.row_local.to(device), seg.col.to(device)
-            q = query.new_zeros(seg.rows, heads, seg.max_len, dim)
-            q[rows, :, cols] = packed_q.transpose(0, 1)  # [tokens, heads, dim]
+            if seg.tile is not None:  # padding queries repeat the row's last token
+                q = packed_q.index_select(1, seg.tile.to(device))
+                q = q.unflatten(1, (seg.rows, seg.max_len)).transpose(0, 1)
+            else:  # the CUDA graphs' static buffers: scatter into zeros
+                q = query.new_zeros(seg.rows, heads, seg.max_len, dim)
+                q[rows, :, cols] = packed_q.transpose(0, 1)  # [tokens, heads, dim]
         out = attend(q, k, v, mask[seg.lo : seg.hi, :, : seg.max_len, : seg.kv_len], scaling)
         if seg.uniform:
             outs.append(out.transpose(1, 2).reshape(seg.token_hi - seg.token_lo, heads, -1))

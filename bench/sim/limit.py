@@ -17,7 +17,7 @@ the target (same dtype and device as the verifier process), interleaved round by
 and repeated, as medians of the per-round ratios; :func:`best_draft_length` picks the k
 that maximises the limit for the nominal alpha, and :func:`candidate_draft_lengths` the
 ks the server-bound point tries (that one and the next two longer: per-round costs
-outside the forward favour longer drafts); :func:`alpha_from_mean` recovers the
+outside the forward could favour longer drafts); :func:`alpha_from_mean` recovers the
 per-token acceptance from a run's mean accepted drafts per round.
 """
 
